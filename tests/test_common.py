@@ -1,0 +1,65 @@
+import json
+
+import pytest
+import torch
+
+from sparseprior.common import (
+    Config,
+    RunDir,
+    load_safetensors_checkpoint,
+    resolve_device,
+    save_safetensors_checkpoint,
+)
+from sparseprior.common.validation import as_float_tensor, check_range
+
+
+def test_checkpoint_round_trip_and_kind_check(tmp_path):
+    t = {"w": torch.randn(3, 4), "b": torch.arange(5)}
+    save_safetensors_checkpoint(tmp_path / "ck", t, {"n": 4}, kind="solver/LISTA")
+    got, header = load_safetensors_checkpoint(tmp_path / "ck.safetensors", kind="solver")
+    assert torch.equal(got["w"], t["w"]) and torch.equal(got["b"], t["b"])
+    assert header["config"] == {"n": 4}
+    with pytest.raises(ValueError, match="expected 'model'"):
+        load_safetensors_checkpoint(tmp_path / "ck", kind="model")
+    (tmp_path / "ck.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="could not be read"):
+        load_safetensors_checkpoint(tmp_path / "ck")
+    with pytest.raises(ValueError, match="not found"):
+        load_safetensors_checkpoint(tmp_path / "missing")
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.write_json("a.json", {"x": float("nan"), "y": torch.tensor(2.0)})
+    assert json.loads((tmp_path / "run" / "a.json").read_text()) == {"x": "nan", "y": 2.0}
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["a.json"]
+    run.log_metrics({"step": 1})
+    run.log_metrics({"step": 2})
+    assert [r["step"] for r in run.read_metrics()] == [1, 2]
+
+
+def test_config_validates_and_rejects_unknown_fields():
+    import dataclasses
+
+    @dataclasses.dataclass
+    class C(Config):
+        p: float = 0.5
+
+        def validate(self):
+            check_range(self.p, "p", 0, 1, low_inclusive=False)
+
+    assert C.from_dict({"p": 0.2}).p == 0.2
+    with pytest.raises(ValueError, match=r"p must be in \(0, 1\]"):
+        C(p=0.0)
+    with pytest.raises(ValueError, match="unknown field"):
+        C.from_dict({"q": 1})
+
+
+def test_validation_messages():
+    with pytest.raises(ValueError, match="NaN/inf"):
+        as_float_tensor([1.0, float("nan")], "y")
+    with pytest.raises(ValueError, match="2 dimension"):
+        as_float_tensor([1.0], "A", ndim=2)
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="not a valid device"):
+        resolve_device("tpu9")
