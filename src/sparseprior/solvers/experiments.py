@@ -1,0 +1,218 @@
+"""Solver experiments: classic baselines over a lambda grid, learned-solver evaluation, the
+benchmark table/plot and the ``reproduce`` section.
+
+All NMSE figures are on the problem's fixed 1000-sample test set (GUIDE.md definition).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sparseprior.common.runs import RunDir
+from sparseprior.report.report import Section, format_table
+from sparseprior.solvers.classic import fista, ista, support_oracle_ls
+from sparseprior.solvers.metrics import nmse_db, nmse_db_per_step, support_recovery
+from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LAMS = (0.4, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002)
+CHECKPOINT_ITERS = (16, 100, 1000)
+TARGETS_DB = (-20.0, -30.0, -40.0)
+LISTA_FAMILY = ("LISTA", "LISTA-CP", "LISTA-CPSS")
+
+
+def iterations_to_reach(trace: Sequence[float], target_db: float) -> int | None:
+    """1-based index of the first iterate with NMSE <= target, or None if never reached."""
+    return next((k + 1 for k, v in enumerate(trace) if v <= target_db), None)
+
+
+def _reach_label(trace: Sequence[float], target_db: float) -> str:
+    k = iterations_to_reach(trace, target_db)
+    return str(k) if k is not None else f"> {len(trace)}"
+
+
+@dataclasses.dataclass
+class ClassicSweep:
+    """NMSE traces of ISTA/FISTA per lambda: ``traces[solver][lam] = [NMSE dB per iteration]``."""
+
+    traces: dict[str, dict[float, list[float]]]
+    seconds: dict[str, float]
+
+    def rows(self, iters: Sequence[int] = CHECKPOINT_ITERS,
+             targets: Sequence[float] = TARGETS_DB) -> list[dict[str, Any]]:
+        rows = []
+        for solver, by_lam in self.traces.items():
+            for lam, trace in by_lam.items():
+                row: dict[str, Any] = {"solver": solver, "lambda": lam}
+                row.update({f"NMSE@{k}": trace[k - 1] for k in iters if k <= len(trace)})
+                row.update({f"iters to {t:g} dB": _reach_label(trace, t) for t in targets})
+                rows.append(row)
+        return rows
+
+    def best(self, solver: str, at_iter: int) -> tuple[float, list[float]]:
+        """(lambda, trace) with the lowest NMSE after ``at_iter`` iterations."""
+        lam = min(self.traces[solver], key=lambda k: self.traces[solver][k][at_iter - 1])
+        return lam, self.traces[solver][lam]
+
+
+def classic_sweep(problem: SparseRecoveryProblem, lams: Sequence[float] = DEFAULT_LAMS,
+                  max_iter: int = 1000, device: torch.device | str = "cpu") -> ClassicSweep:
+    """Run ISTA and FISTA for every lambda on the test set, recording NMSE per iteration."""
+    x, y = problem.test_set()
+    A, x, y = problem.A.to(device), x.to(device), y.to(device)
+    traces: dict[str, dict[float, list[float]]] = {"ISTA": {}, "FISTA": {}}
+    seconds: dict[str, float] = {}
+    for name, solver in (("ISTA", ista), ("FISTA", fista)):
+        start = time.perf_counter()
+        for lam in lams:
+            traces[name][float(lam)] = solver(A, y, lam, max_iter=max_iter, x_true=x).nmse_db
+        seconds[name] = time.perf_counter() - start
+    return ClassicSweep(traces, seconds)
+
+
+@torch.no_grad()
+def evaluate_solver(model: torch.nn.Module, problem: SparseRecoveryProblem,
+                    device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Per-layer test NMSE(dB) and last-layer support recovery of an unrolled solver."""
+    x, y = problem.test_set()
+    model = model.to(device).eval()
+    outputs = [o.cpu() for o in model(y.to(device))]
+    per_layer = nmse_db_per_step(outputs, x)
+    return {"nmse_db": per_layer, "final_nmse_db": per_layer[-1],
+            "support": support_recovery(outputs[-1], x, tol=1e-4)}
+
+
+def oracle_floor(problem: SparseRecoveryProblem) -> float:
+    """NMSE(dB) of least squares on the true support (the floor for noisy problems)."""
+    x, y = problem.test_set()
+    return nmse_db(support_oracle_ls(problem.A, y, x), x)
+
+
+def plot_nmse(path: Path, learned: dict[str, list[float]], sweep: ClassicSweep,
+              title: str, floor_db: float | None = None) -> Path:
+    """Two panels: NMSE vs layer/iteration 1..T, and ISTA/FISTA over all iterations (log x)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    T = max((len(v) for v in learned.values()), default=16)
+    for name, curve in learned.items():
+        ax1.plot(range(1, len(curve) + 1), curve, marker="o", ms=3, label=name)
+    for solver, style in (("ISTA", "--"), ("FISTA", ":")):
+        lam, trace = sweep.best(solver, min(T, len(next(iter(sweep.traces[solver].values())))))
+        ax1.plot(range(1, T + 1), trace[:T], style, label=f"{solver} (best lambda={lam:g})")
+        lam, trace = sweep.best(solver, len(trace))
+        ax2.semilogx(range(1, len(trace) + 1), trace, style, label=f"{solver} (lambda={lam:g})")
+    for name, curve in learned.items():
+        ax2.axhline(curve[-1], lw=0.8, color="gray")
+        ax2.annotate(f"{name} @ layer {len(curve)}", (1, curve[-1]), fontsize=7, va="bottom")
+    for ax in (ax1, ax2):
+        if floor_db is not None and floor_db > -150:
+            ax.axhline(floor_db, color="k", lw=0.8, ls="-.", label="support oracle")
+        ax.set_ylabel("NMSE (dB)")
+        ax.grid(alpha=0.3)
+    ax1.set_xlabel("layer / iteration")
+    ax2.set_xlabel("iteration (log)")
+    ax1.legend(fontsize=7)
+    ax2.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+@dataclasses.dataclass
+class BenchmarkResult:
+    learned: dict[str, dict[str, Any]]
+    sweep: ClassicSweep
+    floor_db: float
+    rows: list[dict[str, Any]]
+    classic_rows: list[dict[str, Any]]
+
+
+def run_benchmark(run: RunDir, problem: SparseRecoveryProblem, models: Sequence[str],
+                  *, budget: str = "quick", num_layers: int = 16,
+                  lams: Sequence[float] = DEFAULT_LAMS, max_iter: int = 1000,
+                  device: torch.device | str = "cpu", progress: bool | None = None,
+                  checkpoints: Path | None = None) -> BenchmarkResult:
+    """Train (or load from ``checkpoints``) each model, run the classic sweep, write
+    ``benchmark.json``, ``table.md`` and ``nmse_vs_layer.png`` into ``run``."""
+    from sparseprior.solvers.training import BUDGETS, train_staged
+    from sparseprior.solvers.unrolled import build_solver, load_solver, save_solver
+
+    run.write_json("config.json", {"problem": problem.config.to_dict(), "models": list(models),
+                                   "budget": budget, "num_layers": num_layers,
+                                   "lams": list(lams), "max_iter": max_iter})
+    learned: dict[str, dict[str, Any]] = {}
+    for name in models:
+        ckpt = (checkpoints or run.path / "checkpoints") / f"{name}.safetensors"
+        if ckpt.exists():
+            model, seconds = load_solver(ckpt, A=problem.A), None
+            log.info("loaded %s from %s", name, ckpt)
+        else:
+            model = build_solver(name, problem.A, num_layers=num_layers)
+            result = train_staged(model, problem, BUDGETS[budget],
+                                  run_dir=run.path / "training" / name, device=device,
+                                  progress=progress)
+            seconds = result.wall_time
+            save_solver(model, run.path / "checkpoints" / f"{name}.safetensors")
+        metrics = evaluate_solver(model, problem, device)
+        metrics["train_seconds"] = seconds
+        metrics["n_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        learned[name] = metrics
+        run.write_json("learned.json", learned)  # survive an interruption
+    sweep = classic_sweep(problem, lams, max_iter=max_iter, device=device)
+    floor = oracle_floor(problem)
+    rows = []
+    for name, m in learned.items():
+        row: dict[str, Any] = {"solver": name, "params": m["n_params"]}
+        row.update({f"L{t}": m["nmse_db"][t - 1] for t in (1, 2, 4, 8, 12, 16)
+                    if t <= len(m["nmse_db"])})
+        row["train s"] = m["train_seconds"] if m["train_seconds"] is not None else "loaded"
+        rows.append(row)
+    result = BenchmarkResult(learned, sweep, floor, rows, sweep.rows())
+    run.write_json("benchmark.json", {
+        "problem": problem.config.to_dict(), "learned": learned, "oracle_floor_db": floor,
+        "classic": {s: {str(k): v for k, v in d.items()} for s, d in sweep.traces.items()},
+        "classic_seconds": sweep.seconds, "table": rows, "classic_table": result.classic_rows})
+    run.write_text("table.md", "### Learned solvers: test NMSE (dB) per layer\n\n"
+                   + format_table(rows) + "\n\n### ISTA / FISTA over lambda\n\n"
+                   + format_table(result.classic_rows) + "\n")
+    plot_nmse(run.file("nmse_vs_layer.png"), {k: v["nmse_db"] for k, v in learned.items()},
+              sweep, f"NMSE on the test set, {problem!r}", floor)
+    return result
+
+
+def solvers_section(run: RunDir, mode: str, device: torch.device) -> Section:
+    """``reproduce`` section: the LISTA family on the default problem vs ISTA/FISTA."""
+    problem = SparseRecoveryProblem.generate(ProblemConfig())
+    budget = "quick" if mode == "quick" else "cpu"
+    res = run_benchmark(run, problem, LISTA_FAMILY, budget=budget, device=device,
+                        lams=(0.1, 0.02, 0.005) if mode == "quick" else DEFAULT_LAMS)
+    best_fista_lam, trace = res.sweep.best("FISTA", len(next(iter(
+        res.sweep.traces["FISTA"].values()))))
+    notes = [
+        f"Problem: {problem!r}; NMSE(dB) on the fixed {problem.config.n_test}-sample test set.",
+        f"Learned solvers trained with the '{budget}' staged budget.",
+        f"FISTA with its best lambda ({best_fista_lam:g}) reaches "
+        f"{trace[15]:.1f} dB after 16 iterations and {trace[-1]:.1f} dB after {len(trace)}.",
+    ]
+    return Section("Learned sparse solvers (LISTA family)",
+                   rows=res.rows + [{"solver": r["solver"] + f" (lambda={r['lambda']:g})",
+                                     "L16": r.get("NMSE@16"), "L1000": r.get("NMSE@1000"),
+                                     "iters to -20 dB": r["iters to -20 dB"],
+                                     "iters to -30 dB": r["iters to -30 dB"]}
+                                    for r in res.classic_rows],
+                   plots=["nmse_vs_layer.png"], notes=notes,
+                   data={"learned": res.learned, "oracle_floor_db": res.floor_db})
