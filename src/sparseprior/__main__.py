@@ -1,0 +1,5 @@
+"""``python -m sparseprior``."""
+
+from sparseprior.cli import main
+
+main()

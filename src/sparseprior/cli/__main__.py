@@ -1,0 +1,5 @@
+"""``python -m sparseprior.cli``."""
+
+from sparseprior.cli import main
+
+main()

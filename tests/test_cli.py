@@ -1,0 +1,39 @@
+import subprocess
+import sys
+
+import pytest
+
+from sparseprior.cli import main
+
+
+def _run(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def test_problem_command_writes_file(tmp_path, capsys):
+    path = tmp_path / "p.npz"
+    code, out, _ = _run(["solvers", "problem", str(path), "--m", "20", "--n", "40"], capsys)
+    assert code == 0 and path.exists() and "condition number" in out
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["solvers", "problem", "X.npz", "--p", "1.5"], "p must be in"),
+    (["solvers", "problem", "X.txt"], ".npz or .safetensors"),
+    (["solvers", "problem", "X.npz", "--m", "-1"], "m must be >= 1"),
+    (["solvers", "eval", "missing.safetensors", "--m", "4", "--n", "8"], "not found"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, args, fragment):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _run(args, capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0]
+
+
+def test_console_script_entry_point():
+    out = subprocess.run([sys.executable, "-m", "sparseprior", "--help"],
+                         capture_output=True, text=True, check=True)
+    assert "solvers" in out.stdout and "reproduce" in out.stdout
