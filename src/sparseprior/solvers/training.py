@@ -1,0 +1,465 @@
+"""Layer-wise staged training of unrolled solvers (the LISTA-CPSS schedule, Chen et al. 2018).
+
+For each layer t = 1..T (loss: MSE of layer t's output against x*):
+
+* stage A trains only the parameters layer t introduces, at ``init_lr``;
+* stages B, C, ... (one per entry of ``fine_tune_lrs``) train layers 1..t together with Adam;
+  layer i's learning rate is ``lr * layer_decay ** (t - i)`` (earlier layers move less).
+
+Each stage starts a fresh Adam optimiser, draws fresh batches ``problem.sample(batch_size, gen)``
+from one seeded generator, evaluates the NMSE of layer t on the problem's fixed validation set
+every ``eval_every`` steps, stops once it has not improved for ``patience`` steps (or after the
+stage's step cap), and ends with the best-validation parameters restored.
+
+Run folder (optional): ``config.json``; ``metrics.jsonl`` (one record per finished stage, then a
+``final`` record); ``checkpoints/stage-NNN`` (the solver after the last finished stage, via
+:func:`~sparseprior.solvers.unrolled.save_solver`); ``train_state.json`` (progress, history and
+the generator state; written last and atomically, so it always names a complete checkpoint);
+``model.safetensors``/``model.json`` (the trained solver). With ``resume=True`` an interrupted
+run continues from its last finished stage and ends with the same parameters as an
+uninterrupted one (on CPU, bit for bit).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sparseprior.common.checkpoint import load_safetensors_checkpoint
+from sparseprior.common.config import Config
+from sparseprior.common.device import resolve_device
+from sparseprior.common.progress import progress_bar
+from sparseprior.common.runs import RunDir
+from sparseprior.common.seeding import make_generator
+from sparseprior.common.validation import check_positive_int, check_range
+from sparseprior.solvers.metrics import nmse_db
+from sparseprior.solvers.problems import SparseRecoveryProblem
+from sparseprior.solvers.unrolled import UnrolledSolver, save_solver
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BUDGETS",
+    "StageRecord",
+    "StagedTrainingConfig",
+    "TrainingResult",
+    "evaluate_layers",
+    "stage_lr",
+    "stage_name",
+    "stage_param_groups",
+    "train_stage",
+    "train_staged",
+]
+
+STATE_FILE = "train_state.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Config and presets
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class StagedTrainingConfig(Config):
+    """Hyper-parameters of staged training (defaults: the published full schedule).
+
+    init_lr: stage-A learning rate (new layer only). fine_tune_lrs: one fine-tuning stage per
+    entry (all layers so far). layer_decay: factor per layer of age on fine-tuning lrs.
+    batch_size: fresh samples per step. patience: stop a stage after this many steps without a
+    validation improvement. eval_every: steps between validation checks. max_steps_per_stage:
+    step cap of stage A (and of the fine-tuning stages unless ``max_steps_fine_tune`` is set).
+    val_samples: use only the first ``val_samples`` of the validation set for early stopping
+    (None: all). seed: seeds the training-batch generator.
+    """
+
+    init_lr: float = 5e-4
+    fine_tune_lrs: tuple[float, ...] = (1e-4, 1e-5)
+    layer_decay: float = 0.3
+    batch_size: int = 64
+    patience: int = 4000
+    eval_every: int = 10
+    max_steps_per_stage: int = 1_000_000
+    max_steps_fine_tune: int | None = None
+    val_samples: int | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        if isinstance(self.fine_tune_lrs, (int, float)):
+            raise ValueError(f"fine_tune_lrs must be a sequence of learning rates, "
+                             f"got {self.fine_tune_lrs!r}")
+        self.fine_tune_lrs = tuple(float(lr) for lr in self.fine_tune_lrs)
+        for name, lr in [("init_lr", self.init_lr)] + [
+                (f"fine_tune_lrs[{i}]", lr) for i, lr in enumerate(self.fine_tune_lrs)]:
+            if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+                raise ValueError(f"{name} must be a finite learning rate > 0, got {lr!r}")
+        check_range(self.layer_decay, "layer_decay", 0.0, 1.0, low_inclusive=False)
+        check_positive_int(self.batch_size, "batch_size")
+        check_positive_int(self.patience, "patience")
+        check_positive_int(self.eval_every, "eval_every")
+        check_positive_int(self.max_steps_per_stage, "max_steps_per_stage")
+        if self.max_steps_fine_tune is not None:
+            check_positive_int(self.max_steps_fine_tune, "max_steps_fine_tune")
+        if self.val_samples is not None:
+            check_positive_int(self.val_samples, "val_samples")
+        check_positive_int(self.seed, "seed", allow_zero=True)
+
+    @property
+    def num_stages(self) -> int:
+        """Stages per layer: A plus one per fine-tuning learning rate."""
+        return 1 + len(self.fine_tune_lrs)
+
+    def max_steps(self, stage: int) -> int:
+        """Step cap of stage ``stage`` (0 = A)."""
+        if stage == 0 or self.max_steps_fine_tune is None:
+            return self.max_steps_per_stage
+        return self.max_steps_fine_tune
+
+
+#: Presets. "paper": the published schedule (patience 4000 steps, eval every 10, uncapped).
+#: "quick": one 16-layer model on the default problem in ~1 minute on a 2-core CPU (caps rule).
+#: "cpu": the best accuracy in ~30-50 minutes per model on a 2-core CPU.
+BUDGETS: dict[str, StagedTrainingConfig] = {
+    "paper": StagedTrainingConfig(),
+    "quick": StagedTrainingConfig(patience=40, eval_every=10, max_steps_per_stage=60,
+                                  max_steps_fine_tune=20, val_samples=250),
+    "cpu": StagedTrainingConfig(batch_size=128, patience=400, eval_every=50,
+                                max_steps_per_stage=3000, max_steps_fine_tune=1000),
+}
+
+
+def stage_name(stage: int) -> str:
+    """"A" for the new-layer stage, then "B", "C", ... for the fine-tuning stages."""
+    return chr(ord("A") + stage)
+
+
+def stage_lr(config: StagedTrainingConfig, stage: int) -> float:
+    """Base learning rate of stage ``stage`` (0 = A)."""
+    if not 0 <= stage < config.num_stages:
+        raise ValueError(f"stage must be in [0, {config.num_stages - 1}], got {stage!r}")
+    return config.init_lr if stage == 0 else config.fine_tune_lrs[stage - 1]
+
+
+def stage_param_groups(model: UnrolledSolver, layer: int, stage: int,
+                       config: StagedTrainingConfig) -> list[dict[str, Any]]:
+    """Adam parameter groups of (``layer``, ``stage``), each ``{"params", "lr", "layer"}``.
+
+    Stage 0: only ``model.layer_parameters(layer)`` at ``init_lr``. Later stages: one group per
+    layer i = 1..layer at ``stage_lr * layer_decay ** (layer - i)`` (tied parameters are layer 1).
+    """
+    lr = stage_lr(config, stage)
+    if stage == 0:
+        return [{"params": model.layer_parameters(layer), "lr": lr, "layer": layer}]
+    return [{"params": model.layer_parameters(i), "lr": lr * config.layer_decay ** (layer - i),
+             "layer": i} for i in range(1, layer + 1)]
+
+
+# --------------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class StageRecord:
+    """One finished stage. NMSEs in dB at layer ``layer`` on the validation set used for
+    early stopping; ``curve`` holds (step, val NMSE) at every check; ``stopped`` is
+    "patience", "max_steps" or "diverged"."""
+
+    layer: int
+    stage: int
+    stage_name: str
+    lr: float
+    steps: int
+    best_step: int
+    start_val_nmse_db: float
+    best_val_nmse_db: float
+    wall_s: float
+    stopped: str
+    curve: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StageRecord:
+        data = dict(data)
+        data.pop("event", None)
+        data["curve"] = [tuple(c) for c in data.get("curve", [])]
+        return cls(**data)
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    """history: the finished stages in order; total_wall_s: training time over all sessions;
+    val_nmse_db: final NMSE(dB) per layer on the full validation set; resumed_stages: stages
+    loaded from a previous session."""
+
+    history: list[StageRecord]
+    total_wall_s: float
+    val_nmse_db: list[float]
+    resumed_stages: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"history": [r.to_dict() for r in self.history],
+                "total_wall_s": self.total_wall_s, "val_nmse_db": self.val_nmse_db,
+                "resumed_stages": self.resumed_stages}
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_layers(model: UnrolledSolver, x: torch.Tensor, y: torch.Tensor,
+                    num_layers: int | None = None, chunk: int = 2048) -> list[float]:
+    """NMSE(dB) of layers 1..num_layers (default all) on (x* (N, n), y (N, m)), in chunks."""
+    dev = model.A.device
+    T = model.num_layers if num_layers is None else num_layers
+    err = torch.zeros(T, dtype=torch.float64)
+    for start in range(0, y.shape[0], chunk):
+        xs = x[start:start + chunk].to(dev)
+        outs = model(y[start:start + chunk].to(dev), num_layers=T)
+        err += torch.stack([(o.double() - xs.double()).pow(2).sum() for o in outs]).cpu()
+    ref = float(x.double().pow(2).sum())
+    if ref == 0.0:
+        raise ValueError("validation x* is all zeros; NMSE is undefined")
+    return [10.0 * math.log10(max(float(e) / ref, 1e-30)) for e in err]
+
+
+@torch.no_grad()
+def _val_nmse(model: UnrolledSolver, x: torch.Tensor, y: torch.Tensor, layer: int) -> float:
+    return nmse_db(model(y, num_layers=layer)[-1], x)
+
+
+@contextlib.contextmanager
+def _only_trainable(model: UnrolledSolver, params: list[torch.nn.Parameter]) -> Iterator[None]:
+    """Freeze every parameter of ``model`` except ``params`` (so no wasted backward work)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    keep = {id(p) for p in params}
+    try:
+        for p, _ in flags:
+            p.requires_grad_(id(p) in keep)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def train_stage(model: UnrolledSolver, problem: SparseRecoveryProblem, layer: int, stage: int,
+                config: StagedTrainingConfig, generator: torch.Generator,
+                val: tuple[torch.Tensor, torch.Tensor],
+                on_eval: Callable[[int, float, float], None] | None = None) -> StageRecord:
+    """Run one stage; return its record. The best-validation parameters are restored.
+
+    val: (x*, y) on the model's device. on_eval(step, val_nmse_db, best_val_nmse_db) is called
+    after each validation check.
+    """
+    start_time = time.perf_counter()
+    groups = stage_param_groups(model, layer, stage, config)
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.Adam(groups)
+    dev = model.A.device
+    x_val, y_val = val
+    cap = config.max_steps(stage)
+    with _only_trainable(model, params):
+        best = start = _val_nmse(model, x_val, y_val, layer)
+        best_params = [p.detach().clone() for p in params]
+        best_step, step, stopped = 0, 0, "max_steps"
+        curve = [(0, start)]
+        while step < cap:
+            x, y = problem.sample(config.batch_size, generator)
+            x, y = x.to(dev), y.to(dev)
+            loss = torch.mean((model(y, num_layers=layer)[-1] - x) ** 2)
+            if not torch.isfinite(loss):
+                log.warning("layer %d stage %s: non-finite loss at step %d; stopping the stage",
+                            layer, stage_name(stage), step)
+                stopped = "diverged"
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if step % config.eval_every and step < cap:
+                continue
+            value = _val_nmse(model, x_val, y_val, layer)
+            curve.append((step, value))
+            if value < best:
+                best, best_step = value, step
+                for b, p in zip(best_params, params, strict=True):
+                    b.copy_(p.detach())
+            if on_eval is not None:
+                on_eval(step, value, best)
+            if step - best_step >= config.patience:
+                stopped = "patience"
+                break
+        with torch.no_grad():
+            for b, p in zip(best_params, params, strict=True):
+                p.copy_(b)
+    return StageRecord(layer=layer, stage=stage, stage_name=stage_name(stage),
+                       lr=stage_lr(config, stage), steps=step, best_step=best_step,
+                       start_val_nmse_db=start, best_val_nmse_db=best,
+                       wall_s=time.perf_counter() - start_time, stopped=stopped, curve=curve)
+
+
+# --------------------------------------------------------------------------------------------
+# Run folder state
+# --------------------------------------------------------------------------------------------
+def _normalised(data: Any) -> Any:
+    return json.loads(json.dumps(data, sort_keys=True))
+
+
+def _run_identity(model: UnrolledSolver, problem: SparseRecoveryProblem,
+                  config: StagedTrainingConfig) -> dict[str, Any]:
+    return _normalised({"training": config.to_dict(), "solver": model.config,
+                        "problem": problem.config.to_dict()})
+
+
+def _encode_state(gen: torch.Generator) -> str:
+    return base64.b64encode(gen.get_state().numpy().tobytes()).decode("ascii")
+
+
+def _decode_state(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
+
+
+def _save_progress(run: RunDir, model: UnrolledSolver, completed: int, gen: torch.Generator,
+                   history: list[StageRecord], elapsed: float, identity: dict[str, Any]) -> None:
+    """Checkpoint the model, then atomically point train_state.json at it; drop older ones."""
+    ck_dir = run.path / "checkpoints"
+    name = f"stage-{completed:03d}"
+    save_solver(model, ck_dir / name, meta={"completed_stages": completed})
+    run.write_json(STATE_FILE, {"completed_stages": completed, "checkpoint": f"checkpoints/{name}",
+                                "generator_state": _encode_state(gen), "elapsed_s": elapsed,
+                                "history": [r.to_dict() for r in history], **identity})
+    for old in ck_dir.iterdir():
+        if not old.name.startswith(name + "."):
+            old.unlink(missing_ok=True)
+
+
+def _load_progress(run: RunDir, model: UnrolledSolver, gen: torch.Generator,
+                   identity: dict[str, Any]) -> tuple[int, list[StageRecord], float]:
+    """Restore model parameters and generator from ``train_state.json``; (0, [], 0) if absent."""
+    if not run.file(STATE_FILE).is_file():
+        return 0, [], 0.0
+    state = run.read_json(STATE_FILE)
+    for key in ("training", "solver", "problem"):
+        if state.get(key) != identity[key]:
+            raise ValueError(f"run folder {str(run.path)!r} holds a run with a different "
+                             f"{key} config ({state.get(key)} vs {identity[key]}); pass "
+                             f"resume=False to start over or use another run_dir")
+    tensors, _ = load_safetensors_checkpoint(run.path / state["checkpoint"], kind="solver")
+    model.load_state_dict({k: v.to(model.A.device) for k, v in tensors.items()})
+    gen.set_state(_decode_state(state["generator_state"]))
+    history = [StageRecord.from_dict(r) for r in state["history"]]
+    return int(state["completed_stages"]), history, float(state["elapsed_s"])
+
+
+def _as_run(run_dir: str | Path | RunDir | None) -> RunDir | None:
+    if run_dir is None or isinstance(run_dir, RunDir):
+        return run_dir
+    return RunDir(run_dir)
+
+
+def _validation(problem: SparseRecoveryProblem, config: StagedTrainingConfig,
+                dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = problem.validation_set()
+    if config.val_samples is not None:
+        x, y = x[:config.val_samples], y[:config.val_samples]
+    return x.to(dev), y.to(dev)
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------------
+def train_staged(model: UnrolledSolver, problem: SparseRecoveryProblem,
+                 config: StagedTrainingConfig | str | None = None, *,
+                 run_dir: str | Path | RunDir | None = None,
+                 device: str | torch.device = "auto", progress: bool | None = None,
+                 resume: bool = True,
+                 callback: Callable[[StageRecord], None] | None = None) -> TrainingResult:
+    """Train ``model`` in place on ``problem`` with the staged schedule.
+
+    Args:
+        model: an unrolled solver built for ``problem.A`` (same (m, n)).
+        config: a :class:`StagedTrainingConfig` or a preset name from :data:`BUDGETS`
+            (default "paper").
+        run_dir: folder for config, metrics, checkpoints (None: nothing is written).
+        device: "auto", "cpu", "cuda[:i]"; the model is moved there.
+        progress: show a progress bar (None: only on a TTY).
+        resume: continue from ``run_dir``'s last finished stage if there is one; False starts
+            over (the folder's old state is overwritten).
+        callback: called with each finished stage's record, after its checkpoint is written.
+    """
+    config = _resolve_config(config)
+    if not isinstance(model, UnrolledSolver):
+        raise TypeError(f"model must be an UnrolledSolver, got {type(model).__name__}")
+    if (model.m, model.n) != (problem.m, problem.n):
+        raise ValueError(f"model is built for (m, n) = ({model.m}, {model.n}) but the problem "
+                         f"has (m, n) = ({problem.m}, {problem.n})")
+    dev = resolve_device(device)
+    model.to(dev)
+    run = _as_run(run_dir)
+    identity = _run_identity(model, problem, config)
+    gen = make_generator(config.seed)
+    completed, history, elapsed = 0, [], 0.0
+    if run is not None:
+        if resume:
+            completed, history, elapsed = _load_progress(run, model, gen, identity)
+        else:
+            run.file(STATE_FILE).unlink(missing_ok=True)
+        run.write_json("config.json", identity)
+        run.write_text("metrics.jsonl", "".join(
+            json.dumps({"event": "stage", **r.to_dict()}) + "\n" for r in history))
+    resumed = completed
+    plan = [(t, s) for t in range(1, model.num_layers + 1) for s in range(config.num_stages)]
+    val = _validation(problem, config, dev)
+    session_start = time.perf_counter()
+    model.train()
+    with progress_bar(progress) as bar:
+        task = bar.add_task(model.name, total=len(plan), completed=completed, status="")
+        for index in range(completed, len(plan)):
+            layer, stage = plan[index]
+            bar.update(task, description=f"{model.name} layer {layer}/{model.num_layers} "
+                                         f"stage {stage_name(stage)}")
+
+            def on_eval(step: int, value: float, best: float) -> None:
+                bar.update(task, status=f"step {step} val {value:.2f} dB (best {best:.2f})")
+
+            record = train_stage(model, problem, layer, stage, config, gen, val, on_eval)
+            history.append(record)
+            log.info("%s layer %d stage %s: %d steps, val %.2f dB (%.1f s)", model.name, layer,
+                     record.stage_name, record.steps, record.best_val_nmse_db, record.wall_s)
+            if run is not None:
+                run.log_metrics({"event": "stage", **record.to_dict()})
+                _save_progress(run, model, index + 1, gen, history,
+                               elapsed + time.perf_counter() - session_start, identity)
+            bar.update(task, advance=1)
+            if callback is not None:
+                callback(record)
+    model.eval()
+    x_val, y_val = problem.validation_set()
+    per_layer = evaluate_layers(model, x_val, y_val)
+    total = elapsed + time.perf_counter() - session_start
+    if run is not None:
+        save_solver(model, run.path / "model", meta={"val_nmse_db": per_layer})
+        run.log_metrics({"event": "final", "val_nmse_db": per_layer, "total_wall_s": total})
+    return TrainingResult(history=history, total_wall_s=total, val_nmse_db=per_layer,
+                          resumed_stages=resumed)
+
+
+def _resolve_config(config: StagedTrainingConfig | str | None) -> StagedTrainingConfig:
+    if config is None:
+        return BUDGETS["paper"]
+    if isinstance(config, str):
+        if config not in BUDGETS:
+            raise ValueError(f"unknown training budget {config!r}; choose one of "
+                             f"{sorted(BUDGETS)} or pass a StagedTrainingConfig")
+        return BUDGETS[config]
+    if not isinstance(config, StagedTrainingConfig):
+        raise TypeError(f"config must be a StagedTrainingConfig or a preset name, "
+                        f"got {type(config).__name__}")
+    return config

@@ -1,0 +1,408 @@
+"""Unrolled (learned) ISTA solvers: LISTA, LISTA-CP, LISTA-SS, LISTA-CPSS and TiLISTA.
+
+Every solver maps measurements ``y`` (batch, m) to the list of all T layer outputs, each
+(batch, n), starting from ``x_0 = 0``. ``A`` (m, n) is kept as a (non-trainable) buffer.
+
+Layers (t = 1..T, ``eta`` = soft thresholding, ``eta_ss`` = with support selection):
+
+* LISTA       x_t = eta(W1_t y + W2_t x_{t-1}, theta_t)           W1_t (n, m), W2_t (n, n)
+* LISTA-CP    x_t = eta(x_{t-1} + W_t^T (y - A x_{t-1}), theta_t)  W_t (m, n)
+* LISTA-SS    LISTA with ``eta_ss``;  LISTA-CPSS: LISTA-CP with ``eta_ss``
+* TiLISTA     x_t = eta_ss(x_{t-1} + gamma_t W^T (y - A x_{t-1}), theta_t), one tied W (m, n)
+
+``theta_t`` and ``gamma_t`` are scalars. Initialisation follows Chen et al. (2018), "Theoretical
+linear convergence of unfolded ISTA and its practical weights and thresholds": W1 = A^T/L,
+W2 = I - A^T A/L, W_t = A/L, TiLISTA W = A with gamma_t = 1/L, and theta_t = lam/L, where
+L = ||A||_2^2. Without support selection every solver therefore starts as exactly T steps of
+ISTA for the LASSO weight ``lam``.
+
+Support selection (Chen et al. 2018): in layer t the entries of the pre-activation ``z`` that are
+among the top ``p_t = min(t * ss_step, ss_max)`` percent by magnitude of their sample *and*
+exceed the threshold (``|z| > theta``) pass through unchanged; all other entries are soft
+thresholded. "Top p percent" means the ``k = floor(p * n / 100)`` largest magnitudes (ties
+broken by ``torch.topk``). The selection is a constant for autograd (computed without grad).
+
+Layer-wise parameters: :meth:`UnrolledSolver.layer_parameters` returns the parameters a layer
+introduces. Tied parameters (TiLISTA's W) belong to layer 1: the staged trainer
+(:mod:`sparseprior.solvers.training`) trains them when layer 1 is added and afterwards treats
+them as layer-1 parameters (learning rate decayed by ``layer_decay ** (t - 1)``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from sparseprior.common.checkpoint import load_safetensors_checkpoint, save_safetensors_checkpoint
+from sparseprior.common.device import resolve_device
+from sparseprior.common.validation import as_float_tensor, check_positive_int, check_range
+from sparseprior.solvers.classic import lipschitz_constant, soft_threshold
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "LISTA",
+    "LISTA_CP",
+    "LISTA_CPSS",
+    "LISTA_SS",
+    "SOLVERS",
+    "TiLISTA",
+    "UnrolledSolver",
+    "build_solver",
+    "load_solver",
+    "save_solver",
+    "shrink_ss",
+    "support_mask",
+    "support_percent",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Support selection
+# --------------------------------------------------------------------------------------------
+def support_percent(layer: int, step: float = 1.2, max_percent: float = 13.0) -> float:
+    """p_t = min(t * step, max_percent): percentage of entries trusted in layer ``t`` (1-based)."""
+    return min(layer * step, max_percent)
+
+
+def support_mask(z: torch.Tensor, theta: torch.Tensor | float, percent: float) -> torch.Tensor:
+    """Boolean mask (batch, n) of entries that skip shrinkage.
+
+    An entry is selected when it is among the ``floor(percent * n / 100)`` largest magnitudes of
+    its row *and* its magnitude exceeds ``theta``. Computed on detached values.
+
+    On CPU, ``topk`` (about 6 us per row) runs only on rows with more than k entries above
+    ``theta``: in the other rows those entries are the largest ones, so all of them are kept.
+    """
+    with torch.no_grad():
+        mag = z.detach().abs()
+        n = mag.shape[-1]
+        k = min(n, int(math.floor(percent * n / 100.0 + 1e-6)))  # 1e-6: 3 * 1.2 -> 3.5999...
+        theta_t = theta.detach() if isinstance(theta, torch.Tensor) else theta
+        above = mag > theta_t
+        if k == 0:
+            return torch.zeros_like(above)
+        if k == n:
+            return above
+        if mag.is_cuda:  # topk is cheap there; avoid the host sync of the row filter
+            return above & _top_k_mask(mag, k)
+        rows = torch.nonzero(above.sum(dim=-1) > k).flatten()
+        if rows.numel() > 0:
+            above[rows] &= _top_k_mask(mag[rows], k)
+        return above
+
+
+def _top_k_mask(mag: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the k largest entries of each row of ``mag`` (rows, n)."""
+    top = torch.topk(mag, k, dim=-1, sorted=False).indices
+    return torch.zeros_like(mag, dtype=torch.bool).scatter_(-1, top, True)
+
+
+def shrink_ss(z: torch.Tensor, theta: torch.Tensor | float, percent: float) -> torch.Tensor:
+    """eta_ss: selected entries (see :func:`support_mask`) pass through, the rest are soft
+    thresholded by ``theta``. z: (batch, n) -> (batch, n)."""
+    mask = support_mask(z, theta, percent)
+    return torch.where(mask, z, soft_threshold(z, theta))
+
+
+# --------------------------------------------------------------------------------------------
+# Base class
+# --------------------------------------------------------------------------------------------
+def _check_matrix(A: Any) -> torch.Tensor:
+    """Validate a sensing matrix: 2-D, real, finite, not all zeros -> float32 (m, n)."""
+    A = as_float_tensor(A, "A", ndim=2, dtype=A.dtype if isinstance(A, torch.Tensor)
+                        and A.dtype.is_floating_point else torch.float32)
+    if A.numel() == 0:
+        raise ValueError(f"A must be a non-empty (m, n) matrix, got shape {tuple(A.shape)}")
+    if not bool(A.abs().sum() > 0):
+        raise ValueError("A is all zeros; a sensing matrix needs a positive spectral norm")
+    return A.detach().clone()
+
+
+def _scalar(value: float) -> nn.Parameter:
+    return nn.Parameter(torch.tensor(float(value), dtype=torch.float32))
+
+
+class UnrolledSolver(nn.Module):
+    """Base class of the unrolled solvers.
+
+    Subclasses set :attr:`name` and :attr:`default_support_selection`, create their per-layer
+    parameters in ``self.layers[t - 1]`` (an ``nn.ParameterDict``) and tied parameters in
+    ``self.shared``, and implement :meth:`preactivation` and :meth:`threshold`. Solvers that need
+    more state than ``x_{t-1}`` (e.g. momentum) override :meth:`forward`.
+
+    Args:
+        A: (m, n) sensing matrix (stored as a buffer, float32).
+        num_layers: T >= 1.
+        lam: LASSO weight used for the initial thresholds lam / L.
+        support_selection: use ``eta_ss`` (None: the class default).
+        ss_step, ss_max: support-selection percentages p_t = min(t * ss_step, ss_max).
+    """
+
+    name: ClassVar[str] = "unrolled"
+    default_support_selection: ClassVar[bool] = False
+
+    def __init__(self, A: torch.Tensor, num_layers: int = 16, lam: float = 0.4, *,
+                 support_selection: bool | None = None, ss_step: float = 1.2,
+                 ss_max: float = 13.0) -> None:
+        super().__init__()
+        A = _check_matrix(A).float()
+        check_positive_int(num_layers, "num_layers")
+        check_range(float(lam), "lam", 0.0)
+        if not math.isfinite(float(lam)):
+            raise ValueError(f"lam must be finite, got {lam!r}")
+        check_range(float(ss_step), "ss_step", 0.0, 100.0, low_inclusive=False)
+        check_range(float(ss_max), "ss_max", 0.0, 100.0, low_inclusive=False)
+        self.register_buffer("A", A.contiguous())
+        self.num_layers = int(num_layers)
+        self.lam = float(lam)
+        self.support_selection = (self.default_support_selection if support_selection is None
+                                  else bool(support_selection))
+        self.ss_step = float(ss_step)
+        self.ss_max = float(ss_max)
+        self.L = lipschitz_constant(A)
+        self.layers = nn.ModuleList([nn.ParameterDict() for _ in range(self.num_layers)])
+        self.shared = nn.ParameterDict()
+
+    # -- sizes and bookkeeping ----------------------------------------------------------------
+    @property
+    def m(self) -> int:
+        return int(self.A.shape[0])
+
+    @property
+    def n(self) -> int:
+        return int(self.A.shape[1])
+
+    @property
+    def n_params(self) -> int:
+        """Number of trainable scalars (tied parameters counted once; A is not counted)."""
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """JSON-able description used by checkpoints to rebuild the solver."""
+        return {"name": self.name, "m": self.m, "n": self.n, "num_layers": self.num_layers,
+                "lam": self.lam, "support_selection": self.support_selection,
+                "ss_step": self.ss_step, "ss_max": self.ss_max}
+
+    def layer_parameters(self, t: int) -> list[nn.Parameter]:
+        """Parameters introduced by layer ``t`` (1-based); tied (shared) ones belong to layer 1."""
+        self._check_layer(t)
+        params = list(self.layers[t - 1].values())
+        if t == 1:
+            params = list(self.shared.values()) + params
+        return params
+
+    def _check_layer(self, t: int) -> None:
+        if isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= self.num_layers:
+            raise ValueError(f"layer must be an integer in [1, {self.num_layers}], got {t!r}")
+
+    # -- the iteration ------------------------------------------------------------------------
+    def ss_percent(self, t: int) -> float:
+        """Support-selection percentage p_t of layer ``t`` (1-based)."""
+        return support_percent(t, self.ss_step, self.ss_max)
+
+    def shrink(self, z: torch.Tensor, theta: torch.Tensor, layer: int) -> torch.Tensor:
+        """Layer ``layer``'s shrinkage of z (batch, n): eta, or eta_ss with support selection."""
+        if self.support_selection:
+            return shrink_ss(z, theta, self.ss_percent(layer))
+        return soft_threshold(z, theta)
+
+    def residual(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """y - A x: (batch, m)."""
+        return y - x @ self.A.T
+
+    def preactivation(self, t: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Layer t's input to the shrinkage, from x_{t-1} (batch, n) and y (batch, m)."""
+        raise NotImplementedError
+
+    def threshold(self, t: int) -> torch.Tensor:
+        """Layer t's threshold theta_t."""
+        return self.layers[t - 1]["theta"]
+
+    def step(self, t: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One layer: x_t = shrink(preactivation_t(x_{t-1}, y), theta_t)."""
+        return self.shrink(self.preactivation(t, x, y), self.threshold(t), t)
+
+    def check_input(self, y: torch.Tensor) -> torch.Tensor:
+        """Cheap checks on y: a floating (batch, m) tensor with finite values."""
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"y must be a torch.Tensor of shape (batch, {self.m}), "
+                            f"got {type(y).__name__}")
+        if y.ndim != 2 or y.shape[1] != self.m:
+            raise ValueError(f"y must have shape (batch, m={self.m}), got {tuple(y.shape)}")
+        if not bool(torch.isfinite(y).all()):
+            raise ValueError("y contains NaN/inf values; clean the measurements first")
+        return y.to(dtype=self.A.dtype, device=self.A.device)
+
+    def forward(self, y: torch.Tensor, num_layers: int | None = None) -> list[torch.Tensor]:
+        """Run the first ``num_layers`` layers (default all) from x_0 = 0.
+
+        y: (batch, m). Returns [x_1, ..., x_T], each (batch, n).
+        """
+        y = self.check_input(y)
+        T = self.num_layers if num_layers is None else num_layers
+        self._check_layer(T)
+        x = y.new_zeros(y.shape[0], self.n)
+        outputs = []
+        for t in range(1, T + 1):
+            x = self.step(t, x, y)
+            outputs.append(x)
+        return outputs
+
+    def extra_repr(self) -> str:
+        return (f"name={self.name!r}, m={self.m}, n={self.n}, num_layers={self.num_layers}, "
+                f"lam={self.lam}, support_selection={self.support_selection}, "
+                f"n_params={self.n_params}")
+
+
+# --------------------------------------------------------------------------------------------
+# The solvers
+# --------------------------------------------------------------------------------------------
+class LISTA(UnrolledSolver):
+    """Untied LISTA: x_t = eta(W1_t y + W2_t x_{t-1}, theta_t).
+
+    Layer 1 has no W2 (x_0 = 0 makes it dead), so layer 1 holds W1_1 (n, m) and theta_1, and
+    layers t >= 2 hold W1_t (n, m), W2_t (n, n), theta_t.
+    """
+
+    name = "LISTA"
+
+    def __init__(self, A: torch.Tensor, num_layers: int = 16, lam: float = 0.4,
+                 **kwargs: Any) -> None:
+        super().__init__(A, num_layers, lam, **kwargs)
+        W1 = self.A.T / self.L
+        W2 = torch.eye(self.n) - W1 @ self.A
+        for t, layer in enumerate(self.layers, start=1):
+            layer["W1"] = nn.Parameter(W1.clone())
+            if t > 1:
+                layer["W2"] = nn.Parameter(W2.clone())
+            layer["theta"] = _scalar(self.lam / self.L)
+
+    def preactivation(self, t: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        layer = self.layers[t - 1]
+        z = y @ layer["W1"].T
+        return z if t == 1 else z + x @ layer["W2"].T
+
+
+class LISTA_SS(LISTA):
+    """LISTA with support selection."""
+
+    name = "LISTA-SS"
+    default_support_selection = True
+
+
+class LISTA_CP(UnrolledSolver):
+    """LISTA with coupled weights: x_t = eta(x_{t-1} + W_t^T (y - A x_{t-1}), theta_t).
+
+    Each layer holds W_t (m, n) and theta_t."""
+
+    name = "LISTA-CP"
+
+    def __init__(self, A: torch.Tensor, num_layers: int = 16, lam: float = 0.4,
+                 **kwargs: Any) -> None:
+        super().__init__(A, num_layers, lam, **kwargs)
+        for layer in self.layers:
+            layer["W"] = nn.Parameter(self.A / self.L)
+            layer["theta"] = _scalar(self.lam / self.L)
+
+    def preactivation(self, t: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x + self.residual(x, y) @ self.layers[t - 1]["W"]
+
+
+class LISTA_CPSS(LISTA_CP):
+    """LISTA-CP with support selection (Chen et al. 2018)."""
+
+    name = "LISTA-CPSS"
+    default_support_selection = True
+
+
+class TiLISTA(UnrolledSolver):
+    """Tied LISTA (Liu et al. 2019, ALISTA paper):
+    x_t = eta_ss(x_{t-1} + gamma_t W^T (y - A x_{t-1}), theta_t) with one W (m, n) for all
+    layers (a layer-1 parameter) and scalar gamma_t, theta_t per layer."""
+
+    name = "TiLISTA"
+    default_support_selection = True
+
+    def __init__(self, A: torch.Tensor, num_layers: int = 16, lam: float = 0.4,
+                 **kwargs: Any) -> None:
+        super().__init__(A, num_layers, lam, **kwargs)
+        self.shared["W"] = nn.Parameter(self.A.clone())
+        for layer in self.layers:
+            layer["gamma"] = _scalar(1.0 / self.L)
+            layer["theta"] = _scalar(self.lam / self.L)
+
+    def preactivation(self, t: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x + self.layers[t - 1]["gamma"] * (self.residual(x, y) @ self.shared["W"])
+
+
+SOLVERS: dict[str, type[UnrolledSolver]] = {
+    "LISTA": LISTA,
+    "LISTA-CP": LISTA_CP,
+    "LISTA-SS": LISTA_SS,
+    "LISTA-CPSS": LISTA_CPSS,
+    "TiLISTA": TiLISTA,
+}
+
+
+def build_solver(name: str, A: torch.Tensor, num_layers: int = 16, lam: float = 0.4,
+                 **kwargs: Any) -> UnrolledSolver:
+    """Build solver ``name`` (a key of :data:`SOLVERS`) for A (m, n), initialised from A.
+
+    Extra keyword arguments (``support_selection``, ``ss_step``, ``ss_max``) go to the class.
+    Raises ``ValueError`` for an unknown name, ``num_layers < 1`` or a bad A.
+    """
+    if name not in SOLVERS:
+        raise ValueError(f"unknown solver {name!r}; choose one of {sorted(SOLVERS)}")
+    return SOLVERS[name](A, num_layers, lam, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+def save_solver(model: UnrolledSolver, path: str | Path, meta: dict[str, Any] | None = None
+                ) -> Path:
+    """Save ``model`` (parameters and A) as ``<path>.safetensors`` + ``<path>.json``.
+
+    The checkpoint kind is ``"solver/<name>"``. Returns the ``.safetensors`` path.
+    """
+    if not isinstance(model, UnrolledSolver):
+        raise TypeError(f"model must be an UnrolledSolver, got {type(model).__name__}")
+    return save_safetensors_checkpoint(path, dict(model.state_dict()), model.config,
+                                       kind=f"solver/{model.name}", meta=meta)
+
+
+def load_solver(path: str | Path, A: torch.Tensor | None = None,
+                device: str | torch.device = "cpu") -> UnrolledSolver:
+    """Load a solver saved by :func:`save_solver`.
+
+    A: optional (m, n) matrix of the problem to use it on; it must have the stored (m, n)
+    (``ValueError`` otherwise) and replaces the stored A (a warning is logged if it differs).
+    """
+    dev = resolve_device(device)
+    tensors, header = load_safetensors_checkpoint(path, kind="solver")
+    cfg = dict(header["config"])
+    name = cfg.pop("name", None)
+    if name not in SOLVERS:
+        raise ValueError(f"checkpoint {str(path)!r} holds unknown solver {name!r}; "
+                         f"known: {sorted(SOLVERS)}")
+    stored_A = tensors["A"]
+    m, n = cfg.pop("m"), cfg.pop("n")
+    if A is not None:
+        A = _check_matrix(A).float()
+        if tuple(A.shape) != (m, n):
+            raise ValueError(f"checkpoint {str(path)!r} was trained for (m, n) = ({m}, {n}) "
+                             f"but the given A has (m, n) = {tuple(A.shape)}")
+        if not torch.allclose(A.cpu(), stored_A.cpu(), rtol=1e-5, atol=1e-6):
+            log.warning("load_solver: the given A differs from the one the solver was "
+                        "trained with; using the given A")
+        tensors["A"] = A
+    model = SOLVERS[name](tensors["A"], **cfg)
+    model.load_state_dict(tensors)
+    return model.to(dev)
