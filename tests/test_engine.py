@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from sparseprior.engine import Callback, LambdaCallback, TrainConfig, Trainer
+from sparseprior.engine import Callback, LambdaCallback, TrainConfig, Trainer, WeightSnapshot
 from sparseprior.engine.optim import lr_factor_fn
 from sparseprior.engine.state import flatten_state, unflatten_state
 from sparseprior.sparsity import MaskSet, SparsityConfig, sparsify_
@@ -212,11 +212,13 @@ def assert_same_weights(a, b):
 
 def test_resume_after_crash_is_exact(tmp_path):
     cfg = TrainConfig(**{**CFG, "lr_schedule": "cosine", "warmup_epochs": 0.5})
-    full = run(tmp_path / "full", cfg, callbacks=[Counter()])
+    full = run(tmp_path / "full", cfg, callbacks=[Counter(), WeightSnapshot([0, 5])])
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run(tmp_path / "cut", cfg, callbacks=[Counter(), Crash(at_step=10)])
+        run(tmp_path / "cut", cfg, callbacks=[Counter(), WeightSnapshot([0, 5]),
+                                              Crash(at_step=10)])
     # a different initial model proves the weights come from the checkpoint
-    resumed = run(tmp_path / "cut", cfg, callbacks=[Counter(), Crash(at_step=-1)],
+    resumed = run(tmp_path / "cut", cfg, callbacks=[Counter(), WeightSnapshot([0, 5]),
+                                                    Crash(at_step=-1)],
                   resume=True, model_seed=5)
     assert resumed.step == full.step == 16
     assert_same_weights(full, resumed)
@@ -224,6 +226,12 @@ def test_resume_after_crash_is_exact(tmp_path):
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
     cb_full, cb_res = full.callbacks[0], resumed.callbacks[0]
     assert cb_full.steps == cb_res.steps and torch.equal(cb_full.acc, cb_res.acc)
+    snap_full, snap_res = full.callbacks[1].snapshots, resumed.callbacks[1].snapshots
+    assert sorted(snap_full) == sorted(snap_res) == [0, 5]
+    for step in (0, 5):
+        for k, v in snap_full[step].items():
+            assert torch.equal(v, snap_res[step][k]), (step, k)
+    assert torch.all(snap_full[0]["0.weight"][~full.masks["0.weight"]] == 0)  # masked init
     steps = [json.loads(line)["step"] for line in
              (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps)  # records written after the checkpoint were dropped

@@ -308,6 +308,7 @@ def test_mask_save_load_round_trip_and_wrong_model(tmp_path):
     masks.save(tmp_path / "masks")
     loaded = MaskSet.load(tmp_path / "masks.safetensors", model=model)
     assert loaded.digest() == masks.digest() and loaded.names == masks.names
+    assert loaded == masks and loaded != MaskSet.dense(model)
     other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(4, 2), nn.Linear(2, 2))
     with pytest.raises(ValueError, match="mask does not fit this model.*shapes differ"):
         MaskSet.load(tmp_path / "masks", model=other)

@@ -8,7 +8,7 @@
     history = trainer.fit()            # trainer.fit(resume=True) continues a stopped run
 """
 
-from sparseprior.engine.callbacks import Callback, LambdaCallback
+from sparseprior.engine.callbacks import Callback, LambdaCallback, WeightSnapshot
 from sparseprior.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from sparseprior.engine.config import TrainConfig
 from sparseprior.engine.data import (
@@ -40,6 +40,7 @@ __all__ = [
     "ResumableSampler",
     "TrainConfig",
     "Trainer",
+    "WeightSnapshot",
     "all_reduce_sum",
     "broadcast_buffers",
     "build_optimizer",

@@ -26,7 +26,7 @@ same on every rank (deterministic in identical weights/gradients, or broadcast).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
@@ -83,3 +83,35 @@ class LambdaCallback(Callback):
             raise ValueError(f"unknown hook(s) {unknown}; choose from {list(self.HOOKS)}")
         for name, fn in hooks.items():
             setattr(self, name, fn)
+
+
+class WeightSnapshot(Callback):
+    """Keep copies of the model's ``state_dict`` at given steps (lottery-ticket rewinding).
+
+    ``at_steps`` counts optimizer steps; step 0 is the weights before the first step. The
+    copies (CPU) are in ``snapshots[step]`` and travel in checkpoints, so a resumed run still
+    has them.
+    """
+
+    def __init__(self, at_steps: Sequence[int] = (0,)) -> None:
+        if any(int(s) < 0 for s in at_steps):
+            raise ValueError(f"at_steps must be >= 0, got {list(at_steps)}")
+        self.at_steps = sorted({int(s) for s in at_steps})
+        self.snapshots: dict[int, dict[str, Tensor]] = {}
+
+    def _take(self, trainer: Trainer) -> None:
+        if trainer.step in self.at_steps and trainer.step not in self.snapshots:
+            self.snapshots[trainer.step] = {k: v.detach().to("cpu").clone()
+                                            for k, v in trainer.model.state_dict().items()}
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self._take(trainer)
+
+    def after_step(self, trainer: Trainer) -> None:
+        self._take(trainer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"at_steps": list(self.at_steps), "snapshots": dict(self.snapshots)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.snapshots = {int(k): dict(v) for k, v in state["snapshots"].items()}

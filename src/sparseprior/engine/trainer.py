@@ -77,6 +77,9 @@ class Trainer:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         config.validate()
+        if isinstance(train_set, DataLoader):
+            raise TypeError("train_set must be a Dataset, not a DataLoader: the Trainer builds "
+                            "its own loader (seeded per epoch for exact resume, sharded for DDP)")
         for cb in callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
@@ -268,6 +271,8 @@ class Trainer:
             metrics = self.evaluate(self.val_set)
             self.epoch_record.update(val_loss=metrics["loss"], val_acc=metrics["accuracy"])
         self._call("on_epoch_end")
+        if self.dist.distributed:  # a stop decided on any rank stops every rank
+            self.should_stop = any_rank(self.should_stop, self.device)
         self.epoch_record.update(time=seconds, density=self.density())
         record = dict(self.epoch_record)
         self.history.append(record)
@@ -302,8 +307,9 @@ class Trainer:
         """Mean loss and accuracy (``nan`` unless outputs are ``(N, C)`` logits and targets
         ``(N,)`` class indices) over ``data``.
 
-        A ``Dataset`` is split across DDP ranks without duplicates; a ``DataLoader`` is taken to
-        yield this rank's share. Sums are all-reduced, so every rank gets the global result.
+        A ``Dataset`` is split across DDP ranks without duplicates (and read without touching the
+        global RNG); a ``DataLoader`` is taken to yield this rank's share. Sums are all-reduced,
+        so every rank gets the global result; under DDP call it on every rank.
         """
         if isinstance(data, DataLoader):
             loader = data

@@ -281,6 +281,16 @@ class MaskSet(Mapping[str, Tensor]):
     def __len__(self) -> int:
         return len(self._masks)
 
+    def __eq__(self, other: object) -> bool:
+        """Same names (in any order), shapes and mask bits."""
+        if not isinstance(other, MaskSet):
+            return NotImplemented
+        return set(self._masks) == set(other._masks) and all(
+            m.shape == other._masks[n].shape and torch.equal(m.cpu(), other._masks[n].cpu())
+            for n, m in self._masks.items())
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
     def __repr__(self) -> str:
         return (f"MaskSet({len(self)} layers, density={self.density():.4f}, "
                 f"attached={self.attached})")
