@@ -37,3 +37,18 @@ def test_console_script_entry_point():
     out = subprocess.run([sys.executable, "-m", "sparseprior", "--help"],
                          capture_output=True, text=True, check=True)
     assert "solvers" in out.stdout and "reproduce" in out.stdout
+
+
+def test_train_eval_and_mismatched_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    small = ["--m", "10", "--n", "20", "--seed", "1"]
+    code, text, _ = _run(["solvers", "train", "--model", "LISTA-CP", "--layers", "2",
+                          "--budget", "quick", "--out", str(out), "--device", "cpu", *small],
+                         capsys)
+    assert code == 0 and "test NMSE at layer 2" in text
+    ckpt = out / "model.safetensors"
+    assert ckpt.exists()
+    code, text, _ = _run(["solvers", "eval", str(ckpt), *small], capsys)
+    assert code == 0 and "layer   2" in text and "support:" in text
+    code, _, err = _run(["solvers", "eval", str(ckpt), "--m", "12", "--n", "20"], capsys)
+    assert code == 2 and err.startswith("error: ") and "12" in err

@@ -60,7 +60,7 @@ def train(
     """Train an unrolled solver with the layer-wise staged schedule; save its checkpoint."""
     from sparseprior.solvers.experiments import evaluate_solver
     from sparseprior.solvers.training import BUDGETS, train_staged
-    from sparseprior.solvers.unrolled import build_solver, save_solver
+    from sparseprior.solvers.unrolled import build_solver
 
     if budget not in BUDGETS:
         raise ValueError(f"budget={budget!r} is not one of {sorted(BUDGETS)}")
@@ -71,10 +71,10 @@ def train(
     solver = build_solver(model, prob.A, num_layers=layers)
     result = train_staged(solver, prob, BUDGETS[budget], run_dir=run.path, device=dev,
                           resume=resume)
-    ckpt = save_solver(solver, run.file("solver.safetensors"))
+    ckpt = run.file("model.safetensors")  # written by train_staged
     metrics = evaluate_solver(solver, prob, dev)
     run.write_json("test_metrics.json", metrics)
-    typer.echo(f"trained {model} ({layers} layers) in {result.wall_time:.1f} s; "
+    typer.echo(f"trained {model} ({layers} layers) in {result.total_wall_s:.1f} s; "
                f"test NMSE at layer {layers}: {metrics['final_nmse_db']:.2f} dB\n"
                f"checkpoint: {ckpt}")
 

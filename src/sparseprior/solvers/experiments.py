@@ -165,7 +165,7 @@ def run_benchmark(run: RunDir, problem: SparseRecoveryProblem, models: Sequence[
             result = train_staged(model, problem, BUDGETS[budget],
                                   run_dir=run.path / "training" / name, device=device,
                                   progress=progress)
-            seconds = result.wall_time
+            seconds = result.total_wall_s
             save_solver(model, run.path / "checkpoints" / f"{name}.safetensors")
         metrics = evaluate_solver(model, problem, device)
         metrics["train_seconds"] = seconds
