@@ -11,6 +11,7 @@ from sparseprior.solvers.training import (
     stage_param_groups,
     train_stage,
     train_staged,
+    warm_start_layer,
 )
 from sparseprior.solvers.unrolled import build_solver, load_solver
 
@@ -106,8 +107,9 @@ def test_resume_gives_the_same_parameters(problem, tmp_path):
     def fresh():
         return build_solver("LISTA-CPSS", problem.A, num_layers=3)
 
+    config = TINY.replace(warm_start=True, max_steps_fine_tune=(4, 2))
     reference = fresh()
-    train_staged(reference, problem, TINY, device="cpu", progress=False)
+    train_staged(reference, problem, config, device="cpu", progress=False)
 
     def stop_after_four(record):
         if record.layer == 2 and record.stage == 0:
@@ -115,14 +117,15 @@ def test_resume_gives_the_same_parameters(problem, tmp_path):
 
     interrupted = fresh()
     with pytest.raises(Interrupt):
-        train_staged(interrupted, problem, TINY, run_dir=tmp_path, device="cpu",
+        train_staged(interrupted, problem, config, run_dir=tmp_path, device="cpu",
                      progress=False, callback=stop_after_four)
     state = json.loads((tmp_path / "train_state.json").read_text())
     assert state["completed_stages"] == 4
     resumed = fresh()
-    result = train_staged(resumed, problem, TINY, run_dir=tmp_path, device="cpu",
+    result = train_staged(resumed, problem, config, run_dir=tmp_path, device="cpu",
                           progress=False)
     assert result.resumed_stages == 4 and len(result.history) == 9
+    assert [r.steps for r in result.history[:3]] == [8, 4, 2]
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(),
                             strict=True):
         assert torch.equal(a, b), name
@@ -130,10 +133,10 @@ def test_resume_gives_the_same_parameters(problem, tmp_path):
                .splitlines()]
     assert [m["event"] for m in metrics] == ["stage"] * 9 + ["final"]
     # A finished run resumes to itself without training; a different config is refused.
-    again = train_staged(fresh(), problem, TINY, run_dir=tmp_path, progress=False)
+    again = train_staged(fresh(), problem, config, run_dir=tmp_path, progress=False)
     assert again.resumed_stages == 9 and again.val_nmse_db == result.val_nmse_db
     with pytest.raises(ValueError, match="different training config"):
-        train_staged(fresh(), problem, TINY.replace(seed=6), run_dir=tmp_path, progress=False)
+        train_staged(fresh(), problem, config.replace(seed=6), run_dir=tmp_path, progress=False)
 
 
 def test_presets_and_bad_configs(problem):
@@ -144,7 +147,8 @@ def test_presets_and_bad_configs(problem):
     assert round_trip == BUDGETS["cpu"]
     for bad in ({"patience": -1}, {"init_lr": 0.0}, {"fine_tune_lrs": (1e-4, -1.0)},
                 {"layer_decay": 0.0}, {"eval_every": 0}, {"batch_size": 0},
-                {"max_steps_per_stage": 0}, {"init_lr": float("nan")}, {"fine_tune_lrs": 1e-4}):
+                {"max_steps_per_stage": 0}, {"init_lr": float("nan")}, {"fine_tune_lrs": 1e-4},
+                {"max_steps_fine_tune": (10,)}, {"max_steps_fine_tune": (10, 0)}):
         with pytest.raises(ValueError):
             StagedTrainingConfig(**bad)
     model = build_solver("LISTA-CP", problem.A, num_layers=1)
@@ -153,3 +157,18 @@ def test_presets_and_bad_configs(problem):
     other = SparseRecoveryProblem.generate(ProblemConfig(m=10, n=40))
     with pytest.raises(ValueError, match=r"\(20, 40\).*\(10, 40\)"):
         train_staged(model, other, TINY)
+
+
+def test_warm_start_copies_matching_parameters(problem):
+    model = build_solver("LISTA", problem.A, num_layers=3)
+    with torch.no_grad():
+        for p in model.layer_parameters(1):
+            p.mul_(2.0)
+    assert warm_start_layer(model, 2) == ["W1", "theta"]  # layer 1 has no W2
+    assert torch.equal(model.layers[1]["W1"], model.layers[0]["W1"])
+    assert model.layers[1]["theta"] == model.layers[0]["theta"]
+    assert not torch.equal(model.layers[2]["W1"], model.layers[1]["W1"])
+    with pytest.raises(ValueError, match="warm-start"):
+        warm_start_layer(model, 1)
+    config = StagedTrainingConfig(max_steps_per_stage=7, max_steps_fine_tune=(5, 3))
+    assert [config.max_steps(s) for s in range(3)] == [7, 5, 3]

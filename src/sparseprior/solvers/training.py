@@ -59,6 +59,7 @@ __all__ = [
     "stage_param_groups",
     "train_stage",
     "train_staged",
+    "warm_start_layer",
 ]
 
 STATE_FILE = "train_state.json"
@@ -75,9 +76,13 @@ class StagedTrainingConfig(Config):
     entry (all layers so far). layer_decay: factor per layer of age on fine-tuning lrs.
     batch_size: fresh samples per step. patience: stop a stage after this many steps without a
     validation improvement. eval_every: steps between validation checks. max_steps_per_stage:
-    step cap of stage A (and of the fine-tuning stages unless ``max_steps_fine_tune`` is set).
+    step cap of stage A (and of the fine-tuning stages unless ``max_steps_fine_tune`` is set:
+    one cap for all fine-tuning stages, or a tuple with one per entry of ``fine_tune_lrs``).
     val_samples: use only the first ``val_samples`` of the validation set for early stopping
-    (None: all). seed: seeds the training-batch generator.
+    (None: all). warm_start: before stage A of layer t > 1, copy layer t-1's trained
+    parameters into layer t where names and shapes match (not in the published schedule; a new
+    layer then starts from its trained neighbour instead of from the ISTA weights, which saves
+    many steps on small budgets). seed: seeds the training-batch generator.
     """
 
     init_lr: float = 5e-4
@@ -87,8 +92,9 @@ class StagedTrainingConfig(Config):
     patience: int = 4000
     eval_every: int = 10
     max_steps_per_stage: int = 1_000_000
-    max_steps_fine_tune: int | None = None
+    max_steps_fine_tune: int | tuple[int, ...] | None = None
     val_samples: int | None = None
+    warm_start: bool = False
     seed: int = 0
 
     def validate(self) -> None:
@@ -105,7 +111,15 @@ class StagedTrainingConfig(Config):
         check_positive_int(self.patience, "patience")
         check_positive_int(self.eval_every, "eval_every")
         check_positive_int(self.max_steps_per_stage, "max_steps_per_stage")
-        if self.max_steps_fine_tune is not None:
+        if isinstance(self.max_steps_fine_tune, (list, tuple)):
+            self.max_steps_fine_tune = tuple(self.max_steps_fine_tune)
+            if len(self.max_steps_fine_tune) != len(self.fine_tune_lrs):
+                raise ValueError(f"max_steps_fine_tune has {len(self.max_steps_fine_tune)} caps "
+                                 f"but there are {len(self.fine_tune_lrs)} fine-tuning stages; "
+                                 f"give one cap per entry of fine_tune_lrs, or a single int")
+            for i, cap in enumerate(self.max_steps_fine_tune):
+                check_positive_int(cap, f"max_steps_fine_tune[{i}]")
+        elif self.max_steps_fine_tune is not None:
             check_positive_int(self.max_steps_fine_tune, "max_steps_fine_tune")
         if self.val_samples is not None:
             check_positive_int(self.val_samples, "val_samples")
@@ -120,18 +134,22 @@ class StagedTrainingConfig(Config):
         """Step cap of stage ``stage`` (0 = A)."""
         if stage == 0 or self.max_steps_fine_tune is None:
             return self.max_steps_per_stage
+        if isinstance(self.max_steps_fine_tune, tuple):
+            return self.max_steps_fine_tune[stage - 1]
         return self.max_steps_fine_tune
 
 
-#: Presets. "paper": the published schedule (patience 4000 steps, eval every 10, uncapped).
-#: "quick": one 16-layer model on the default problem in ~1 minute on a 2-core CPU (caps rule).
-#: "cpu": the best accuracy in ~30-50 minutes per model on a 2-core CPU.
+#: Presets (timings: LISTA-CPSS, m=250, n=500, T=16, 2-core CPU).
+#: "paper": the published schedule (patience 4000 steps, eval every 10, uncapped).
+#: "quick": about a minute per model; step caps rule, with higher learning rates and warm starts.
+#: "cpu": the paper's learning rates with warm starts and step caps, for ~30 min per model.
 BUDGETS: dict[str, StagedTrainingConfig] = {
     "paper": StagedTrainingConfig(),
-    "quick": StagedTrainingConfig(patience=40, eval_every=10, max_steps_per_stage=60,
-                                  max_steps_fine_tune=20, val_samples=250),
-    "cpu": StagedTrainingConfig(batch_size=128, patience=400, eval_every=50,
-                                max_steps_per_stage=3000, max_steps_fine_tune=1000),
+    "quick": StagedTrainingConfig(init_lr=2e-3, fine_tune_lrs=(4e-4, 4e-5), patience=60,
+                                  eval_every=20, max_steps_per_stage=80, max_steps_fine_tune=30,
+                                  val_samples=250, warm_start=True),
+    "cpu": StagedTrainingConfig(patience=500, eval_every=50, max_steps_per_stage=4000,
+                                max_steps_fine_tune=(2500, 800), warm_start=True),
 }
 
 
@@ -213,6 +231,21 @@ class TrainingResult:
 # --------------------------------------------------------------------------------------------
 # Pieces
 # --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def warm_start_layer(model: UnrolledSolver, layer: int) -> list[str]:
+    """Copy layer ``layer - 1``'s parameters into layer ``layer`` where the names and shapes
+    match (``model.layers[t - 1]`` dicts); return the names copied."""
+    if not 2 <= layer <= model.num_layers:
+        raise ValueError(f"layer must be in [2, {model.num_layers}] to warm-start, got {layer!r}")
+    previous, current = model.layers[layer - 2], model.layers[layer - 1]
+    copied = []
+    for name, param in current.items():
+        if name in previous and previous[name].shape == param.shape:
+            param.copy_(previous[name])
+            copied.append(name)
+    return copied
+
+
 @torch.no_grad()
 def evaluate_layers(model: UnrolledSolver, x: torch.Tensor, y: torch.Tensor,
                     num_layers: int | None = None, chunk: int = 2048) -> list[float]:
@@ -429,6 +462,8 @@ def train_staged(model: UnrolledSolver, problem: SparseRecoveryProblem,
             def on_eval(step: int, value: float, best: float) -> None:
                 bar.update(task, status=f"step {step} val {value:.2f} dB (best {best:.2f})")
 
+            if stage == 0 and layer > 1 and config.warm_start:
+                warm_start_layer(model, layer)
             record = train_stage(model, problem, layer, stage, config, gen, val, on_eval)
             history.append(record)
             log.info("%s layer %d stage %s: %d steps, val %.2f dB (%.1f s)", model.name, layer,
