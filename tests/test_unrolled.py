@@ -9,6 +9,7 @@ from sparseprior.solvers.unrolled import (
     SOLVERS,
     TiLISTA,
     UnrolledSolver,
+    _kth_largest,
     build_solver,
     load_solver,
     save_solver,
@@ -87,7 +88,7 @@ def test_support_selection_hand_made():
     assert torch.equal(support_mask(z, 4.5, 20.0)[0], torch.arange(10) == 0)
 
 
-def test_support_mask_fast_path_matches_plain_topk():
+def test_support_mask_matches_plain_topk():
     gen = torch.Generator().manual_seed(0)
     for _ in range(50):
         z = torch.randn(16, 50, generator=gen) * torch.rand(16, 1, generator=gen) * 3
@@ -98,6 +99,16 @@ def test_support_mask_fast_path_matches_plain_topk():
         if k:
             plain.scatter_(1, torch.topk(z.abs(), k, dim=1).indices, True)
         assert torch.equal(support_mask(z, theta, percent), plain & (z.abs() > theta))
+
+
+def test_kth_largest_paths_agree_and_ties_are_kept():
+    mag = torch.rand(7, 33, generator=torch.Generator().manual_seed(2))
+    for k in (1, 5, 32):
+        want = torch.sort(mag, dim=1, descending=True).values[:, k - 1]
+        assert torch.equal(_kth_largest(mag, k), want)  # numpy path
+        torch.testing.assert_close(_kth_largest(mag.half(), k), want.half())  # topk path
+    tied = torch.tensor([[2.0, -2.0, 2.0, 0.1]])
+    assert support_mask(tied, 1.0, 25.0).tolist() == [[True, True, True, False]]
 
 
 def test_support_percent_schedule():
