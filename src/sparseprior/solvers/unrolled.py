@@ -155,8 +155,10 @@ class UnrolledSolver(nn.Module):
 
     Subclasses set :attr:`name` and :attr:`default_support_selection`, create their per-layer
     parameters in ``self.layers[t - 1]`` (an ``nn.ParameterDict``) and tied parameters in
-    ``self.shared``, and implement :meth:`preactivation` and :meth:`threshold`. Solvers that need
-    more state than ``x_{t-1}`` (e.g. momentum) override :meth:`forward`.
+    ``self.shared``, and implement :meth:`preactivation` (and :meth:`threshold` if theta_t is
+    not ``self.layers[t - 1]["theta"]``). Solvers that need more state than ``x_{t-1}`` (e.g.
+    momentum) override :meth:`forward`. Subclasses with extra constructor arguments add them to
+    :attr:`config`: :func:`load_solver` passes its entries back as keyword arguments.
 
     Args:
         A: (m, n) sensing matrix (stored as a buffer, float32).
