@@ -8,7 +8,11 @@ on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+
+# Spinning OpenMP threads starve other processes on small shared machines; set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 
 import typer

@@ -7,6 +7,7 @@ All NMSE figures are on the problem's fixed 1000-sample test set (GUIDE.md defin
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -158,7 +159,9 @@ def run_benchmark(run: RunDir, problem: SparseRecoveryProblem, models: Sequence[
     for name in models:
         ckpt = (checkpoints or run.path / "checkpoints") / f"{name}.safetensors"
         if ckpt.exists():
-            model, seconds = load_solver(ckpt, A=problem.A), None
+            model = load_solver(ckpt, A=problem.A)
+            seconds = json.loads(ckpt.with_suffix(".json").read_text())["meta"].get(
+                "train_seconds")
             log.info("loaded %s from %s", name, ckpt)
         else:
             model = build_solver(name, problem.A, num_layers=num_layers)
@@ -166,7 +169,8 @@ def run_benchmark(run: RunDir, problem: SparseRecoveryProblem, models: Sequence[
                                   run_dir=run.path / "training" / name, device=device,
                                   progress=progress)
             seconds = result.total_wall_s
-            save_solver(model, run.path / "checkpoints" / f"{name}.safetensors")
+            save_solver(model, run.path / "checkpoints" / f"{name}.safetensors",
+                        meta={"train_seconds": seconds, "budget": budget})
         metrics = evaluate_solver(model, problem, device)
         metrics["train_seconds"] = seconds
         metrics["n_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -179,7 +183,7 @@ def run_benchmark(run: RunDir, problem: SparseRecoveryProblem, models: Sequence[
         row: dict[str, Any] = {"solver": name, "params": m["n_params"]}
         row.update({f"L{t}": m["nmse_db"][t - 1] for t in (1, 2, 4, 8, 12, 16)
                     if t <= len(m["nmse_db"])})
-        row["train s"] = m["train_seconds"] if m["train_seconds"] is not None else "loaded"
+        row["train s"] = m["train_seconds"] if m["train_seconds"] is not None else "n/a"
         rows.append(row)
     result = BenchmarkResult(learned, sweep, floor, rows, sweep.rows())
     run.write_json("benchmark.json", {

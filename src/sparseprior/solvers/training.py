@@ -483,7 +483,8 @@ def train_staged(model: UnrolledSolver, problem: SparseRecoveryProblem,
     per_layer = evaluate_layers(model, x_val, y_val)
     total = elapsed + time.perf_counter() - session_start
     if run is not None:
-        save_solver(model, run.path / "model", meta={"val_nmse_db": per_layer})
+        save_solver(model, run.path / "model",
+                    meta={"val_nmse_db": per_layer, "train_seconds": total})
         run.log_metrics({"event": "final", "val_nmse_db": per_layer, "total_wall_s": total})
     return TrainingResult(history=history, total_wall_s=total, val_nmse_db=per_layer,
                           resumed_stages=resumed)
