@@ -102,3 +102,17 @@ def test_bad_inputs(small):
         ista(A, y, 0.1, max_iter=0)
     with pytest.raises(ValueError, match="must match"):
         nmse_db(y, y[:, :3])
+
+
+def test_per_sample_nmse_is_robust_to_one_bad_sample():
+    from sparseprior.solvers.metrics import per_sample_nmse_db
+
+    x = torch.ones(5, 4)
+    x_hat = x * 1.01
+    x_hat[0] = 10.0  # one wildly wrong sample dominates the set-level ratio
+    per = per_sample_nmse_db(x_hat, x)
+    assert per.shape == (5,)
+    assert float(per[1:].max()) == pytest.approx(-40.0, abs=1e-4)
+    assert float(per.median()) == pytest.approx(-40.0, abs=1e-4)
+    assert nmse_db(x_hat, x) > 10.0
+    assert torch.isnan(per_sample_nmse_db(torch.zeros(1, 3), torch.zeros(1, 3))).all()

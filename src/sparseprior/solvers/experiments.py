@@ -19,7 +19,12 @@ import torch
 from sparseprior.common.runs import RunDir
 from sparseprior.report.report import Section, format_table
 from sparseprior.solvers.classic import fista, ista, support_oracle_ls
-from sparseprior.solvers.metrics import nmse_db, nmse_db_per_step, support_recovery
+from sparseprior.solvers.metrics import (
+    nmse_db,
+    nmse_db_per_step,
+    per_sample_nmse_db,
+    support_recovery,
+)
 from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem
 
 log = logging.getLogger(__name__)
@@ -87,7 +92,10 @@ def evaluate_solver(model: torch.nn.Module, problem: SparseRecoveryProblem,
     model = model.to(device).eval()
     outputs = [o.cpu() for o in model(y.to(device))]
     per_layer = nmse_db_per_step(outputs, x)
+    per_sample = per_sample_nmse_db(outputs[-1], x)
     return {"nmse_db": per_layer, "final_nmse_db": per_layer[-1],
+            "median_sample_nmse_db": float(per_sample.nanmedian()),
+            "worst_sample_nmse_db": float(per_sample.nan_to_num(-300.0).max()),
             "support": support_recovery(outputs[-1], x, tol=1e-4)}
 
 
@@ -183,6 +191,7 @@ def run_benchmark(run: RunDir, problem: SparseRecoveryProblem, models: Sequence[
         row: dict[str, Any] = {"solver": name, "params": m["n_params"]}
         row.update({f"L{t}": m["nmse_db"][t - 1] for t in (1, 2, 4, 8, 12, 16)
                     if t <= len(m["nmse_db"])})
+        row[f"median sample L{len(m['nmse_db'])}"] = m["median_sample_nmse_db"]
         row["train s"] = m["train_seconds"] if m["train_seconds"] is not None else "n/a"
         rows.append(row)
     result = BenchmarkResult(learned, sweep, floor, rows, sweep.rows())

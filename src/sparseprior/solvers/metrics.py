@@ -30,6 +30,21 @@ def nmse_db_per_step(iterates: Sequence[torch.Tensor] | torch.Tensor,
     return [nmse_db(x, x_true) for x in iterates]
 
 
+def per_sample_nmse_db(x_hat: torch.Tensor, x_true: torch.Tensor) -> torch.Tensor:
+    """NMSE(dB) of each sample (batch,); samples with x* = 0 give NaN.
+
+    A robust companion to :func:`nmse_db`: the set-level ratio can be dominated by a few hard
+    samples (e.g. unusually dense supports), the median of this is not.
+    """
+    if x_hat.shape != x_true.shape:
+        raise ValueError(f"x_hat has shape {tuple(x_hat.shape)} but x_true has "
+                         f"{tuple(x_true.shape)}; they must match")
+    err = (x_hat.double() - x_true.double()).pow(2).sum(dim=-1)
+    ref = x_true.double().pow(2).sum(dim=-1)
+    ratio = torch.where(ref > 0, err / ref.clamp_min(1e-300), torch.nan)
+    return 10.0 * torch.log10(ratio.clamp_min(1e-30))
+
+
 def support_recovery(x_hat: torch.Tensor, x_true: torch.Tensor, tol: float = 1e-6
                      ) -> dict[str, float]:
     """False positives/negatives of the estimated support ``|x_hat| > tol`` vs ``x_true != 0``.
