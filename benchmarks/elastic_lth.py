@@ -54,8 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _row(name: str, s: dict) -> dict:
-    return {"network": name, "hidden layers": s["depth"], "level": s["level"],
+def _row(name: str, s: dict, depth: int | None = None) -> dict:
+    return {"network": name, "hidden layers": s.get("depth", depth), "level": s["level"],
             "density %": round(100 * s["density"], 2),
             "test acc %": round(100 * s["test_accuracy"], 2)}
 
@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     table += [_row(f"elastic ticket -> {args.target_depth} layers", s) for s in extra]
     source_curve = load_imp_result(out / "source").levels
     target_curve = load_imp_result(out / "target_imp").levels
-    table += [_row(f"IMP ticket, MLP {hidden}", s) for s in source_curve[1:-1]]
-    table += [_row(f"IMP ticket found on {args.target_depth} layers", s)
+    table += [_row(f"IMP ticket, MLP {hidden}", s, len(hidden)) for s in source_curve[1:-1]]
+    table += [_row(f"IMP ticket found on {args.target_depth} layers", s, args.target_depth)
               for s in target_curve[1:-1]]
     transformed, direct = result.transformed, result.target_imp
     dense = result.target_dense
@@ -103,7 +103,12 @@ def main(argv: list[str] | None = None) -> None:
              f"{transformed['density']:.1%}: "
              f"{100 * (transformed['test_accuracy'] - direct['test_accuracy']):+.2f} points",
              f"elastic ticket vs dense {args.target_depth}-layer MLP: "
-             f"{100 * (transformed['test_accuracy'] - dense['test_accuracy']):+.2f} points"]
+             f"{100 * (transformed['test_accuracy'] - dense['test_accuracy']):+.2f} points",
+             f"training time for a {args.target_depth}-layer ticket: elastic "
+             f"{transformed['seconds']:.0f} s (one training; the source IMP run on the "
+             f"shallower MLP took {sum(s['seconds'] for s in source_curve):.0f} s) vs IMP "
+             f"directly on it {sum(s['seconds'] for s in target_curve):.0f} s "
+             f"({len(target_curve)} trainings)"]
     elastic_plot(out / "elastic.png", result, out / "source", out / "target_imp", extra)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     train_seconds = sum(s["seconds"] for s in [*source_curve, *target_curve, transformed, *extra])

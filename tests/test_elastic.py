@@ -21,6 +21,14 @@ from sparseprior.tickets.elastic import (
 from sparseprior.tickets.imp import IMPConfig
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _restore_threads():
+    """Training here uses one thread (fast on small layers); give the others theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def _resnet(depth: int):
     torch.manual_seed(depth)
     model = build_model(f"resnet{depth}", in_channels=1, num_classes=4, input_size=8, width=0.25)
@@ -146,7 +154,7 @@ def _source_config() -> IMPConfig:
                          "num_classes": 4},
         levels=1, seed=1,
         train=TrainConfig(epochs=1, batch_size=32, optimizer="adam", lr=2e-3, weight_decay=0.0,
-                          device="cpu", progress=False, log_every=0))
+                          device="cpu", progress=False, log_every=0, num_threads=1))
 
 
 def test_run_elastic_compares_with_imp_at_the_same_density(tmp_path):
@@ -157,6 +165,8 @@ def test_run_elastic_compares_with_imp_at_the_same_density(tmp_path):
     transformed, direct = result.transformed, result.target_imp
     assert abs(transformed["nonzero"] - direct["nonzero"]) <= len(transformed["layer_density"])
     assert (tmp_path / "el" / "summary.json").exists()
+    with pytest.raises(ValueError, match="different Elastic LTH experiment.*target_depth"):
+        run_elastic(config.replace(target_depth=4), tmp_path / "el")
     # reusing the source run from its folder gives the same transformed ticket
     again = run_elastic(ElasticConfig(source_run=str(tmp_path / "el" / "source"),
                                       target_depth=3, compare=False), tmp_path / "el2")
@@ -168,3 +178,15 @@ def test_run_elastic_fails_fast_on_a_bad_mapping(tmp_path):
     with pytest.raises(ValueError, match="target block\\(s\\) \\[1\\] without a source"):
         run_elastic(config, tmp_path / "el")
     assert not (tmp_path / "el" / "source").exists()
+
+
+def test_run_elastic_on_resnet14_to_20(tmp_path):
+    source = _source_config().replace(model="resnet", model_options={"depth": 14, "width": 0.25},
+                                      dataset_options={"n_train": 64, "n_test": 32,
+                                                       "image_shape": [1, 8, 8],
+                                                       "num_classes": 4})
+    result = run_elastic(ElasticConfig(source=source, target_depth=20), tmp_path / "r")
+    assert result.mapping == "0:0;1:1,2"
+    assert [r["depth"] for r in result.rows()] == [14, 20, 20, 20]
+    assert abs(result.transformed["nonzero"] - result.target_imp["nonzero"]) <= len(
+        result.transformed["layer_density"])

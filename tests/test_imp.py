@@ -25,6 +25,14 @@ LEVELS = 3
 REWIND = 3
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _restore_threads():
+    """Training here uses one thread (fast on small layers); give the others theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def _config(**changes) -> IMPConfig:
     base = IMPConfig(
         model="mlp", model_options={"hidden": [24, 16]}, dataset="synthetic",
@@ -32,7 +40,7 @@ def _config(**changes) -> IMPConfig:
                          "num_classes": 4},
         levels=LEVELS, rewind_step=REWIND, seed=3, ablations=["reinit", "random"],
         train=TrainConfig(epochs=1, batch_size=32, optimizer="adam", lr=2e-3, weight_decay=0.0,
-                          device="cpu", progress=False, log_every=0))
+                          device="cpu", progress=False, log_every=0, num_threads=1))
     return base.replace(**changes)
 
 

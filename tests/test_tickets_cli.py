@@ -5,11 +5,20 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from sparseprior.cli import main
 
 TINY = ["--dataset", "digits", "--subset", "160", "--epochs", "1", "--batch-size", "32",
         "--device", "cpu", "--threads", "1"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_threads():
+    """``--threads 1`` sets torch's global thread count; give the other tests theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def _run(args, capsys):

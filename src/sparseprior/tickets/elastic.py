@@ -42,6 +42,7 @@ from sparseprior.sparsity import MaskSet
 from sparseprior.tickets.imp import (
     IMPConfig,
     build_seeded_model,
+    check_same_experiment,
     load_splits,
     load_ticket,
     run_imp,
@@ -413,6 +414,17 @@ def target_imp_config(source: IMPConfig, model: nn.Module, target_depth: int, le
                           ablations=[], ablation_levels=None)
 
 
+def _check_same_elastic(saved: Mapping[str, Any], config: ElasticConfig, folder: Path) -> None:
+    """``ValueError`` if ``folder`` holds an Elastic run of a different experiment."""
+    old = ElasticConfig.from_dict(dict(saved))
+    check_same_experiment(old.source.to_dict(), config.source, folder)
+    differ = [k for k in ("source_run", "level", "target_depth", "mapping")
+              if getattr(old, k) != getattr(config, k)]
+    if differ:
+        raise ValueError(f"run folder {str(folder)!r} holds a different Elastic LTH experiment "
+                         f"(fields {differ} differ); use another --out folder")
+
+
 def run_elastic(
     config: ElasticConfig,
     run_dir: str | Path,
@@ -442,7 +454,10 @@ def run_elastic(
     splits = splits if splits is not None else load_splits(src_cfg)
     probe = build_seeded_model(src_cfg, splits, src_cfg.seed)
     plan = plan_transform(probe, config.target_depth, config.mapping)  # fail fast
-    run.write_config(config.replace(source=src_cfg))
+    effective = config.replace(source=src_cfg)
+    if run.file("config.json").exists():
+        _check_same_elastic(run.read_json("config.json"), effective, run.path)
+    run.write_config(effective)
 
     run_imp(src_cfg, source_dir, device=device, splits=splits)
     _, model, masks = load_ticket(source_dir, level)
@@ -455,6 +470,7 @@ def run_elastic(
             "target_density": ticket.masks.density(), "rewind_step": src_cfg.rewind_step}
     transformed = train_ticket(ticket.model, ticket.masks, splits, train, folder.path,
                                info=info, keep_checkpoints=src_cfg.keep_checkpoints)
+    transformed.pop("cached", None)
     log.info("elastic ticket depth %d -> %d (%s): density %.4f, test acc %.4f",
              info["source_depth"], config.target_depth, ticket.mapping_text,
              transformed["density"], transformed["test_accuracy"])

@@ -93,7 +93,7 @@ def elastic_experiment_config(mode: str = "full", dataset: str = "fashion-mnist"
     ``full``: all 60k images, 5 levels at 36%/level (density 10.7%; 36% rather than 20%
     keeps the two IMP runs within the 10-minute CPU budget), 6 epochs per level, Adam 1.2e-3
     with cosine decay.
-    ``quick``: MLP [128, 128] -> 3 hidden layers, 10k images, 3 levels at 50%/level, 2 epochs.
+    ``quick``: MLP [128, 128] -> 3 hidden layers, 20k images, 3 levels at 50%/level, 3 epochs.
     """
     check_choice(mode, "mode", MODES)
     train = TrainConfig(epochs=6, batch_size=128, optimizer="adam", lr=1.2e-3,
@@ -104,8 +104,8 @@ def elastic_experiment_config(mode: str = "full", dataset: str = "fashion-mnist"
     config = ElasticConfig(source=source, target_depth=4)
     if mode == "quick":
         source = source.replace(model_options={"hidden": [128, 128]},
-                                subset=10_000 if dataset == "fashion-mnist" else None,
-                                levels=3, rate=0.5, train=train.replace(epochs=2))
+                                subset=20_000 if dataset == "fashion-mnist" else None,
+                                levels=3, rate=0.5, train=train.replace(epochs=3))
         config = config.replace(source=source, target_depth=3)
     if dataset == "digits":
         config = config.replace(source=config.source.replace(

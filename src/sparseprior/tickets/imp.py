@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -85,9 +86,10 @@ RANDOM_MASK_SEED_OFFSET = 2000
 
 
 def default_imp_train() -> TrainConfig:
-    """The default retraining schedule: Adam 1.2e-3 (the LTH LeNet setting), batch 128,
-    no weight decay, 5 epochs, constant learning rate."""
-    return TrainConfig(epochs=5, batch_size=128, optimizer="adam", lr=1.2e-3, weight_decay=0.0)
+    """The default retraining schedule: Adam 1.2e-3 (the LTH LeNet setting) with cosine decay,
+    batch 128, no weight decay, 5 epochs."""
+    return TrainConfig(epochs=5, batch_size=128, optimizer="adam", lr=1.2e-3,
+                       lr_schedule="cosine", weight_decay=0.0)
 
 
 @dataclasses.dataclass
@@ -348,11 +350,11 @@ def train_ticket(
         the summary dict: ``info`` plus ``density``/``sparsity``/``nonzero``/``total``
         counted from the trained weights, ``layer_density``, ``test_accuracy``,
         ``test_loss``, ``val_accuracy`` (or ``None``), ``train_accuracy``, ``steps`` and
-        ``seconds``.
+        ``seconds``; ``cached: True`` is added when it was read from an earlier run.
     """
     run = RunDir(folder)
     if run.file(SUMMARY).exists():
-        return run.read_json(SUMMARY)
+        return {**run.read_json(SUMMARY), "cached": True}
     if names is None:
         names = masks.names if masks is not None else prunable_names(model)
     saved_masks = masks if masks is not None else MaskSet.dense(model, names=list(names))
@@ -460,6 +462,14 @@ def _train_dense(config: IMPConfig, splits: DatasetSplits, run: RunDir
                  ) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Level 0: dense training from init, keeping theta_k in ``rewind.safetensors``."""
     rewind_path = run.file(REWIND_FILE)
+    train = config.train
+    per_epoch = len(splits.train) // train.batch_size if train.drop_last else \
+        math.ceil(len(splits.train) / train.batch_size)
+    total = per_epoch * train.epochs if train.max_steps is None else \
+        min(per_epoch * train.epochs, train.max_steps)
+    if config.rewind_step > total:
+        raise ValueError(f"rewind_step={config.rewind_step} is beyond the {total} optimizer "
+                         f"steps of the dense training; choose rewind_step <= {total}")
     snapshot = WeightSnapshot(at_steps=[config.rewind_step])
 
     def keep_rewind(trainer: Trainer) -> None:
@@ -526,10 +536,13 @@ def _control(config: IMPConfig, splits: DatasetSplits, run: RunDir, level: int, 
                         keep_checkpoints=config.keep_checkpoints)
 
 
-def _log_summary(summary: Mapping[str, Any], levels: int) -> None:
-    log.info("IMP level %d/%d [%s]: density %.4f (target %.4f), test acc %.4f, %.1f s",
+def _log_summary(summary: dict[str, Any], levels: int) -> None:
+    """Log one finished training (and drop the ``cached`` marker from its summary)."""
+    cached = summary.pop("cached", False)
+    log.info("IMP level %d/%d [%s]: density %.4f (target %.4f), test acc %.4f, %.1f s%s",
              summary["level"], levels, summary["variant"], summary["density"],
-             summary["target_density"], summary["test_accuracy"], summary["seconds"])
+             summary["target_density"], summary["test_accuracy"], summary["seconds"],
+             " (finished earlier)" if cached else "")
 
 
 def run_imp(
