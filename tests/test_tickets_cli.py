@@ -58,3 +58,18 @@ def test_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, args, fragm
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0]
+
+
+def test_earlybird_command_runs_and_validates(tmp_path, capsys):
+    args = ["tickets", "earlybird", "--dataset", "digits", "--subset", "0", "--width", "0.25",
+            "--search-epochs", "3", "--epochs", "4", "--fifo", "2", "--threshold", "0.5",
+            "--no-baseline", "--device", "cpu", "--out", str(tmp_path / "eb")]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and "ticket drawn at epoch" in out
+    assert (tmp_path / "eb" / "slim_model.safetensors").exists()
+    with pytest.raises(SystemExit) as exc:
+        main([*args[:-2], "--prune-ratio", "1.5", "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "prune_ratio" in err[0]

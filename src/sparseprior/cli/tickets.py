@@ -1,8 +1,7 @@
 """``sparseprior tickets ...``: lottery tickets (IMP with rewinding, Elastic LTH, Early-Bird).
 
 Thin: parses options, builds the library's configs and calls it. Library ``ValueError`` s become
-one line and exit code 2 in :func:`sparseprior.cli.main`. The Early-Bird command is added to
-this ``app`` by its own module.
+one line and exit code 2 in :func:`sparseprior.cli.main`.
 """
 
 from __future__ import annotations
@@ -152,3 +151,38 @@ def elastic(
     typer.echo(f"mapping: {result.mapping}")
     _print_rows(result.rows())
     typer.echo(f"run folder: {out}")
+
+
+@app.command()
+def earlybird(
+    out: Path = typer.Option(Path("runs/earlybird"), help="Run folder."),
+    model: str = typer.Option("vgg-small", help="A model with BatchNorm: vgg-small, resnet20."),
+    width: float = typer.Option(0.5, help="Channel width multiplier."),
+    dataset: str = DATASET, data_root: Path = DATA_ROOT,
+    subset: int = typer.Option(15000, help="Training images (omit with 0 for all)."),
+    prune_ratio: float = typer.Option(0.5, help="Fraction of BN channels pruned, in (0, 1)."),
+    scope: str = typer.Option("global", help="'global' or 'layerwise' channel ranking."),
+    l1: float = typer.Option(1e-4, help="L1 weight on BN scales during the search."),
+    threshold: float = typer.Option(0.1, help="Draw the ticket when the max normalised "
+                                    "Hamming distance in the FIFO is below this."),
+    fifo: int = typer.Option(5, help="Masks kept in the FIFO (>= 2)."),
+    search_epochs: int = typer.Option(20, help="Most epochs of the search phase."),
+    epochs: int = typer.Option(16, help="Total epoch budget (the full baseline's epochs)."),
+    lr: float = typer.Option(0.02, help="SGD learning rate of every phase."),
+    retrain_init: str = typer.Option("inherit", help="'inherit' ticket weights or 'reinit'."),
+    baseline: bool = typer.Option(True, help="Also train the full network for comparison."),
+    seed: int = SEED, device: str = DEVICE, threads: int = THREADS,
+) -> None:
+    """Early-Bird tickets: find the channel mask early, slim the network, retrain it."""
+    from sparseprior.report.report import format_table
+    from sparseprior.tickets.earlybird import EarlyBirdConfig, result_rows, run_earlybird
+
+    config = EarlyBirdConfig(
+        model=model, width=width, dataset=dataset,
+        data_root=str(data_root) if data_root else None, subset=subset or None,
+        prune_ratio=prune_ratio, prune_scope=scope, l1_lambda=l1, distance_threshold=threshold,
+        fifo_size=fifo, search_epochs_max=search_epochs, epochs=epochs, lr=lr,
+        retrain_init=retrain_init, run_baseline=baseline, num_threads=threads, seed=seed)
+    result = run_earlybird(config, out, device=resolve_device(device))
+    typer.echo(format_table(result_rows(result)))
+    typer.echo(f"ticket drawn at epoch {result['drawn_epoch']}; run folder: {out}")

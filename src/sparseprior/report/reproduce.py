@@ -26,14 +26,11 @@ MODES = ("quick", "full")
 def _registry() -> dict[str, SectionFn]:
     """Sections by name, in report order (imported lazily so the CLI starts fast)."""
     from sparseprior.solvers.experiments import solvers_section
+    from sparseprior.tickets.earlybird import earlybird_section
+    from sparseprior.tickets.experiments import tickets_section
 
-    sections: dict[str, SectionFn] = {"solvers": solvers_section}
-    try:
-        from sparseprior.tickets.experiments import tickets_section
-    except ImportError:  # pillar not installed in this build
-        return sections
-    sections["tickets"] = tickets_section
-    return sections
+    return {"solvers": solvers_section, "tickets": tickets_section,
+            "earlybird": earlybird_section}
 
 
 def reproduce(out: str | Path = "runs/reproduce", mode: str = "quick",
