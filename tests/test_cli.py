@@ -3,19 +3,10 @@ import sys
 
 import pytest
 
-from sparseprior.cli import main
 
-
-def _run(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
-
-
-def test_problem_command_writes_file(tmp_path, capsys):
+def test_problem_command_writes_file(cli, tmp_path):
     path = tmp_path / "p.npz"
-    code, out, _ = _run(["solvers", "problem", str(path), "--m", "20", "--n", "40"], capsys)
+    code, out, _ = cli(["solvers", "problem", str(path), "--m", "20", "--n", "40"])
     assert code == 0 and path.exists() and "condition number" in out
 
 
@@ -25,9 +16,9 @@ def test_problem_command_writes_file(tmp_path, capsys):
     (["solvers", "problem", "X.npz", "--m", "-1"], "m must be >= 1"),
     (["solvers", "eval", "missing.safetensors", "--m", "4", "--n", "8"], "not found"),
 ])
-def test_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, args, fragment):
+def test_bad_input_is_one_line_exit_2(cli, tmp_path, monkeypatch, args, fragment):
     monkeypatch.chdir(tmp_path)
-    code, _, err = _run(args, capsys)
+    code, _, err = cli(args)
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0]
@@ -39,16 +30,15 @@ def test_console_script_entry_point():
     assert "solvers" in out.stdout and "reproduce" in out.stdout
 
 
-def test_train_eval_and_mismatched_checkpoint(tmp_path, capsys):
+def test_train_eval_and_mismatched_checkpoint(cli, tmp_path):
     out = tmp_path / "run"
     small = ["--m", "10", "--n", "20", "--seed", "1"]
-    code, text, _ = _run(["solvers", "train", "--model", "LISTA-CP", "--layers", "2",
-                          "--budget", "quick", "--out", str(out), "--device", "cpu", *small],
-                         capsys)
+    code, text, _ = cli(["solvers", "train", "--model", "LISTA-CP", "--layers", "2",
+                          "--budget", "quick", "--out", str(out), "--device", "cpu", *small])
     assert code == 0 and "test NMSE at layer 2" in text
     ckpt = out / "model.safetensors"
     assert ckpt.exists()
-    code, text, _ = _run(["solvers", "eval", str(ckpt), *small], capsys)
+    code, text, _ = cli(["solvers", "eval", str(ckpt), *small])
     assert code == 0 and "layer   2" in text and "support:" in text
-    code, _, err = _run(["solvers", "eval", str(ckpt), "--m", "12", "--n", "20"], capsys)
+    code, _, err = cli(["solvers", "eval", str(ckpt), "--m", "12", "--n", "20"])
     assert code == 2 and err.startswith("error: ") and "12" in err

@@ -7,8 +7,6 @@ import json
 import pytest
 import torch
 
-from sparseprior.cli import main
-
 TINY = ["--dataset", "digits", "--subset", "160", "--epochs", "1", "--batch-size", "32",
         "--device", "cpu", "--threads", "1"]
 
@@ -21,18 +19,11 @@ def _restore_threads():
     torch.set_num_threads(threads)
 
 
-def _run(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
-
-
-def test_imp_command_runs_and_prints_a_table(tmp_path, capsys):
+def test_imp_command_runs_and_prints_a_table(cli, tmp_path):
     out = tmp_path / "imp"
-    code, stdout, _ = _run(["tickets", "imp", "--model", "mlp", "--hidden", "16,16",
+    code, stdout, _ = cli(["tickets", "imp", "--model", "mlp", "--hidden", "16,16",
                             "--levels", "1", "--rewind-step", "2", "--ablation", "random",
-                            "--out", str(out), *TINY], capsys)
+                            "--out", str(out), *TINY])
     assert code == 0
     assert "| level | density | imp_acc | random_acc |" in stdout
     config = json.loads((out / "config.json").read_text())
@@ -52,24 +43,21 @@ def test_imp_command_runs_and_prints_a_table(tmp_path, capsys):
     (["tickets", "elastic", "--source-run", "missing-run", "--target-depth", "4"],
      "is not an IMP run folder"),
 ])
-def test_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, args, fragment):
+def test_bad_input_is_one_line_exit_2(cli, tmp_path, monkeypatch, args, fragment):
     monkeypatch.chdir(tmp_path)
-    code, _, err = _run(args, capsys)
+    code, _, err = cli(args)
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0]
 
 
-def test_earlybird_command_runs_and_validates(tmp_path, capsys):
+def test_earlybird_command_runs_and_validates(cli, tmp_path):
     args = ["tickets", "earlybird", "--dataset", "digits", "--subset", "0", "--width", "0.25",
             "--search-epochs", "3", "--epochs", "4", "--fifo", "2", "--threshold", "0.5",
             "--no-baseline", "--device", "cpu", "--out", str(tmp_path / "eb")]
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out = capsys.readouterr().out
-    assert exc.value.code == 0 and "ticket drawn at epoch" in out
+    code, out, _ = cli(args)
+    assert code == 0 and "ticket drawn at epoch" in out
     assert (tmp_path / "eb" / "slim_model.safetensors").exists()
-    with pytest.raises(SystemExit) as exc:
-        main([*args[:-2], "--prune-ratio", "1.5", "--out", str(tmp_path / "bad")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exc.value.code == 2 and len(err) == 1 and "prune_ratio" in err[0]
+    code, _, err = cli([*args[:-2], "--prune-ratio", "1.5", "--out", str(tmp_path / "bad")])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "prune_ratio" in lines[0]
