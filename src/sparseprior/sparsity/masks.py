@@ -115,12 +115,9 @@ def prunable_parameters(
 # --------------------------------------------------------------------------- counting
 
 
-@dataclass(frozen=True)
-class LayerSparsity:
-    """Counts for one weight tensor. ``density = nonzero / total``; ``sparsity = 1 - density``."""
+class _Ratios:
+    """``density = nonzero / total`` and ``sparsity = 1 - density`` from ``total``/``nonzero``."""
 
-    name: str
-    shape: tuple[int, ...]
     total: int
     nonzero: int
 
@@ -132,32 +129,34 @@ class LayerSparsity:
     def sparsity(self) -> float:
         return 1.0 - self.density
 
+
+@dataclass(frozen=True)
+class LayerSparsity(_Ratios):
+    """Counts for one weight tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    total: int
+    nonzero: int
+
     def to_dict(self) -> dict[str, Any]:
         return {"shape": list(self.shape), "total": self.total, "nonzero": self.nonzero,
                 "density": self.density, "sparsity": self.sparsity}
 
 
 @dataclass(frozen=True)
-class SparsityStats:
+class SparsityStats(_Ratios):
     """Global and per-layer counts of nonzero weights, from the actual tensors."""
 
     layers: dict[str, LayerSparsity]
 
     @property
-    def total(self) -> int:
+    def total(self) -> int:  # type: ignore[override]
         return sum(layer.total for layer in self.layers.values())
 
     @property
-    def nonzero(self) -> int:
+    def nonzero(self) -> int:  # type: ignore[override]
         return sum(layer.nonzero for layer in self.layers.values())
-
-    @property
-    def density(self) -> float:
-        return self.nonzero / self.total if self.total else 1.0
-
-    @property
-    def sparsity(self) -> float:
-        return 1.0 - self.density
 
     def to_dict(self) -> dict[str, Any]:
         return {"total": self.total, "nonzero": self.nonzero, "density": self.density,
