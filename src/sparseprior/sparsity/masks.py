@@ -164,6 +164,16 @@ class SparsityStats(_Ratios):
                 "layers": {n: s.to_dict() for n, s in self.layers.items()}}
 
 
+def _selected_parameters(model: nn.Module, names: Sequence[str] | None
+                         ) -> Mapping[str, Tensor]:
+    """The named parameters (checked to exist), or the prunable ones when ``names`` is None."""
+    if names is None:
+        return prunable_parameters(model)
+    params = dict(model.named_parameters())
+    _check_names_exist(names, params)
+    return {n: params[n] for n in names}
+
+
 def sparsity_stats(
     source: nn.Module | Mapping[str, Tensor], names: Sequence[str] | None = None
 ) -> SparsityStats:
@@ -175,12 +185,7 @@ def sparsity_stats(
     """
     if isinstance(source, nn.Module):
         model = unwrap_model(source)
-        if names is None:
-            tensors: Mapping[str, Tensor] = prunable_parameters(model)
-        else:
-            params = dict(model.named_parameters())
-            _check_names_exist(names, params)
-            tensors = {n: params[n] for n in names}
+        tensors: Mapping[str, Tensor] = _selected_parameters(model, names)
     else:
         tensors = source if names is None else {n: source[n] for n in names}
     layers = {}
@@ -262,12 +267,7 @@ class MaskSet(Mapping[str, Tensor]):
     def from_weights(cls, model: nn.Module, names: Sequence[str] | None = None) -> MaskSet:
         """Masks that keep the currently nonzero weights (default: the prunable parameters)."""
         model = unwrap_model(model)
-        if names is None:
-            tensors: Mapping[str, Tensor] = prunable_parameters(model)
-        else:
-            params = dict(model.named_parameters())
-            _check_names_exist(names, params)
-            tensors = {n: params[n] for n in names}
+        tensors: Mapping[str, Tensor] = _selected_parameters(model, names)
         return cls({n: t.detach() != 0 for n, t in tensors.items()})
 
     # ----- mapping protocol
