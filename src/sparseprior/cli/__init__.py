@@ -1,8 +1,8 @@
 """The ``sparseprior`` command. Thin: parses options and calls the library.
 
-One sub-command group per pillar lives in its own module (``cli/solvers.py``, ``cli/tickets.py``)
-so each stays small. Bad input (``ValueError``/``TypeError`` from the library) becomes one line
-on stderr and exit code 2, never a traceback.
+One sub-command group per pillar lives in its own module (``cli/solvers.py``, ``cli/tickets.py``,
+``cli/dst.py``, ``cli/compress.py``) so each stays small. Bad input (``ValueError``/``TypeError``
+from the library) becomes one line on stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from pathlib import Path
 
 import typer
 
+from sparseprior.cli import compress as compress_cli
+from sparseprior.cli import dst as dst_cli
 from sparseprior.cli import solvers as solvers_cli
 from sparseprior.cli import tickets as tickets_cli
 from sparseprior.common.device import resolve_device
@@ -30,6 +32,8 @@ app = typer.Typer(
 )
 app.add_typer(solvers_cli.app, name="solvers")
 app.add_typer(tickets_cli.app, name="tickets")
+app.add_typer(dst_cli.app, name="dst")
+app.add_typer(compress_cli.app, name="compress")
 
 
 @app.command()
