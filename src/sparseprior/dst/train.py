@@ -1,0 +1,194 @@
+"""``run_dst``: train one model with one DST method and save a run folder.
+
+Run folder (rank 0 writes; every file atomic except the append-only metrics log)::
+
+    <run>/config.json          DSTRunConfig (rerun the run from it)
+    <run>/model.json           input shape and number of classes (to rebuild the model)
+    <run>/train_config.json    the trainer's TrainConfig
+    <run>/metrics.jsonl        step/epoch/test records and one ``dst_update`` record per mask
+                               update (per-layer active/target/dropped/grown counts, digest)
+    <run>/masks.safetensors    final masks (+ .json)
+    <run>/final.safetensors    final masked weights, the whole state_dict (+ .json)
+    <run>/summary.json         test accuracy, density counted from the final weights (global and
+                               per layer), mask density, number of updates, seconds
+
+A rerun of a finished folder returns its summary; an interrupted one resumes exactly from its
+last checkpoint (the initial mask is rebuilt from the seed, then the checkpoint's mask loaded).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sparseprior.common.checkpoint import (
+    load_safetensors_checkpoint,
+    save_safetensors_checkpoint,
+)
+from sparseprior.common.runs import RunDir
+from sparseprior.data import DatasetSplits, load_dataset
+from sparseprior.dst.config import DSTRunConfig
+from sparseprior.dst.methods import DynamicSparsity, initial_masks
+from sparseprior.engine import Trainer, latest_checkpoint
+from sparseprior.engine.distributed import env_dist_info
+from sparseprior.models import build_model
+from sparseprior.sparsity import MaskSet, prunable_parameters, sparsity_stats
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "summary.json"
+MODEL_FILE = "model.json"
+WEIGHTS_KIND = "dst/weights"
+#: Fields that may differ between a run and its continuation (machine settings).
+_MACHINE_FIELDS = ("device", "progress", "num_threads", "num_workers", "log_every",
+                   "eval_batch_size", "checkpoint_every", "keep_checkpoints")
+
+
+def load_splits(config: DSTRunConfig) -> DatasetSplits:
+    """The dataset of ``config`` (``subset``, ``val_size`` and ``init_seed`` applied)."""
+    return load_dataset(config.dataset, config.data_root, val_size=config.val_size,
+                        subset=config.subset, seed=config.init_seed, **config.dataset_options)
+
+
+def build_seeded_model(config: DSTRunConfig, input_shape: tuple[int, ...], num_classes: int
+                       ) -> nn.Module:
+    """``config.model`` for inputs ``(B, *input_shape)``, initialised from ``init_seed`` without
+    touching the global RNG."""
+    c, h, w = input_shape
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.init_seed)
+        return build_model(config.model, in_channels=c, num_classes=num_classes,
+                           input_size=(h, w), **config.model_options)
+
+
+def _identity(config: DSTRunConfig) -> dict[str, Any]:
+    data = json.loads(config.to_json())
+    for key in _MACHINE_FIELDS:
+        data["train"].pop(key, None)
+    return data
+
+
+def _check_same_run(run: RunDir, config: DSTRunConfig) -> None:
+    if not run.file("config.json").exists():
+        return
+    old = _identity(DSTRunConfig.from_dict(run.read_json("config.json")))
+    new = _identity(config)
+    if old != new:
+        differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise ValueError(f"run folder {str(run.path)!r} holds a different DST run (fields "
+                         f"{differ} differ); use another folder or the same settings")
+
+
+def counted_sparsity(model: nn.Module, names: list[str]) -> dict[str, Any]:
+    """Density/sparsity of ``names`` counted from the weights: global and per layer."""
+    params = dict(model.named_parameters())
+    stats = sparsity_stats({n: params[n].detach() for n in names})
+    return {"density": stats.density, "sparsity": stats.sparsity, "nonzero": stats.nonzero,
+            "total": stats.total,
+            "layers": {n: {"shape": list(s.shape), "nonzero": s.nonzero, "total": s.total,
+                           "sparsity": s.sparsity} for n, s in stats.layers.items()}}
+
+
+def run_dst(
+    config: DSTRunConfig,
+    run_dir: str | Path | None = None,
+    *,
+    device: str | torch.device | None = None,
+    splits: DatasetSplits | None = None,
+) -> dict[str, Any]:
+    """Train ``config`` (single process, or one rank under ``torchrun``) and return its summary.
+
+    Args:
+        config: the experiment.
+        run_dir: the run folder (``None``: keep nothing on disk). A finished folder is not
+            retrained; an interrupted one resumes; one holding another experiment is a
+            ``ValueError``.
+        device: overrides ``config.train.device``.
+        splits: the data, if already loaded (default: :func:`load_splits`).
+
+    Returns:
+        the summary: method, sparsity target, ``density``/``sparsity``/``layers`` counted from
+        the final weights, ``mask_density``, ``test_accuracy``, ``test_loss``,
+        ``train_accuracy``, ``updates``, ``steps``, ``seconds`` (training wall time) and
+        ``step_seconds`` (mean wall time per optimizer step); ``cached: True`` if read back.
+    """
+    if not isinstance(config, DSTRunConfig):
+        raise TypeError(f"config must be a DSTRunConfig, got {type(config).__name__}")
+    if device is not None:
+        config = config.replace(train=config.train.replace(device=str(device)))
+    is_main = env_dist_info().is_main
+    run = RunDir(run_dir) if run_dir is not None else None
+    if run is not None:
+        if run.file(SUMMARY).exists():
+            return {**run.read_json(SUMMARY), "cached": True}
+        _check_same_run(run, config)
+    splits = splits if splits is not None else load_splits(config)
+    model = build_seeded_model(config, splits.input_shape, splits.num_classes)
+    masks = initial_masks(model, config.dst)
+    names = masks.names if masks is not None else list(
+        prunable_parameters(model, include_output=config.dst.include_output))
+    dst = DynamicSparsity(config.dst)
+    if run is not None and is_main:
+        run.write_config(config)
+        run.write_json(MODEL_FILE, {"input_shape": list(splits.input_shape),
+                                    "num_classes": splits.num_classes})
+    resume = run is not None and latest_checkpoint(run.path / "checkpoints") is not None
+    trainer = Trainer(model, splits.train, config.train, val_set=splits.val,
+                      test_set=splits.test, masks=masks, run_dir=run, callbacks=[dst])
+    start = time.perf_counter()
+    history = trainer.fit(resume=resume)
+    seconds = time.perf_counter() - start
+    test = trainer.test_metrics or trainer.evaluate(splits.test)
+    counted = counted_sparsity(trainer.model, names)
+    summary = {
+        "model": config.model, "method": config.dst.method,
+        "target_sparsity": config.dst.sparsity if config.dst.method != "dense" else 0.0,
+        **counted,
+        "mask_density": trainer.masks.density() if trainer.masks is not None else 1.0,
+        "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+        "train_accuracy": history[-1].get("train_acc") if history else None,
+        "updates": len(dst.updates), "steps": trainer.step, "seconds": seconds,
+        "step_seconds": seconds / max(1, trainer.step),
+        "world_size": trainer.dist.world_size, "device": str(trainer.device),
+    }
+    if run is not None and is_main:
+        save_run_weights(run, trainer.model, trainer.masks, summary)
+        run.write_json(SUMMARY, summary)
+        if trainer.checkpoint_dir is not None:
+            shutil.rmtree(trainer.checkpoint_dir, ignore_errors=True)
+    return summary
+
+
+def save_run_weights(run: RunDir, model: nn.Module, masks: MaskSet | None,
+                     info: dict[str, Any]) -> None:
+    """``final.safetensors`` (masked state_dict) and ``masks.safetensors`` into ``run``."""
+    meta = {k: info[k] for k in ("model", "method", "target_sparsity") if k in info}
+    save_safetensors_checkpoint(run.file("final"), dict(model.state_dict()), meta,
+                                kind=WEIGHTS_KIND)
+    if masks is not None:
+        masks.save(run.file("masks"), meta=meta)
+
+
+def load_run_model(run_dir: str | Path) -> tuple[DSTRunConfig, nn.Module, MaskSet | None]:
+    """The trained model of a finished run folder: ``(config, model in eval mode, masks)``."""
+    run = RunDir(run_dir)
+    if not run.file(SUMMARY).exists() or not run.file("final.safetensors").exists():
+        raise ValueError(f"{str(run.path)!r} is not a finished DST run folder (no "
+                         f"{SUMMARY} / final.safetensors); train it with `sparseprior dst "
+                         f"train --out {run.path}`")
+    config = DSTRunConfig.from_dict(run.read_json("config.json"))
+    shape = run.read_json(MODEL_FILE)
+    model = build_seeded_model(config, tuple(shape["input_shape"]), int(shape["num_classes"]))
+    state: dict[str, Tensor]
+    state, _ = load_safetensors_checkpoint(run.file("final"), kind=WEIGHTS_KIND)
+    model.load_state_dict(state)
+    masks = MaskSet.load(run.file("masks"), model) if run.file("masks.safetensors").exists() \
+        else None
+    return config, model.eval(), masks
