@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,9 @@ class CSRLinear(nn.Module):
         dense = weight.detach().to_dense() if weight.layout != torch.strided else \
             weight.detach()
         self.out_features, self.in_features = (int(s) for s in dense.shape)
-        self.weight = dense.to_sparse_csr()
+        with warnings.catch_warnings():  # "CSR support is in beta": known, and measured here
+            warnings.simplefilter("ignore", UserWarning)
+            self.weight = dense.to_sparse_csr()
         self.bias = bias.detach().clone() if bias is not None else None
 
     @classmethod
@@ -156,7 +159,8 @@ def load_sparse_inference(path: str | Path, model: nn.Module) -> nn.Module:
     for name, (rows, cols) in shapes.items():
         weight = torch.sparse_csr_tensor(tensors.pop(f"{name}.crow_indices"),
                                          tensors.pop(f"{name}.col_indices"),
-                                         tensors.pop(f"{name}.values"), size=(rows, cols))
+                                         tensors.pop(f"{name}.values"), size=(rows, cols),
+                                         check_invariants=True)
         _set_module(out, name, CSRLinear(weight, tensors.pop(f"{name}.bias", None)))
     missing, unexpected = out.load_state_dict(tensors, strict=False)
     if unexpected:
@@ -240,3 +244,45 @@ def compare_latency(
 def max_output_difference(a: nn.Module, b: nn.Module, inputs: Tensor) -> float:
     """``max |a(x) - b(x)|`` over ``inputs`` (CPU)."""
     return float((a(inputs) - b(inputs)).abs().max())
+
+
+def export_run(run_dir: str | Path, out: str | Path | None = None, *,
+               min_sparsity: float = 0.5, check_images: int = 2000,
+               batch_sizes: Sequence[int] = (1, 256), repeats: int = 15,
+               threads: int | None = 1) -> dict[str, Any]:
+    """Export a finished DST run folder to CSR inference and measure it against dense.
+
+    Writes ``out`` (default ``<run>/sparse_inference.safetensors`` + ``.json``) and
+    ``<run>/export.json`` with: the CSR layers and their non-zeros, the largest output
+    difference and both accuracies on the first ``check_images`` test images, and the
+    interleaved latency of dense vs CSR (``compare_latency``) at ``batch_sizes``.
+    """
+    from sparseprior.common.runs import RunDir
+    from sparseprior.dst.train import load_run_model, load_splits
+
+    config, model, _ = load_run_model(run_dir)
+    model = model.to("cpu").eval()
+    sparse = to_sparse_inference(model, min_sparsity=min_sparsity)
+    layers = {n: {"shape": [m.out_features, m.in_features], "nnz": m.nnz}
+              for n, m in csr_layers(sparse).items()}
+    run = RunDir(run_dir)
+    path = save_sparse_inference(out or run.file("sparse_inference"), sparse,
+                                 {"run": str(run.path), "min_sparsity": min_sparsity})
+    splits = load_splits(config)
+    x, y = splits.test.tensors
+    x, y = x[:check_images], y[:check_images]
+    with torch.no_grad():
+        dense_out, sparse_out = model(x), sparse(x)
+    result = {
+        "file": str(path), "csr_layers": layers,
+        "max_abs_difference": float((dense_out - sparse_out).abs().max()),
+        "checked_images": int(len(y)),
+        "dense_accuracy": float((dense_out.argmax(1) == y).float().mean()),
+        "sparse_accuracy": float((sparse_out.argmax(1) == y).float().mean()),
+        "threads": threads,
+        "latency": compare_latency({"dense (masked)": model, "csr": sparse},
+                                   tuple(splits.input_shape), batch_sizes=batch_sizes,
+                                   repeats=repeats, threads=threads) if repeats else [],
+    }
+    run.write_json("export.json", result)
+    return result
