@@ -140,7 +140,8 @@ def test_resume_gives_the_same_parameters(problem, tmp_path):
 
 
 def test_presets_and_bad_configs(problem):
-    assert set(BUDGETS) == {"quick", "paper", "cpu"}
+    assert set(BUDGETS) == {"quick", "paper", "cpu", "gpu", "scalar-quick", "scalar-cpu",
+                            "scalar-gpu"}
     assert BUDGETS["paper"].patience == 4000 and BUDGETS["paper"].eval_every == 10
     assert BUDGETS["paper"].init_lr == 5e-4 and BUDGETS["paper"].fine_tune_lrs == (1e-4, 1e-5)
     round_trip = StagedTrainingConfig.from_dict(json.loads(BUDGETS["cpu"].to_json()))

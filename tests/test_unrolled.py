@@ -143,7 +143,7 @@ def test_layer_parameters_and_counts(problem):
     with pytest.raises(ValueError, match="layer"):
         ti.layer_parameters(4)
     assert isinstance(ti, UnrolledSolver) and set(SOLVERS) == {
-        "LISTA", "LISTA-CP", "LISTA-SS", "LISTA-CPSS", "TiLISTA"}
+        "LISTA", "LISTA-CP", "LISTA-SS", "LISTA-CPSS", "TiLISTA", "ALISTA", "HyperLISTA"}
     assert cp.config == {"name": "LISTA-CPSS", "m": m, "n": n, "num_layers": 3, "lam": 0.4,
                          "support_selection": True, "ss_step": 1.2, "ss_max": 13.0}
 

@@ -49,7 +49,8 @@ def problem(
 
 @app.command()
 def train(
-    model: str = typer.Option("LISTA-CPSS", help="LISTA, LISTA-CP, LISTA-SS, LISTA-CPSS, TiLISTA."),
+    model: str = typer.Option("LISTA-CPSS", help="LISTA, LISTA-CP, LISTA-SS, LISTA-CPSS, "
+                              "TiLISTA, ALISTA, HyperLISTA."),
     layers: int = typer.Option(16, help="Number of unrolled layers T."),
     budget: str = typer.Option("quick", help="Training budget preset: quick, cpu or paper."),
     out: Path = typer.Option(None, help="Run folder (default runs/solvers/<model>)."),
@@ -59,17 +60,16 @@ def train(
 ) -> None:
     """Train an unrolled solver with the layer-wise staged schedule; save its checkpoint."""
     from sparseprior.solvers.experiments import evaluate_solver
-    from sparseprior.solvers.training import BUDGETS, train_staged
+    from sparseprior.solvers.training import budget_for, train_staged
     from sparseprior.solvers.unrolled import build_solver
 
-    if budget not in BUDGETS:
-        raise ValueError(f"budget={budget!r} is not one of {sorted(BUDGETS)}")
+    config = budget_for(model, budget)
     prob = _problem(problem, m, n, p, snr, kappa, seed)
     dev = resolve_device(device)
     run = RunDir(out or Path("runs/solvers") / model)
     run.write_json("problem.json", prob.config.to_dict())
     solver = build_solver(model, prob.A, num_layers=layers)
-    result = train_staged(solver, prob, BUDGETS[budget], run_dir=run.path, device=dev,
+    result = train_staged(solver, prob, config, run_dir=run.path, device=dev,
                           resume=resume)
     ckpt = run.file("model.safetensors")  # written by train_staged
     metrics = evaluate_solver(solver, prob, dev)
@@ -131,3 +131,43 @@ def bench(
     typer.echo("")
     typer.echo(format_table(res.classic_rows))
     typer.echo(f"\nsupport-oracle floor: {res.floor_db:.2f} dB\nresults in {run.path}")
+
+
+@app.command()
+def tune(
+    trials: int = typer.Option(100, help="Total trials of the study (a resumed study runs only "
+                               "the missing ones)."),
+    timeout: float = typer.Option(300.0, help="Stop this session after this many seconds."),
+    sampler: str = typer.Option("tpe", help="Optuna sampler: tpe, random or grid."),
+    grid_points: int = typer.Option(5, help="Values per hyperparameter for --sampler grid."),
+    storage: str = typer.Option(None, help="Optuna storage URL (default: SQLite study.db in "
+                                "--out); any RDB URL lets several machines share a study."),
+    study_name: str = typer.Option("hyperlista", help="Study name in the storage."),
+    layers: int = typer.Option(16, help="Number of unrolled layers T."),
+    val_samples: int = typer.Option(None, help="Use only the first N validation samples."),
+    out: Path = typer.Option(Path("runs/tune-hyperlista"), help="Run folder."),
+    tune_seed: int = typer.Option(0, help="Sampler seed."),
+    problem: Path = PROBLEM, m: int = M, n: int = N, p: float = P, snr: float = SNR,
+    kappa: float = KAPPA, seed: int = SEED, device: str = DEVICE,
+) -> None:
+    """Tune HyperLISTA's 3 hyperparameters with Optuna; save the best as a loadable solver."""
+    from sparseprior.solvers.experiments import evaluate_solver
+    from sparseprior.solvers.tuning import TuningConfig, tune_hyperlista
+    from sparseprior.solvers.unrolled import load_solver
+
+    prob = _problem(problem, m, n, p, snr, kappa, seed)
+    config = TuningConfig(n_trials=trials, timeout_s=timeout, sampler=sampler,
+                          num_layers=layers, val_samples=val_samples, grid_points=grid_points,
+                          seed=tune_seed)
+    dev = resolve_device(device)
+    res = tune_hyperlista(prob, config, run_dir=out, storage=storage, study_name=study_name,
+                          device=dev)
+    metrics = evaluate_solver(load_solver(res.model_path, A=prob.A), prob, dev)
+    RunDir(out).write_json("test_metrics.json", metrics)
+    hp = ", ".join(f"{k}={v:.5g}" for k, v in res.best.items())
+    typer.echo(f"{res.n_trials} trials in the study ({res.seconds:.1f} s this session)\n"
+               f"best: {hp}\nvalidation NMSE at layer {layers}: {res.best_nmse_db:.2f} dB "
+               f"(defaults {res.default_nmse_db:.2f} dB)\n"
+               f"test NMSE at layer {layers}: {metrics['final_nmse_db']:.2f} dB "
+               f"(median sample {metrics['median_sample_nmse_db']:.2f} dB)\n"
+               f"study: {res.storage} ({res.study_name})\nsolver: {res.model_path}")

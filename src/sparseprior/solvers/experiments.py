@@ -157,7 +157,7 @@ def run_benchmark(run: RunDir, problem: SparseRecoveryProblem, models: Sequence[
                   checkpoints: Path | None = None) -> BenchmarkResult:
     """Train (or load from ``checkpoints``) each model, run the classic sweep, write
     ``benchmark.json``, ``table.md`` and ``nmse_vs_layer.png`` into ``run``."""
-    from sparseprior.solvers.training import BUDGETS, train_staged
+    from sparseprior.solvers.training import budget_for, train_staged
     from sparseprior.solvers.unrolled import build_solver, load_solver, save_solver
 
     run.write_json("config.json", {"problem": problem.config.to_dict(), "models": list(models),
@@ -173,7 +173,7 @@ def run_benchmark(run: RunDir, problem: SparseRecoveryProblem, models: Sequence[
             log.info("loaded %s from %s", name, ckpt)
         else:
             model = build_solver(name, problem.A, num_layers=num_layers)
-            result = train_staged(model, problem, BUDGETS[budget],
+            result = train_staged(model, problem, budget_for(name, budget),
                                   run_dir=run.path / "training" / name, device=device,
                                   progress=progress)
             seconds = result.total_wall_s

@@ -53,6 +53,7 @@ __all__ = [
     "StageRecord",
     "StagedTrainingConfig",
     "TrainingResult",
+    "budget_for",
     "evaluate_layers",
     "stage_lr",
     "stage_name",
@@ -82,7 +83,10 @@ class StagedTrainingConfig(Config):
     (None: all). warm_start: before stage A of layer t > 1, copy layer t-1's trained
     parameters into layer t where names and shapes match (not in the published schedule; a new
     layer then starts from its trained neighbour instead of from the ISTA weights, which saves
-    many steps on small budgets). seed: seeds the training-batch generator.
+    many steps on small budgets). seed: seeds the training-batch generator. max_seconds: a
+    hard wall-clock budget for the whole run (None: none): each stage gets an equal share of
+    the time still left (unused time carries over) and stops when its share is spent; every
+    stage still runs at least one step, so all layers get trained.
     """
 
     init_lr: float = 5e-4
@@ -96,6 +100,7 @@ class StagedTrainingConfig(Config):
     val_samples: int | None = None
     warm_start: bool = False
     seed: int = 0
+    max_seconds: float | None = None
 
     def validate(self) -> None:
         if isinstance(self.fine_tune_lrs, (int, float)):
@@ -124,6 +129,10 @@ class StagedTrainingConfig(Config):
         if self.val_samples is not None:
             check_positive_int(self.val_samples, "val_samples")
         check_positive_int(self.seed, "seed", allow_zero=True)
+        if self.max_seconds is not None and not (math.isfinite(self.max_seconds)
+                                                 and self.max_seconds > 0):
+            raise ValueError(f"max_seconds must be a finite number of seconds > 0 or None, "
+                             f"got {self.max_seconds!r}")
 
     @property
     def num_stages(self) -> int:
@@ -153,7 +162,38 @@ BUDGETS: dict[str, StagedTrainingConfig] = {
                                   val_samples=250, warm_start=True),
     "cpu": StagedTrainingConfig(patience=500, eval_every=50, max_steps_per_stage=4000,
                                 max_steps_fine_tune=(3000, 800), warm_start=True),
+    "gpu": StagedTrainingConfig(init_lr=1e-3, fine_tune_lrs=(2e-4, 2e-5), batch_size=512,
+                                patience=300, eval_every=25, max_steps_per_stage=2000,
+                                max_steps_fine_tune=(1000, 300), warm_start=True),
 }
+
+#: Solvers whose trainable parameters are only per-layer scalars (step sizes, thresholds)
+#: train with larger learning rates: their presets are ``BUDGETS["scalar-<budget>"]``.
+SCALAR_SOLVERS = ("ALISTA",)
+BUDGETS.update({
+    "scalar-quick": StagedTrainingConfig(init_lr=1e-2, fine_tune_lrs=(2e-3, 2e-4),
+                                         batch_size=128, patience=100, eval_every=20,
+                                         max_steps_per_stage=300, max_steps_fine_tune=150,
+                                         warm_start=True),
+    "scalar-cpu": StagedTrainingConfig(init_lr=1e-2, fine_tune_lrs=(2e-3, 2e-4),
+                                       batch_size=128, patience=300, eval_every=25,
+                                       max_steps_per_stage=2000, max_steps_fine_tune=1000,
+                                       warm_start=True),
+    "scalar-gpu": StagedTrainingConfig(init_lr=1e-2, fine_tune_lrs=(2e-3, 2e-4),
+                                       batch_size=1024, patience=300, eval_every=25,
+                                       max_steps_per_stage=2000, max_steps_fine_tune=1000,
+                                       warm_start=True),
+})
+
+
+def budget_for(solver: str, budget: str) -> StagedTrainingConfig:
+    """The preset ``budget`` for solver ``solver``: ``scalar-<budget>`` for the solvers in
+    :data:`SCALAR_SOLVERS` when it exists, else ``BUDGETS[budget]``."""
+    if solver in SCALAR_SOLVERS and f"scalar-{budget}" in BUDGETS:
+        return BUDGETS[f"scalar-{budget}"]
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown training budget {budget!r}; choose one of {sorted(BUDGETS)}")
+    return BUDGETS[budget]
 
 
 def stage_name(stage: int) -> str:
@@ -189,7 +229,7 @@ def stage_param_groups(model: UnrolledSolver, layer: int, stage: int,
 class StageRecord:
     """One finished stage. NMSEs in dB at layer ``layer`` on the validation set used for
     early stopping; ``curve`` holds (step, val NMSE) at every check; ``stopped`` is
-    "patience", "max_steps" or "diverged"."""
+    "patience", "max_steps", "time" or "diverged"."""
 
     layer: int
     stage: int
@@ -288,11 +328,13 @@ def _only_trainable(model: UnrolledSolver, params: list[torch.nn.Parameter]) -> 
 def train_stage(model: UnrolledSolver, problem: SparseRecoveryProblem, layer: int, stage: int,
                 config: StagedTrainingConfig, generator: torch.Generator,
                 val: tuple[torch.Tensor, torch.Tensor],
-                on_eval: Callable[[int, float, float], None] | None = None) -> StageRecord:
+                on_eval: Callable[[int, float, float], None] | None = None,
+                deadline: float | None = None) -> StageRecord:
     """Run one stage; return its record. The best-validation parameters are restored.
 
     val: (x*, y) on the model's device. on_eval(step, val_nmse_db, best_val_nmse_db) is called
-    after each validation check.
+    after each validation check. deadline: a ``time.perf_counter()`` value; the stage stops
+    (after a final validation check) once it is passed.
     """
     start_time = time.perf_counter()
     groups = stage_param_groups(model, layer, stage, config)
@@ -319,7 +361,8 @@ def train_stage(model: UnrolledSolver, problem: SparseRecoveryProblem, layer: in
             loss.backward()
             optimizer.step()
             step += 1
-            if step % config.eval_every and step < cap:
+            out_of_time = deadline is not None and time.perf_counter() >= deadline
+            if step % config.eval_every and step < cap and not out_of_time:
                 continue
             value = _val_nmse(model, x_val, y_val, layer)
             curve.append((step, value))
@@ -331,6 +374,9 @@ def train_stage(model: UnrolledSolver, problem: SparseRecoveryProblem, layer: in
                 on_eval(step, value, best)
             if step - best_step >= config.patience:
                 stopped = "patience"
+                break
+            if out_of_time:
+                stopped = "time"
                 break
         with torch.no_grad():
             for b, p in zip(best_params, params, strict=True):
@@ -467,7 +513,9 @@ def train_staged(model: UnrolledSolver, problem: SparseRecoveryProblem,
 
             if stage == 0 and layer > 1 and config.warm_start:
                 warm_start_layer(model, layer)
-            record = train_stage(model, problem, layer, stage, config, gen, val, on_eval)
+            record = train_stage(model, problem, layer, stage, config, gen, val, on_eval,
+                                 _stage_deadline(config, elapsed, session_start,
+                                                 len(plan) - index))
             history.append(record)
             log.info("%s layer %d stage %s: %d steps, val %.2f dB (%.1f s)", model.name, layer,
                      record.stage_name, record.steps, record.best_val_nmse_db, record.wall_s)
@@ -488,6 +536,16 @@ def train_staged(model: UnrolledSolver, problem: SparseRecoveryProblem,
         run.log_metrics({"event": "final", "val_nmse_db": per_layer, "total_wall_s": total})
     return TrainingResult(history=history, total_wall_s=total, val_nmse_db=per_layer,
                           resumed_stages=resumed)
+
+
+def _stage_deadline(config: StagedTrainingConfig, elapsed: float, session_start: float,
+                    stages_left: int) -> float | None:
+    """perf_counter() deadline of the next stage: an equal share of the time left."""
+    if config.max_seconds is None:
+        return None
+    now = time.perf_counter()
+    left = config.max_seconds - elapsed - (now - session_start)
+    return now + max(left, 0.0) / max(stages_left, 1)
 
 
 def _resolve_config(config: StagedTrainingConfig | str | None) -> StagedTrainingConfig:

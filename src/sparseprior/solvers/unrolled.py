@@ -1,4 +1,5 @@
-"""Unrolled (learned) ISTA solvers: LISTA, LISTA-CP, LISTA-SS, LISTA-CPSS and TiLISTA.
+"""Unrolled (learned) ISTA solvers: LISTA, LISTA-CP, LISTA-SS, LISTA-CPSS, TiLISTA, ALISTA and
+HyperLISTA.
 
 Every solver maps measurements ``y`` (batch, m) to the list of all T layer outputs, each
 (batch, n), starting from ``x_0 = 0``. ``A`` (m, n) is kept as a (non-trainable) buffer.
@@ -9,6 +10,9 @@ Layers (t = 1..T, ``eta`` = soft thresholding, ``eta_ss`` = with support selecti
 * LISTA-CP    x_t = eta(x_{t-1} + W_t^T (y - A x_{t-1}), theta_t)  W_t (m, n)
 * LISTA-SS    LISTA with ``eta_ss``;  LISTA-CPSS: LISTA-CP with ``eta_ss``
 * TiLISTA     x_t = eta_ss(x_{t-1} + gamma_t W^T (y - A x_{t-1}), theta_t), one tied W (m, n)
+* ALISTA      as TiLISTA with W the fixed analytic weight (:mod:`.analytic`): 2 scalars per layer
+* HyperLISTA  ALISTA + momentum with instance-adaptive theta, beta and support selection from
+              3 hyperparameters in total (see :class:`HyperLISTA`)
 
 ``theta_t`` and ``gamma_t`` are scalars. Initialisation follows Chen et al. (2018), "Theoretical
 linear convergence of unfolded ISTA and its practical weights and thresholds": W1 = A^T/L,
@@ -42,6 +46,7 @@ from torch import nn
 from sparseprior.common.checkpoint import load_safetensors_checkpoint, save_safetensors_checkpoint
 from sparseprior.common.device import resolve_device
 from sparseprior.common.validation import as_float_tensor, check_positive_int, check_range
+from sparseprior.solvers.analytic import analytic_weight
 from sparseprior.solvers.classic import lipschitz_constant, soft_threshold
 
 log = logging.getLogger(__name__)
@@ -52,12 +57,15 @@ __all__ = [
     "LISTA_CPSS",
     "LISTA_SS",
     "SOLVERS",
+    "ALISTA",
+    "HyperLISTA",
     "TiLISTA",
     "UnrolledSolver",
     "build_solver",
     "load_solver",
     "save_solver",
     "shrink_ss",
+    "shrink_ss_rows",
     "support_mask",
     "support_percent",
 ]
@@ -366,12 +374,140 @@ class TiLISTA(UnrolledSolver):
         return x + self.layers[t - 1]["gamma"] * (self.residual(x, y) @ self.shared["W"])
 
 
+class ALISTA(UnrolledSolver):
+    """Analytic LISTA (Liu et al. 2019):
+    x_t = eta_ss(x_{t-1} + gamma_t W^T (y - A x_{t-1}), theta_t) with the fixed analytic W of
+    :func:`~sparseprior.solvers.analytic.analytic_weight` (a buffer, recomputed from A on
+    load, not saved) and only gamma_t, theta_t trained: 2 scalars per layer.
+
+    Initialisation: gamma_t = 1/||W^T A||_2 and theta_t = lam * gamma_t (an ISTA-like start).
+    """
+
+    name = "ALISTA"
+    default_support_selection = True
+
+    def __init__(self, A: torch.Tensor, num_layers: int = 16, lam: float = 0.4,
+                 **kwargs: Any) -> None:
+        super().__init__(A, num_layers, lam, **kwargs)
+        self.register_buffer("W", analytic_weight(self.A), persistent=False)
+        gamma = 1.0 / float(torch.linalg.matrix_norm(self.W.double().T @ self.A.double(),
+                                                     ord=2))
+        for layer in self.layers:
+            layer["gamma"] = _scalar(gamma)
+            layer["theta"] = _scalar(self.lam * gamma)
+
+    def preactivation(self, t: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x + self.layers[t - 1]["gamma"] * (self.residual(x, y) @ self.W)
+
+
+def shrink_ss_rows(z: torch.Tensor, theta: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """eta_ss with a per-sample threshold and selection size.
+
+    z: (batch, n); theta: (batch, 1) thresholds; k: (batch,) integer counts in [0, n]. In row
+    b the entries among the ``k[b]`` largest magnitudes that also exceed ``theta[b]`` pass
+    through unchanged; the rest are soft thresholded by ``theta[b]``.
+    """
+    with torch.no_grad():
+        mag = z.detach().abs()
+        ordered = mag.sort(dim=-1, descending=True).values
+        kth = ordered.gather(-1, (k.long() - 1).clamp_min(0).unsqueeze(-1))
+        kth = torch.where(k.unsqueeze(-1) > 0, kth, torch.full_like(kth, math.inf))
+        above = torch.nextafter(theta.detach(), torch.full_like(theta, math.inf))
+        weights = (torch.maximum(kth, above) - mag).sign_().clamp_(min=0.0)
+    return soft_threshold(z, theta * weights)
+
+
+class HyperLISTA(UnrolledSolver):
+    """HyperLISTA (Chen, Liu, Wang & Yin, NeurIPS 2021): ALISTA with momentum whose
+    per-layer quantities are computed from the current iterate of each sample, from exactly
+    three hyperparameters (c_beta, c_theta, c_ss):
+
+    * r_t = y - A x_t, u_t = ||A^+ r_t||_1 (per sample), u_0 = ||A^+ y||_1;
+    * threshold theta_t = c_theta * gamma * u_t;
+    * momentum beta_t = c_beta * ||x_t||_0;
+    * support-selection ratio p_t = clip(c_ss * log(u_0 / u_t), 0, 1): the top
+      floor(p_t * n) entries by magnitude that exceed theta_t skip the shrinkage;
+    * x_{t+1} = eta_ss(x_t + gamma W^T r_t, theta_t, p_t) + beta_t (x_t - x_{t-1}).
+
+    W is ALISTA's analytic weight and gamma = 1 (W^T A has a unit diagonal); A^+ is the
+    pseudo-inverse. Inference reads only y: nothing here depends on x*. The three
+    hyperparameters are ``nn.Parameter`` s (``n_params == 3``) so they can be tuned
+    (:mod:`sparseprior.solvers.tuning`) or trained by backpropagation; the
+    support-selection count is not differentiated through.
+    """
+
+    name = "HyperLISTA"
+    default_support_selection = True
+    HYPERPARAMETERS: ClassVar[tuple[str, ...]] = ("c_beta", "c_theta", "c_ss")
+    DEFAULTS: ClassVar[dict[str, float]] = {"c_beta": 0.01, "c_theta": 0.005, "c_ss": 0.5}
+
+    def __init__(self, A: torch.Tensor, num_layers: int = 16, lam: float = 0.4, *,
+                 c_beta: float | None = None, c_theta: float | None = None,
+                 c_ss: float | None = None, gamma: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(A, num_layers, lam, **kwargs)
+        given = {"c_beta": c_beta, "c_theta": c_theta, "c_ss": c_ss}
+        for key, value in given.items():
+            value = self.DEFAULTS[key] if value is None else float(value)
+            if not math.isfinite(value):
+                raise ValueError(f"{key} must be a finite number (>= 0 in practice), "
+                                 f"got {value!r}")
+            self.shared[key] = _scalar(value)
+        check_range(float(gamma), "gamma", 0.0, low_inclusive=False)
+        self.gamma = float(gamma)
+        self.register_buffer("W", analytic_weight(self.A), persistent=False)
+        pinv = torch.linalg.pinv(self.A.double()).float()          # (n, m)
+        self.register_buffer("A_pinv_T", pinv.T.contiguous(), persistent=False)  # (m, n)
+
+    @property
+    def hyperparameters(self) -> dict[str, float]:
+        """The three hyperparameters as plain floats."""
+        return {k: float(self.shared[k].detach()) for k in self.HYPERPARAMETERS}
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {**super().config, "gamma": self.gamma, **self.hyperparameters}
+
+    def layer_parameters(self, t: int) -> list[nn.Parameter]:
+        self._check_layer(t)
+        return list(self.shared.values()) if t == 1 else []
+
+    def forward(self, y: torch.Tensor, num_layers: int | None = None) -> list[torch.Tensor]:
+        """[x_1, ..., x_T] (each (batch, n)) from y (batch, m); x_0 = x_{-1} = 0."""
+        y = self.check_input(y)
+        T = self.num_layers if num_layers is None else num_layers
+        self._check_layer(T)
+        c_beta, c_theta, c_ss = (self.shared[k] for k in self.HYPERPARAMETERS)
+        tiny = torch.finfo(y.dtype).tiny
+        x = x_prev = y.new_zeros(y.shape[0], self.n)
+        u0 = (y @ self.A_pinv_T).abs().sum(dim=1).clamp_min(tiny)
+        outputs = []
+        for _ in range(T):
+            r = self.residual(x, y)
+            u = (r @ self.A_pinv_T).abs().sum(dim=1).clamp_min(tiny)
+            theta = (c_theta * self.gamma * u).unsqueeze(1)
+            with torch.no_grad():
+                ratio = (c_ss.detach() * torch.log(u0 / u)).clamp(0.0, 1.0)
+                k = torch.floor(ratio * self.n + 1e-6)
+                count = (x.detach() != 0).sum(dim=1, keepdim=True).to(y.dtype)
+            beta = c_beta * count
+            z = x + self.gamma * (r @ self.W)
+            x, x_prev = shrink_ss_rows(z, theta, k) + beta * (x - x_prev), x
+            outputs.append(x)
+        return outputs
+
+    def extra_repr(self) -> str:
+        hp = ", ".join(f"{k}={v:.4g}" for k, v in self.hyperparameters.items())
+        return f"{super().extra_repr()}, {hp}"
+
+
 SOLVERS: dict[str, type[UnrolledSolver]] = {
     "LISTA": LISTA,
     "LISTA-CP": LISTA_CP,
     "LISTA-SS": LISTA_SS,
     "LISTA-CPSS": LISTA_CPSS,
     "TiLISTA": TiLISTA,
+    "ALISTA": ALISTA,
+    "HyperLISTA": HyperLISTA,
 }
 
 

@@ -1,0 +1,271 @@
+"""Tuning HyperLISTA's three hyperparameters (c_beta, c_theta, c_ss).
+
+The objective is the validation NMSE(dB) of the last layer (one set-level ratio, see
+:mod:`.metrics`) on the problem's fixed validation set; lower is better.
+
+* :func:`tune_hyperlista` searches with Optuna (TPE by default; ``"grid"`` and ``"random"`` as
+  options). The study lives in an Optuna storage: SQLite in the run folder by default, or any
+  Optuna RDB URL (``postgresql://...``, ``mysql://...``) so several machines can share one
+  study. Running it again with the same storage and study name resumes the study: it runs only
+  the trials still missing to ``n_trials``. Trial 0 is always the default setting
+  (:attr:`HyperLISTA.DEFAULTS`), so the best found is never worse than the defaults.
+* :func:`grid_search_hyperlista` is a dependency-free grid search (no Optuna) around a centre
+  point, for machines without Optuna.
+
+Both return a :class:`TuningResult`; with a run folder the best setting is saved as a loadable
+solver (``model.safetensors``/``model.json``, see :func:`~.unrolled.load_solver`) and as
+``best.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sparseprior.common.config import Config
+from sparseprior.common.device import resolve_device
+from sparseprior.common.progress import progress_bar
+from sparseprior.common.runs import RunDir
+from sparseprior.common.validation import check_choice, check_positive_int
+from sparseprior.solvers.metrics import nmse_db
+from sparseprior.solvers.problems import SparseRecoveryProblem
+from sparseprior.solvers.unrolled import HyperLISTA, save_solver
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SEARCH_SPACE", "TuningConfig", "TuningResult", "evaluate_hyperparameters",
+           "grid_search_hyperlista", "tune_hyperlista"]
+
+#: Log-uniform search ranges of the three hyperparameters.
+SEARCH_SPACE: dict[str, tuple[float, float]] = {
+    "c_beta": (1e-4, 0.05),
+    "c_theta": (1e-4, 0.1),
+    "c_ss": (1e-2, 10.0),
+}
+SAMPLERS = ("tpe", "random", "grid")
+WORST_DB = 50.0  # objective value for diverged settings (NaN/inf estimates)
+
+
+@dataclasses.dataclass
+class TuningConfig(Config):
+    """n_trials: total trials of the study (a resumed study runs only the missing ones).
+    timeout_s: stop this session after that many seconds (None: no limit). sampler: "tpe",
+    "random" or "grid" (grid: ``grid_points`` log-spaced values per hyperparameter over
+    :data:`SEARCH_SPACE`). num_layers: T of the tuned solver. val_samples: use the first
+    ``val_samples`` validation samples (None: all). seed: the sampler's seed."""
+
+    n_trials: int = 100
+    timeout_s: float | None = 300.0
+    sampler: str = "tpe"
+    num_layers: int = 16
+    val_samples: int | None = None
+    grid_points: int = 5
+    seed: int = 0
+
+    def validate(self) -> None:
+        check_positive_int(self.n_trials, "n_trials")
+        if self.timeout_s is not None and not (math.isfinite(self.timeout_s)
+                                               and self.timeout_s > 0):
+            raise ValueError(f"timeout_s must be > 0 seconds or None, got {self.timeout_s!r}")
+        check_choice(self.sampler, "sampler", SAMPLERS)
+        check_positive_int(self.num_layers, "num_layers")
+        if self.val_samples is not None:
+            check_positive_int(self.val_samples, "val_samples")
+        check_positive_int(self.grid_points, "grid_points")
+        check_positive_int(self.seed, "seed", allow_zero=True)
+
+
+@dataclasses.dataclass
+class TuningResult:
+    """best: the best hyperparameters; best_nmse_db / default_nmse_db: validation NMSE(dB) of
+    the last layer with them / with the defaults; n_trials: trials in the study (all
+    sessions); seconds: this session's wall time; storage, study_name: where the study is
+    (None for the grid search); model_path: the saved best solver (None without run folder)."""
+
+    best: dict[str, float]
+    best_nmse_db: float
+    default_nmse_db: float
+    n_trials: int
+    seconds: float
+    storage: str | None = None
+    study_name: str | None = None
+    model_path: str | None = None
+    trials: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _validation(problem: SparseRecoveryProblem, val_samples: int | None,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = problem.validation_set()
+    if val_samples is not None:
+        x, y = x[:val_samples], y[:val_samples]
+    return x.to(device), y.to(device)
+
+
+@torch.no_grad()
+def evaluate_hyperparameters(model: HyperLISTA, params: dict[str, float], x: torch.Tensor,
+                             y: torch.Tensor) -> float:
+    """Set ``params`` on ``model`` and return the last layer's NMSE(dB) on (x* (N, n),
+    y (N, m)); diverged settings give :data:`WORST_DB`."""
+    for key in HyperLISTA.HYPERPARAMETERS:
+        model.shared[key].fill_(float(params[key]))
+    out = model(y)[-1]
+    if not bool(torch.isfinite(out).all()):
+        return WORST_DB
+    return min(nmse_db(out, x), WORST_DB)
+
+
+def _finish(model: HyperLISTA, best: dict[str, float], run: RunDir | None,
+            problem: SparseRecoveryProblem, result: TuningResult) -> TuningResult:
+    for key in HyperLISTA.HYPERPARAMETERS:
+        model.shared[key].data.fill_(best[key])
+    if run is not None:
+        path = save_solver(model.cpu(), run.path / "model",
+                           meta={"val_nmse_db": result.best_nmse_db, "tuning": "hyperlista",
+                                 "problem": problem.config.to_dict()})
+        result.model_path = str(path)
+        run.write_json("best.json", {"hyperparameters": best, **result.to_dict()})
+    return result
+
+
+def _default_storage(run: RunDir | None) -> str:
+    if run is None:
+        raise ValueError("pass a run_dir (for the default SQLite storage) or a storage URL")
+    return f"sqlite:///{(run.path / 'study.db').resolve()}"
+
+
+def _sampler(config: TuningConfig) -> Any:
+    import optuna
+
+    if config.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=10)
+    if config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=config.seed)
+    grid = {k: _log_grid(lo, hi, config.grid_points) for k, (lo, hi) in SEARCH_SPACE.items()}
+    return optuna.samplers.GridSampler(grid, seed=config.seed)
+
+
+def _log_grid(low: float, high: float, points: int) -> list[float]:
+    if points == 1:
+        return [math.sqrt(low * high)]
+    ratio = (high / low) ** (1.0 / (points - 1))
+    return [low * ratio ** i for i in range(points)]
+
+
+def tune_hyperlista(problem: SparseRecoveryProblem, config: TuningConfig | None = None, *,
+                    run_dir: str | Path | RunDir | None = None, storage: str | None = None,
+                    study_name: str = "hyperlista", device: str | torch.device = "cpu",
+                    progress: bool | None = None) -> TuningResult:
+    """Search c_beta, c_theta, c_ss with Optuna; see the module docstring.
+
+    Args:
+        problem: the problem whose validation set is the objective.
+        config: a :class:`TuningConfig` (default: 100 trials, 300 s, TPE).
+        run_dir: folder for ``study.db`` (default storage), ``best.json`` and the best solver.
+        storage: an Optuna storage URL (default: SQLite in ``run_dir``).
+        study_name: the study's name in the storage (resumes if it exists).
+        device: where the solver runs. progress: show a progress bar (None: only on a TTY).
+    """
+    try:
+        import optuna
+    except ImportError as err:  # pragma: no cover - optuna is in the dev/tune extras
+        raise ImportError("tuning needs optuna (pip install 'sparseprior[tune]'); "
+                          "grid_search_hyperlista works without it") from err
+    config = config or TuningConfig()
+    run = RunDir(run_dir) if isinstance(run_dir, (str, Path)) else run_dir
+    storage = storage or _default_storage(run)
+    dev = resolve_device(device)
+    model = HyperLISTA(problem.A, num_layers=config.num_layers).to(dev)
+    x, y = _validation(problem, config.val_samples, dev)
+    default_value = evaluate_hyperparameters(model, HyperLISTA.DEFAULTS, x, y)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="minimize",
+                                sampler=_sampler(config), load_if_exists=True)
+    study.set_user_attr("problem", problem.config.to_dict())
+    study.set_user_attr("num_layers", config.num_layers)
+    if not study.trials:
+        study.enqueue_trial(dict(HyperLISTA.DEFAULTS))
+    done = sum(t.state.is_finished() for t in study.trials)
+    todo = max(config.n_trials - done, 0)
+    if run is not None:
+        run.write_json("config.json", {"tuning": config.to_dict(), "storage": storage,
+                                       "study_name": study_name,
+                                       "problem": problem.config.to_dict()})
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {k: trial.suggest_float(k, lo, hi, log=True)
+                  for k, (lo, hi) in SEARCH_SPACE.items()}
+        return evaluate_hyperparameters(model, params, x, y)
+
+    start = time.perf_counter()
+    with progress_bar(progress) as bar:
+        task = bar.add_task("HyperLISTA tuning", total=config.n_trials, completed=done,
+                            status="")
+
+        def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            bar.update(task, advance=1, status=f"best {study.best_value:.2f} dB")
+
+        if todo:
+            study.optimize(objective, n_trials=todo, timeout=config.timeout_s,
+                           callbacks=[on_trial], gc_after_trial=False)
+    seconds = time.perf_counter() - start
+    trials = [{"number": t.number, "value": t.value, **t.params} for t in study.trials
+              if t.state == optuna.trial.TrialState.COMPLETE]
+    best = {k: float(study.best_params[k]) for k in HyperLISTA.HYPERPARAMETERS}
+    result = TuningResult(best=best, best_nmse_db=float(study.best_value),
+                          default_nmse_db=default_value, n_trials=len(study.trials),
+                          seconds=seconds, storage=storage, study_name=study_name,
+                          trials=trials)
+    log.info("HyperLISTA tuning: %d trials, best %.2f dB (defaults %.2f dB) in %.1f s",
+             result.n_trials, result.best_nmse_db, default_value, seconds)
+    return _finish(model, best, run, problem, result)
+
+
+def grid_search_hyperlista(problem: SparseRecoveryProblem, center: dict[str, float] | None = None,
+                           *, factors: tuple[float, ...] = (0.5, 0.7, 1.0, 1.4, 2.0),
+                           rounds: int = 2, num_layers: int = 16,
+                           val_samples: int | None = None, device: str | torch.device = "cpu",
+                           run_dir: str | Path | RunDir | None = None) -> TuningResult:
+    """Grid search without Optuna: each round tries ``center[k] * f`` for every combination of
+    factors ``f`` (len(factors)**3 settings) and re-centres on the best; ``rounds`` rounds.
+
+    ``center`` defaults to :attr:`HyperLISTA.DEFAULTS`; c_ss may be 0 (then it stays 0).
+    """
+    check_positive_int(rounds, "rounds")
+    if not factors or any(not (f > 0 and math.isfinite(f)) for f in factors):
+        raise ValueError(f"factors must be positive finite numbers, got {factors!r}")
+    center = dict(center or HyperLISTA.DEFAULTS)
+    missing = set(HyperLISTA.HYPERPARAMETERS) - set(center)
+    if missing:
+        raise ValueError(f"center lacks {sorted(missing)}; give all of "
+                         f"{list(HyperLISTA.HYPERPARAMETERS)}")
+    run = RunDir(run_dir) if isinstance(run_dir, (str, Path)) else run_dir
+    dev = resolve_device(device)
+    model = HyperLISTA(problem.A, num_layers=num_layers).to(dev)
+    x, y = _validation(problem, val_samples, dev)
+    start = time.perf_counter()
+    default_value = evaluate_hyperparameters(model, HyperLISTA.DEFAULTS, x, y)
+    best, best_value = dict(center), evaluate_hyperparameters(model, center, x, y)
+    trials: list[dict[str, Any]] = []
+    for _ in range(rounds):
+        base = dict(best)
+        for combo in itertools.product(factors, repeat=3):
+            params = {k: base[k] * f for k, f in zip(HyperLISTA.HYPERPARAMETERS, combo,
+                                                      strict=True)}
+            value = evaluate_hyperparameters(model, params, x, y)
+            trials.append({"number": len(trials), "value": value, **params})
+            if value < best_value:
+                best, best_value = params, value
+    result = TuningResult(best=best, best_nmse_db=best_value, default_nmse_db=default_value,
+                          n_trials=len(trials), seconds=time.perf_counter() - start,
+                          trials=trials)
+    return _finish(model, best, run, problem, result)
