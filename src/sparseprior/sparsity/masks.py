@@ -255,6 +255,9 @@ class MaskSet(Mapping[str, Tensor]):
         self._params: dict[str, nn.Parameter] | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._handles: list[Any] = []
+        # (name, dtype, device) -> (bool mask, its version, the mask as 0/1 of that dtype)
+        self._factors: dict[tuple[str, torch.dtype, torch.device], tuple[Tensor, int, Tensor]] \
+            = {}
 
     # ----- construction
     @classmethod
@@ -352,11 +355,22 @@ class MaskSet(Mapping[str, Tensor]):
             mask = self._masks[name] = mask.to(device)
         return mask
 
+    def _factor_on(self, name: str, like: Tensor) -> Tensor:
+        """The mask as 0/1 values of ``like``'s dtype and device, cached (multiplying by a
+        float mask is ~10x faster on CPU than by a bool one); rebuilt when the mask changes."""
+        mask = self._mask_on(name, like.device)
+        key = (name, like.dtype, like.device)
+        hit = self._factors.get(key)
+        if hit is None or hit[0] is not mask or hit[1] != mask._version:
+            hit = (mask, mask._version, mask.to(like.dtype))
+            self._factors[key] = hit
+        return hit[2]
+
     @torch.no_grad()
     def apply_(self, model: nn.Module | None = None) -> MaskSet:
         """Zero the masked weights (of ``model`` or the attached model)."""
         for name, p in self._bound(model).items():
-            p.mul_(self._mask_on(name, p.device))
+            p.mul_(self._factor_on(name, p))
         return self
 
     @torch.no_grad()
@@ -364,7 +378,7 @@ class MaskSet(Mapping[str, Tensor]):
         """Zero gradients at masked positions (parameters without ``.grad`` are skipped)."""
         for name, p in self._bound(model).items():
             if p.grad is not None:
-                p.grad.mul_(self._mask_on(name, p.grad.device))
+                p.grad.mul_(self._factor_on(name, p.grad))
         return self
 
     def mask_optimizer_state_(
