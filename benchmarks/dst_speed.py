@@ -50,33 +50,10 @@ from sparseprior.dst import (
     load_splits,
     to_sparse_inference,
 )
+from sparseprior.dst.experiments import StepClock
 from sparseprior.dst.train import build_seeded_model
-from sparseprior.engine import Callback, TrainConfig, Trainer
+from sparseprior.engine import TrainConfig, Trainer
 from sparseprior.report import format_table
-
-
-class StepTimer(Callback):
-    """Wall time between consecutive ``after_step`` calls (the whole step: data, forward,
-    backward, optimizer, masks, and callbacks listed before this one)."""
-
-    def __init__(self, sync: bool) -> None:
-        self.sync = sync
-        self.last: float | None = None
-        self.times: dict[int, float] = {}
-
-    def _now(self) -> float:
-        if self.sync:
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def on_train_start(self, trainer: Trainer) -> None:
-        self.last = self._now()
-
-    def after_step(self, trainer: Trainer) -> None:
-        now = self._now()
-        if self.last is not None and trainer.step > 1:   # the first step warms up
-            self.times[trainer.step] = now - self.last
-        self.last = now
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -124,7 +101,7 @@ def step_times(model_name: str, args: argparse.Namespace, splits: Any,
         for name, cfg in variants.items():
             model, masks = models[name]
             dst = DynamicSparsity(cfg)
-            timer = StepTimer(device.type == "cuda")
+            timer = StepClock(sync=device.type == "cuda")
             trainer = Trainer(model, splits.train, train.replace(seed=r), masks=masks,
                               callbacks=[dst, timer])
             trainer.fit()

@@ -245,7 +245,9 @@ def test_schedules_match_their_formulas():
     ({"method": "snip"}, "method='snip' is not one of"),
     ({"distribution": "random"}, "distribution='random'"),
     ({"alpha": 2.0}, "alpha must be in"),
-    ({"initial_density": 0.05, "sparsity": 0.9}, "initial_density must be in"),
+    ({"method": "granet", "initial_density": 0.05, "sparsity": 0.9},
+     "initial_density must be in"),
+    ({"initial_density": 0.0}, "initial_density must be in"),
     ({"prune_start": 0.6, "prune_end": 0.5}, "pruning window"),
 ])
 def test_bad_config_is_a_clear_error(changes, fragment):

@@ -91,7 +91,8 @@ class DSTConfig(Config):
         check_range(t_end, "t_end", 0.0, 1.0, low_inclusive=False)
         check_range(_check_number(self.alpha, "alpha"), "alpha", 0.0, 1.0)
         d_i = _check_number(self.initial_density, "initial_density")
-        if not 1.0 - sparsity <= d_i <= 1.0:
+        check_range(d_i, "initial_density", 0.0, 1.0, low_inclusive=False)
+        if self.method == "granet" and not 1.0 - sparsity <= d_i <= 1.0:
             raise ValueError(f"initial_density must be in [1 - sparsity, 1] = "
                              f"[{1.0 - sparsity:g}, 1] (GraNet prunes down from it), got "
                              f"{self.initial_density!r}")

@@ -30,6 +30,7 @@ SECTIONS: dict[str, str] = {
     "solvers": "sparseprior.solvers.experiments:solvers_section",
     "tickets": "sparseprior.tickets.experiments:tickets_section",
     "earlybird": "sparseprior.tickets.earlybird:earlybird_section",
+    "dst": "sparseprior.dst.experiments:dst_section",
     "compress": "sparseprior.compress.experiments:compress_section",
 }
 
