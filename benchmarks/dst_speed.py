@@ -72,6 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grid", default="runs/bench-dst-fmnist",
                    help="accuracy-grid folder with trained lenet300 RigL runs (optional)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--skip-inference", action="store_true", help="only the step timing")
     return p.parse_args(argv)
 
 
@@ -178,6 +179,8 @@ def plot(path: Path, speed: list[dict[str, Any]], infer: dict[str, Any]) -> None
     axes[0].set_title(f"training step ({speed[0]['device']}, median)")
     axes[0].legend()
     csr = [r for r in infer["rows"] if r["model"] == "csr"]
+    if not csr:
+        axes[1].set_visible(False)
     axes[1].bar(range(len(csr)), [r["speedup"] for r in csr], color="tab:green")
     axes[1].axhline(1.0, color="gray", ls="--", lw=1)
     axes[1].set_xticks(range(len(csr)), [f"{r['sparsity']:.0%}\nbatch {r['batch']}"
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     splits = load_splits(DSTRunConfig(data_root=args.data_root))
     speed = [step_times(m, args, splits, device) for m in args.models.split(",") if m]
-    infer = inference(args, splits)
+    infer = {"rows": [], "sources": {}} if args.skip_inference else inference(args, splits)
     plot(out.file("dst_speed.png"), speed, infer)
     step_rows = [{"model": s["model"], "device": s["device"],
                   "dense ms": round(s["median_step_ms"]["dense"], 3),

@@ -53,7 +53,7 @@ def train(
     epochs: int = typer.Option(10, help="Training epochs."),
     batch_size: int = typer.Option(128, help="Global batch size (split over DDP ranks)."),
     optimizer: str = typer.Option("sgd", help="sgd, adam or adamw."),
-    lr: float = typer.Option(0.1, help="Peak learning rate."),
+    lr: float = typer.Option(0.05, help="Peak learning rate."),
     momentum: float = typer.Option(0.9, help="SGD momentum."),
     weight_decay: float = typer.Option(1e-4, help="Weight decay."),
     lr_schedule: str = typer.Option("cosine", help="cosine, constant or step."),

@@ -122,9 +122,9 @@ class DSTConfig(Config):
 
 
 def default_dst_train() -> TrainConfig:
-    """The default schedule: SGD 0.1 with momentum 0.9, cosine decay, weight decay 1e-4,
+    """The default schedule: SGD 0.05 with momentum 0.9, cosine decay, weight decay 1e-4,
     batch 128, 10 epochs, evaluation only at the end."""
-    return TrainConfig(epochs=10, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9,
+    return TrainConfig(epochs=10, batch_size=128, optimizer="sgd", lr=0.05, momentum=0.9,
                        weight_decay=1e-4, lr_schedule="cosine", eval_every=0, log_every=100)
 
 

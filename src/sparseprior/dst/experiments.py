@@ -46,7 +46,7 @@ def run_name(model: str, method: str, sparsity: float) -> str:
 def grid_config(model: str, method: str, sparsity: float, *, epochs: int,
                 data_root: str | None = None, subset: int | None = None, seed: int = 0,
                 delta_t: int = 100, **train: Any) -> DSTRunConfig:
-    """One grid cell: SGD 0.1 (momentum 0.9, cosine, weight decay 1e-4, batch 128) for
+    """One grid cell: SGD 0.05 (momentum 0.9, cosine, weight decay 1e-4, batch 128) for
     ``epochs``; masks updated every ``delta_t`` steps until 75% of training with alpha 0.3, ERK
     densities (output layer dense); GraNet from density 0.5, pruning in the first half."""
     dst = DSTConfig(method=method, sparsity=0.0 if method == "dense" else sparsity,
@@ -246,7 +246,7 @@ def dst_section(run: RunDir, mode: str, device: torch.device) -> Section:
     subset = settings["subset"] or "all 60k"
     section.notes = [
         f"LeNet-300-100 on Fashion-MNIST ({subset} training images), {settings['epochs']} "
-        f"epochs of SGD 0.1 with cosine decay, ERK densities (output layer dense), mask "
+        f"epochs of SGD 0.05 with cosine decay, ERK densities (output layer dense), mask "
         f"updates every {settings['delta_t']} steps until 75% of training (alpha 0.3); "
         f"GraNet prunes from density 0.5 during the first half. Sparsity is counted from the "
         f"final weights.",
