@@ -99,12 +99,17 @@ def run_grid(args: argparse.Namespace, cells: list[tuple[str, str, float]],
              deadline: float | None, report: Any) -> list[dict[str, Any]]:
     """Run ``cells`` with ``args.jobs`` processes; ``report(summaries)`` after each one."""
     summaries: list[dict[str, Any]] = []
+
+    def finished(cell: tuple[str, str, float], s: dict[str, Any] | None) -> None:
+        if s is not None:
+            summaries.append(s)
+            logging.warning("done %s: acc %.4f sparsity %.4f (%.0f s)", run_name(*cell),
+                            s["test_accuracy"], s["sparsity"], s["seconds"])
+            report(summaries)
+
     if args.jobs <= 1:
         for cell in cells:
-            s = _run_cell(cell, args, deadline)
-            if s is not None:
-                summaries.append(s)
-                report(summaries)
+            finished(cell, _run_cell(cell, args, deadline))
         return summaries
     ctx = mp.get_context("spawn")   # CUDA-safe
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
@@ -115,16 +120,9 @@ def run_grid(args: argparse.Namespace, cells: list[tuple[str, str, float]],
             for fut in done:
                 cell = pending.pop(fut)
                 try:
-                    s = fut.result()
+                    finished(cell, fut.result())
                 except Exception as err:  # one failed cell must not lose the others
                     logging.error("run %s failed: %s", run_name(*cell), err)
-                    continue
-                if s is not None:
-                    summaries.append(s)
-                    logging.warning("done %s: acc %.4f sparsity %.4f (%.0f s)",
-                                    run_name(*cell), s["test_accuracy"], s["sparsity"],
-                                    s["seconds"])
-                    report(summaries)
     return summaries
 
 

@@ -202,3 +202,42 @@ def test_cli_bad_input_is_one_line_exit_2(cli, tmp_path, args, fragment):
 def test_cli_export_of_a_missing_run_is_an_error(cli, tmp_path):
     code, _, err = cli(["dst", "export", str(tmp_path / "none")])
     assert code == 2 and "is not a finished DST run folder" in err
+
+
+# --------------------------------------------------------------------------- experiments
+
+
+def _fake(model, method, sparsity, acc):
+    return {"model": model, "method": method, "target_sparsity": sparsity, "test_accuracy": acc,
+            "sparsity": sparsity, "density": 1 - sparsity}
+
+
+def test_grid_cells_table_claims_and_plot(tmp_path):
+    from sparseprior.dst.experiments import (
+        GRID_METHODS,
+        GRID_MODELS,
+        GRID_SPARSITIES,
+        grid_cells,
+        grid_claims,
+        grid_table,
+        plot_grid,
+    )
+
+    cells = grid_cells(GRID_MODELS, GRID_METHODS, GRID_SPARSITIES)
+    assert len(cells) == 34 and len(set(cells)) == 34
+    assert cells[:2] == [("lenet5", "dense", 0.0), ("lenet300", "dense", 0.0)]
+    assert [c[2] for c in cells[2:10]] == [0.98] * 8          # the claims' cells come first
+    runs = [_fake("lenet300", "dense", 0.0, 0.90), _fake("lenet300", "rigl", 0.9, 0.893),
+            _fake("lenet300", "static", 0.98, 0.85), _fake("lenet300", "set", 0.98, 0.86),
+            _fake("lenet300", "rigl", 0.98, 0.87), _fake("lenet300", "granet", 0.98, 0.855)]
+    claims = grid_claims(runs)
+    assert claims[0].startswith("[PASS]") and "+0.70 points below dense" in claims[0]
+    assert claims[1].startswith("[MISS]")                      # GraNet below SET
+    runs[-1]["test_accuracy"] = 0.88
+    assert grid_claims(runs)[1].startswith("[PASS]")
+    runs[1]["test_accuracy"] = 0.885
+    assert grid_claims(runs)[0].startswith("[MISS]")          # 1.5 points below dense
+    table = grid_table(runs)
+    assert [r["target sparsity %"] for r in table] == [90.0, 98.0]
+    assert table[1]["RigL %"] == 87.0 and table[0]["static %"] == ""
+    assert plot_grid(tmp_path / "grid.png", runs, "lenet300").stat().st_size > 0
