@@ -55,6 +55,8 @@ def train(
     budget: str = typer.Option("quick", help="Training budget preset: quick, cpu or paper."),
     out: Path = typer.Option(None, help="Run folder (default runs/solvers/<model>)."),
     resume: bool = typer.Option(True, help="Continue from the run folder's last stage."),
+    max_seconds: float = typer.Option(None, help="Hard wall-clock budget for the training "
+                                      "(each stage gets a share)."),
     problem: Path = PROBLEM, m: int = M, n: int = N, p: float = P, snr: float = SNR,
     kappa: float = KAPPA, seed: int = SEED, device: str = DEVICE,
 ) -> None:
@@ -63,7 +65,12 @@ def train(
     from sparseprior.solvers.training import budget_for, train_staged
     from sparseprior.solvers.unrolled import build_solver
 
+    if model == "HyperLISTA":
+        raise ValueError("HyperLISTA has 3 hyperparameters and is tuned, not trained: use "
+                         "'sparseprior solvers tune'")
     config = budget_for(model, budget)
+    if max_seconds is not None:
+        config = config.replace(max_seconds=max_seconds)
     prob = _problem(problem, m, n, p, snr, kappa, seed)
     dev = resolve_device(device)
     run = RunDir(out or Path("runs/solvers") / model)
@@ -101,28 +108,49 @@ def evaluate(
 
 @app.command()
 def bench(
-    models: str = typer.Option("LISTA,LISTA-CP,LISTA-CPSS", help="Comma-separated solvers."),
+    suite: str = typer.Option("lista", help="'lista': the LISTA family on one problem; "
+                              "'headline': the 100x benchmark over the problem suite."),
+    problems: str = typer.Option("default,snr40,snr30,snr20,kappa5,kappa30",
+                                 help="Headline suite: comma-separated problems."),
+    n_eval: int = typer.Option(None, help="Headline: test samples used (default all)."),
+    n_wall: int = typer.Option(10_000, help="Headline: problems in the wall-clock race."),
+    ista_iters: int = typer.Option(5000, help="Headline: ISTA iteration cap."),
+    max_train_seconds: float = typer.Option(None, help="Headline: time budget per trained "
+                                            "solver."),
+    models: str = typer.Option(None, help="Comma-separated solvers (default: LISTA,LISTA-CP,"
+                               "LISTA-CPSS; headline: LISTA,LISTA-CPSS,ALISTA,HyperLISTA)."),
     budget: str = typer.Option("quick", help="Training budget preset: quick, cpu or paper."),
     layers: int = typer.Option(16, help="Number of unrolled layers T."),
-    lams: str = typer.Option("0.4,0.1,0.05,0.02,0.01,0.005,0.002",
-                             help="Lambda grid for ISTA/FISTA."),
-    iters: int = typer.Option(1000, help="ISTA/FISTA iterations."),
+    lams: str = typer.Option(None, help="Lambda grid for ISTA/FISTA (default "
+                             "0.4,...,0.002; headline 0.1,...,0.0002)."),
+    iters: int = typer.Option(None, help="ISTA/FISTA iterations (default 1000; headline: "
+                              "FISTA 2000)."),
     out: Path = typer.Option(Path("runs/bench-solvers"), help="Run folder."),
     checkpoints: Path = typer.Option(None, help="Folder of <model>.safetensors to reuse "
                                      "instead of training."),
     problem: Path = PROBLEM, m: int = M, n: int = N, p: float = P, snr: float = SNR,
     kappa: float = KAPPA, seed: int = SEED, device: str = DEVICE,
 ) -> None:
-    """NMSE per layer of learned solvers vs ISTA/FISTA over a lambda grid: table, JSON, plot."""
+    """NMSE per layer of learned solvers vs ISTA/FISTA over a lambda grid: table, JSON, plot.
+
+    With --suite headline: the 100x benchmark (iterations to match, wall-clock race) over the
+    problem suite; reuses --checkpoints DIR/<problem>/<solver>.safetensors when present.
+    """
     from sparseprior.report.report import format_table
     from sparseprior.solvers.experiments import run_benchmark
 
+    if suite not in ("lista", "headline"):
+        raise ValueError(f"--suite must be 'lista' or 'headline', got {suite!r}")
+    lam_grid = _floats(lams, "--lams") if lams else None
+    names = [s.strip() for s in models.split(",") if s.strip()] if models else None
+    if suite == "headline":
+        _bench_headline(out, problems, names, lam_grid, iters, layers, budget, n_eval, n_wall,
+                        ista_iters, max_train_seconds, checkpoints, resolve_device(device))
+        return
+    lam_grid = lam_grid or [0.4, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002]
+    names = names or ["LISTA", "LISTA-CP", "LISTA-CPSS"]
+    iters = iters or 1000
     prob = _problem(problem, m, n, p, snr, kappa, seed)
-    try:
-        lam_grid = [float(v) for v in lams.split(",") if v.strip()]
-    except ValueError as err:
-        raise ValueError(f"--lams must be comma-separated numbers, got {lams!r}") from err
-    names = [s.strip() for s in models.split(",") if s.strip()]
     run = RunDir(out)
     res = run_benchmark(run, prob, names, budget=budget, num_layers=layers, lams=lam_grid,
                         max_iter=iters, device=resolve_device(device),
@@ -171,3 +199,31 @@ def tune(
                f"test NMSE at layer {layers}: {metrics['final_nmse_db']:.2f} dB "
                f"(median sample {metrics['median_sample_nmse_db']:.2f} dB)\n"
                f"study: {res.storage} ({res.study_name})\nsolver: {res.model_path}")
+
+
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise ValueError(f"{option} must be comma-separated numbers, got {text!r}") from err
+
+
+def _bench_headline(out: Path, problems: str, models: list[str] | None,
+                    lams: list[float] | None, iters: int | None, layers: int, budget: str,
+                    n_eval: int | None, n_wall: int, ista_iters: int,
+                    max_train_seconds: float | None, checkpoints: Path | None, device) -> None:
+    from sparseprior.report.report import format_table
+    from sparseprior.solvers.headline import HeadlineConfig, headline_names, run_headline
+
+    fields: dict = {"problems": headline_names(problems), "num_layers": layers,
+                    "budget": budget, "n_eval": n_eval, "n_wall": n_wall,
+                    "ista_iters": ista_iters, "max_train_seconds": max_train_seconds}
+    if models:
+        fields["models"] = tuple(models)
+    if lams:
+        fields["lams"] = tuple(lams)
+    if iters:
+        fields["fista_iters"] = iters
+    rows = run_headline(out, HeadlineConfig(**fields), checkpoints=checkpoints, device=device)
+    typer.echo(format_table(rows))
+    typer.echo(f"\nresults in {out} (summary.md, <problem>/table.md)")

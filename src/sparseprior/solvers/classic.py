@@ -62,9 +62,16 @@ def _check_inputs(A: torch.Tensor, y: torch.Tensor, lam: float, max_iter: int
 
 def _run(A: torch.Tensor, y: torch.Tensor, lam: float, *, momentum: bool, max_iter: int,
          tol: float, x_true: torch.Tensor | None, return_iterates: bool,
-         track_objective: bool, step: float | None) -> ClassicResult:
+         track_objective: bool, step: float | None,
+         continuation: float | None = None) -> ClassicResult:
     A, y = _check_inputs(A, y, lam, max_iter)
     L = lipschitz_constant(A) if step is None else 1.0 / step
+    if continuation is not None:
+        check_range(continuation, "continuation", 0.0, 1.0, low_inclusive=False,
+                    high_inclusive=False)
+        lam_k = max(float((y @ A).abs().max()), lam)   # above it, x = 0 is the solution
+    else:
+        lam_k = lam
     At = A.T.contiguous()
     x = torch.zeros(y.shape[0], A.shape[1], dtype=A.dtype, device=A.device)
     z, t = x, 1.0
@@ -74,7 +81,9 @@ def _run(A: torch.Tensor, y: torch.Tensor, lam: float, *, momentum: bool, max_it
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
         grad = (z @ At - y) @ A
-        x_new = soft_threshold(z - grad / L, lam / L)
+        x_new = soft_threshold(z - grad / L, lam_k / L)
+        if continuation is not None:
+            lam_k = max(lam, lam_k * continuation)
         if momentum:
             t_new = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
             z = x_new + ((t - 1.0) / t_new) * (x_new - x)
@@ -112,13 +121,17 @@ def ista(A: torch.Tensor, y: torch.Tensor, lam: float, *, max_iter: int = 1000,
 
 def fista(A: torch.Tensor, y: torch.Tensor, lam: float, *, max_iter: int = 1000,
           tol: float = 0.0, x_true: torch.Tensor | None = None, return_iterates: bool = False,
-          track_objective: bool = False, step: float | None = None) -> ClassicResult:
+          track_objective: bool = False, step: float | None = None,
+          continuation: float | None = None) -> ClassicResult:
     """FISTA (Beck & Teboulle): ISTA with Nesterov momentum t_{k+1} = (1 + sqrt(1 + 4 t_k^2))/2.
 
-    Same arguments as :func:`ista`.
+    Same arguments as :func:`ista`, plus ``continuation``: a factor in (0, 1); the LASSO weight
+    starts at max|A^T y| (over the batch) and is multiplied by it after every iteration until
+    it reaches ``lam`` (a homotopy that speeds up small-lambda solves); None: fixed ``lam``.
     """
     return _run(A, y, lam, momentum=True, max_iter=max_iter, tol=tol, x_true=x_true,
-                return_iterates=return_iterates, track_objective=track_objective, step=step)
+                return_iterates=return_iterates, track_objective=track_objective, step=step,
+                continuation=continuation)
 
 
 def support_oracle_ls(A: torch.Tensor, y: torch.Tensor, x_true: torch.Tensor,

@@ -409,9 +409,15 @@ def shrink_ss_rows(z: torch.Tensor, theta: torch.Tensor, k: torch.Tensor) -> tor
     """
     with torch.no_grad():
         mag = z.detach().abs()
-        ordered = mag.sort(dim=-1, descending=True).values
-        kth = ordered.gather(-1, (k.long() - 1).clamp_min(0).unsqueeze(-1))
-        kth = torch.where(k.unsqueeze(-1) > 0, kth, torch.full_like(kth, math.inf))
+        n = mag.shape[-1]
+        k = k.long().clamp(0, n).unsqueeze(-1)
+        # k = 0: nothing selected (cut +inf); k = n: everything above theta (cut 0).
+        kth = torch.where(k > 0, torch.zeros_like(mag[..., :1]),
+                          torch.full_like(mag[..., :1], math.inf))
+        partial = (k > 0) & (k < n)
+        if bool(partial.any()):   # the sort is the costly part; skip it when no row needs it
+            ordered = mag.sort(dim=-1, descending=True).values
+            kth = torch.where(partial, ordered.gather(-1, (k - 1).clamp_min(0)), kth)
         above = torch.nextafter(theta.detach(), torch.full_like(theta, math.inf))
         weights = (torch.maximum(kth, above) - mag).sign_().clamp_(min=0.0)
     return soft_threshold(z, theta * weights)
@@ -439,7 +445,8 @@ class HyperLISTA(UnrolledSolver):
     name = "HyperLISTA"
     default_support_selection = True
     HYPERPARAMETERS: ClassVar[tuple[str, ...]] = ("c_beta", "c_theta", "c_ss")
-    DEFAULTS: ClassVar[dict[str, float]] = {"c_beta": 0.01, "c_theta": 0.005, "c_ss": 0.5}
+    #: A coarse 4 x 4 x 4 grid optimum on the default problem (-44 dB there); tune for more.
+    DEFAULTS: ClassVar[dict[str, float]] = {"c_beta": 0.005, "c_theta": 0.01, "c_ss": 0.1}
 
     def __init__(self, A: torch.Tensor, num_layers: int = 16, lam: float = 0.4, *,
                  c_beta: float | None = None, c_theta: float | None = None,
