@@ -14,7 +14,8 @@ Claims checked (table printed, JSON + PNG saved into ``--out``):
 Each run is a folder ``<out>/<model>-<method>-<sparsity>``: a rerun skips finished runs and
 resumes interrupted ones. ``--jobs N`` runs N processes in parallel (each with one CPU thread;
 with ``--device cuda`` they share the GPU). ``--budget S`` starts no new run after S seconds, so
-the command ends in time and reports what finished.
+the command ends in time and reports what finished. ``--extra-seeds 1,2`` repeats dense and the
+90%/98% cells with more seeds (after the seed-0 grid); tables, claims and plots use the means.
 
 Usage::
 
@@ -40,6 +41,7 @@ from sparseprior.dst.experiments import (
     GRID_METHODS,
     GRID_MODELS,
     GRID_SPARSITIES,
+    Cell,
     grid_cells,
     grid_claims,
     grid_config,
@@ -62,7 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--delta-t", type=int, default=100)
     p.add_argument("--subset", type=int, default=None, help="training images (default all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--extra-seeds", default="",
+                   help="more seeds (comma-separated) for dense and the --seed-sparsities "
+                        "cells, run after the whole seed-0 grid; results are means over seeds")
+    p.add_argument("--seed-sparsities", default="0.9,0.98")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--jobs", type=int, default=1, help="parallel processes")
     p.add_argument("--budget", type=float, default=None,
@@ -71,23 +76,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _run_cell(cell: tuple[str, str, float], args: argparse.Namespace, deadline: float | None
+def _run_cell(cell: Cell, args: argparse.Namespace, deadline: float | None
               ) -> dict[str, Any] | None:
     """One grid cell in this process (one CPU thread); ``None`` if past the deadline."""
     import torch
 
     from sparseprior.dst import load_splits, run_dst
 
-    model, method, sparsity = cell
-    folder = Path(args.out) / run_name(model, method, sparsity)
+    model, method, sparsity, seed = cell
+    folder = Path(args.out) / run_name(*cell)
     if deadline is not None and time.time() > deadline and \
             not (folder / "summary.json").exists():
         return None
     torch.set_num_threads(1)
     config = grid_config(model, method, sparsity, epochs=args.epochs,
-                         data_root=args.data_root, subset=args.subset, seed=args.seed,
+                         data_root=args.data_root, subset=args.subset, seed=seed,
                          delta_t=args.delta_t, num_threads=1)
-    key = (args.data_root, args.subset, args.seed)
+    key = (args.data_root, args.subset, seed)
     if key not in _SPLITS:
         _SPLITS[key] = load_splits(config)
     summary = run_dst(config, folder, device=args.device, splits=_SPLITS[key])
@@ -95,12 +100,12 @@ def _run_cell(cell: tuple[str, str, float], args: argparse.Namespace, deadline: 
     return summary
 
 
-def run_grid(args: argparse.Namespace, cells: list[tuple[str, str, float]],
+def run_grid(args: argparse.Namespace, cells: list[Cell],
              deadline: float | None, report: Any) -> list[dict[str, Any]]:
     """Run ``cells`` with ``args.jobs`` processes; ``report(summaries)`` after each one."""
     summaries: list[dict[str, Any]] = []
 
-    def finished(cell: tuple[str, str, float], s: dict[str, Any] | None) -> None:
+    def finished(cell: Cell, s: dict[str, Any] | None) -> None:
         if s is not None:
             summaries.append(s)
             logging.warning("done %s: acc %.4f sparsity %.4f (%.0f s)", run_name(*cell),
@@ -113,7 +118,7 @@ def run_grid(args: argparse.Namespace, cells: list[tuple[str, str, float]],
         return summaries
     ctx = mp.get_context("spawn")   # CUDA-safe
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
-        pending: dict[Future, tuple[str, str, float]] = {
+        pending: dict[Future, Cell] = {
             pool.submit(_run_cell, cell, args, deadline): cell for cell in cells}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -135,7 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     models = [m for m in args.models.split(",") if m]
     methods = [m for m in args.methods.split(",") if m]
     sparsities = [float(s) for s in args.sparsities.split(",") if s]
-    cells = grid_cells(models, methods, sparsities)
+    cells = grid_cells(models, methods, sparsities,
+                       extra_seeds=[int(x) for x in args.extra_seeds.split(",") if x],
+                       seed_sparsities=[float(x) for x in args.seed_sparsities.split(",") if x])
     if args.no_dense:
         cells = [c for c in cells if c[1] != "dense"]
     out = RunDir(args.out)
@@ -157,10 +164,9 @@ def main(argv: list[str] | None = None) -> None:
         if any(s["model"] == model for s in summaries):
             plot_grid(out.file(f"accuracy_vs_density_{model}.png"), summaries, model,
                       title=f"DST on Fashion-MNIST, {model}, {args.epochs} epochs")
-    missing = [run_name(*c) for c in cells
-               if not any((s["model"], s["method"]) == c[:2] and
-                          (c[1] == "dense" or abs(s["target_sparsity"] - c[2]) < 1e-9)
-                          for s in summaries)]
+    done = {(s["model"], s["method"], round(float(s["target_sparsity"]), 4), s.get("seed", 0))
+            for s in summaries}
+    missing = [run_name(*c) for c in cells if (c[0], c[1], round(c[2], 4), c[3]) not in done]
     print(format_table(grid_table(summaries)))
     print("\n".join(grid_claims(summaries)))
     if missing:

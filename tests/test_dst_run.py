@@ -209,7 +209,7 @@ def test_cli_export_of_a_missing_run_is_an_error(cli, tmp_path):
 
 def _fake(model, method, sparsity, acc):
     return {"model": model, "method": method, "target_sparsity": sparsity, "test_accuracy": acc,
-            "sparsity": sparsity, "density": 1 - sparsity}
+            "sparsity": sparsity, "density": 1 - sparsity, "seed": 0}
 
 
 def test_grid_cells_table_claims_and_plot(tmp_path):
@@ -225,8 +225,11 @@ def test_grid_cells_table_claims_and_plot(tmp_path):
 
     cells = grid_cells(GRID_MODELS, GRID_METHODS, GRID_SPARSITIES)
     assert len(cells) == 34 and len(set(cells)) == 34
-    assert cells[:2] == [("lenet5", "dense", 0.0), ("lenet300", "dense", 0.0)]
+    assert cells[:2] == [("lenet5", "dense", 0.0, 0), ("lenet300", "dense", 0.0, 0)]
     assert [c[2] for c in cells[2:10]] == [0.98] * 8          # the claims' cells come first
+    more = grid_cells(GRID_MODELS, GRID_METHODS, GRID_SPARSITIES, extra_seeds=[1, 2])
+    assert more[:34] == cells and len(more) == 34 + 2 * 18
+    assert {c[2] for c in more[34:]} == {0.0, 0.9, 0.98} and {c[3] for c in more[34:]} == {1, 2}
     runs = [_fake("lenet300", "dense", 0.0, 0.90), _fake("lenet300", "rigl", 0.9, 0.893),
             _fake("lenet300", "static", 0.98, 0.85), _fake("lenet300", "set", 0.98, 0.86),
             _fake("lenet300", "rigl", 0.98, 0.87), _fake("lenet300", "granet", 0.98, 0.855)]
@@ -240,4 +243,8 @@ def test_grid_cells_table_claims_and_plot(tmp_path):
     table = grid_table(runs)
     assert [r["target sparsity %"] for r in table] == [90.0, 98.0]
     assert table[1]["RigL %"] == 87.0 and table[0]["static %"] == ""
+    # a second seed: means over seeds in the table and the claims
+    runs.append({**_fake("lenet300", "rigl", 0.98, 0.85), "seed": 1})
+    assert grid_table(runs)[1]["RigL %"] == 86.0 and grid_table(runs)[1]["seeds"] == "1-2"
+    assert grid_claims(runs)[1].startswith("[MISS]") and "(n=2)" in grid_claims(runs)[1]
     assert plot_grid(tmp_path / "grid.png", runs, "lenet300").stat().st_size > 0

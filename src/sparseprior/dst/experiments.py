@@ -38,9 +38,14 @@ METHOD_TITLES = {"dense": "dense", "static": "static", "set": "SET", "rigl": "Ri
                  "granet": "GraNet"}
 
 
-def run_name(model: str, method: str, sparsity: float) -> str:
-    """Folder name of one grid cell: ``lenet300-rigl-0.9`` (dense: ``lenet300-dense``)."""
-    return f"{model}-dense" if method == "dense" else f"{model}-{method}-{sparsity:g}"
+Cell = tuple[str, str, float, int]  # (model, method, sparsity, seed)
+
+
+def run_name(model: str, method: str, sparsity: float, seed: int = 0) -> str:
+    """Folder of one grid cell: ``lenet300-rigl-0.9`` (dense: ``lenet300-dense``), with
+    ``-s<seed>`` appended for seeds other than 0."""
+    name = f"{model}-dense" if method == "dense" else f"{model}-{method}-{sparsity:g}"
+    return f"{name}-s{seed}" if seed else name
 
 
 def grid_config(model: str, method: str, sparsity: float, *, epochs: int,
@@ -48,7 +53,8 @@ def grid_config(model: str, method: str, sparsity: float, *, epochs: int,
                 delta_t: int = 100, **train: Any) -> DSTRunConfig:
     """One grid cell: SGD 0.05 (momentum 0.9, cosine, weight decay 1e-4, batch 128) for
     ``epochs``; masks updated every ``delta_t`` steps until 75% of training with alpha 0.3, ERK
-    densities (output layer dense); GraNet from density 0.5, pruning in the first half."""
+    densities (output layer dense); GraNet from density 0.5, pruning in the first half.
+    ``seed`` seeds the initialisation, the mask, SET's growth and the data order."""
     dst = DSTConfig(method=method, sparsity=0.0 if method == "dense" else sparsity,
                     delta_t=delta_t, seed=seed)
     schedule = default_dst_train().replace(epochs=epochs, seed=seed, progress=False, **train)
@@ -56,29 +62,48 @@ def grid_config(model: str, method: str, sparsity: float, *, epochs: int,
                         init_seed=seed, train=schedule)
 
 
-def grid_cells(models: Sequence[str], methods: Sequence[str], sparsities: Sequence[float]
-               ) -> list[tuple[str, str, float]]:
-    """``(model, method, sparsity)`` in priority order: dense first, then 98%, 90% (the cells
-    of the claims), then the other sparsities, slower models first within each sparsity."""
+def grid_cells(models: Sequence[str], methods: Sequence[str], sparsities: Sequence[float],
+               *, extra_seeds: Sequence[int] = (), seed_sparsities: Sequence[float] = (0.9, 0.98)
+               ) -> list[Cell]:
+    """``(model, method, sparsity, seed)`` in priority order: seed 0 first (dense, then 98%,
+    90% -- the cells of the claims --, then the other sparsities; slower models first), then
+    each extra seed for dense and the ``seed_sparsities`` cells."""
     order = sorted(sparsities, key=lambda s: (s not in (0.9, 0.98), -s))
     slow_first = sorted(models, key=lambda m: m != "lenet5")
-    cells = [(m, "dense", 0.0) for m in slow_first]
-    cells += [(m, method, s) for s in order for m in slow_first for method in methods]
+    cells: list[Cell] = [(m, "dense", 0.0, 0) for m in slow_first]
+    cells += [(m, method, s, 0) for s in order for m in slow_first for method in methods]
+    for seed in extra_seeds:
+        cells += [(m, "dense", 0.0, seed) for m in slow_first]
+        cells += [(m, method, s, seed) for s in order if s in seed_sparsities
+                  for m in slow_first for method in methods]
     return cells
 
 
 # --------------------------------------------------------------------------- tables and claims
 
 
-def _by_key(summaries: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, float], Any]:
-    return {(s["model"], s["method"], round(float(s["target_sparsity"]), 4)): s
-            for s in summaries}
+def _grouped(summaries: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, float], Any]:
+    """(model, method, sparsity) -> ``{"acc": mean test accuracy, "std", "n", "density",
+    "sparsity"}`` over the seeds present."""
+    groups: dict[tuple[str, str, float], list[Mapping[str, Any]]] = {}
+    for s in summaries:
+        key = (s["model"], s["method"], round(float(s["target_sparsity"]), 4))
+        groups.setdefault(key, []).append(s)
+    out = {}
+    for key, items in groups.items():
+        accs = [float(i["test_accuracy"]) for i in items]
+        out[key] = {"acc": statistics.mean(accs),
+                    "std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "n": len(accs),
+                    "density": statistics.mean(float(i["density"]) for i in items),
+                    "sparsity": statistics.mean(float(i["sparsity"]) for i in items)}
+    return out
 
 
 def grid_table(summaries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (model, sparsity): test accuracy (%) of each method, dense for reference;
-    ``sparsity %`` is counted from the final weights (mean over the methods' runs)."""
-    cells = _by_key(summaries)
+    """One row per (model, sparsity): mean test accuracy (%) of each method over its seeds,
+    dense for reference; ``counted sparsity %`` is counted from the final weights (mean over
+    the runs); ``seeds`` is the number of seeds per cell (min-max)."""
+    cells = _grouped(summaries)
     rows = []
     models = [m for m in GRID_MODELS if any(k[0] == m for k in cells)] + sorted(
         {k[0] for k in cells} - set(GRID_MODELS))
@@ -88,38 +113,48 @@ def grid_table(summaries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         for s in sparsities:
             row: dict[str, Any] = {"model": MODEL_TITLES.get(model, model),
                                    "target sparsity %": round(100 * s, 1)}
-            counted = [c["sparsity"] for (m, _, sp), c in cells.items()
-                       if m == model and sp == s]
-            row["counted sparsity %"] = round(100 * statistics.mean(counted), 2)
-            row["dense %"] = round(100 * dense["test_accuracy"], 2) if dense else ""
+            mine = [c for (m, meth, sp), c in cells.items() if m == model and sp == s
+                    and meth != "dense"]
+            row["counted sparsity %"] = round(100 * statistics.mean(c["sparsity"]
+                                                                    for c in mine), 2)
+            row["dense %"] = round(100 * dense["acc"], 2) if dense else ""
             for method in GRID_METHODS:
                 c = cells.get((model, method, s))
-                row[f"{METHOD_TITLES[method]} %"] = round(100 * c["test_accuracy"], 2) \
-                    if c else ""
+                row[f"{METHOD_TITLES[method]} %"] = round(100 * c["acc"], 2) if c else ""
+            counts = [c["n"] for c in mine] + ([dense["n"]] if dense else [])
+            row["seeds"] = f"{min(counts)}" if min(counts) == max(counts) else \
+                f"{min(counts)}-{max(counts)}"
             rows.append(row)
     return rows
 
 
 def grid_claims(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The issue's targets, each PASS/MISS from the measured runs (or MISSING)."""
-    cells = _by_key(summaries)
+    """The issue's targets, each PASS/MISS from the measured runs (means over the seeds
+    present, with their standard deviation), or MISSING."""
+    cells = _grouped(summaries)
     lines = []
+
+    def fmt(c: Mapping[str, Any]) -> str:
+        return f"{100 * c['acc']:.2f}" + (f" +- {100 * c['std']:.2f} (n={c['n']})"
+                                          if c["n"] > 1 else "")
+
     for model in sorted({k[0] for k in cells}):
         name = MODEL_TITLES.get(model, model)
         dense, rigl90 = cells.get((model, "dense", 0.0)), cells.get((model, "rigl", 0.9))
         if dense and rigl90:
-            gap = 100 * (dense["test_accuracy"] - rigl90["test_accuracy"])
-            lines.append(f"[{'PASS' if gap <= 1.0 else 'MISS'}] {name}: RigL at 90% is "
-                         f"{gap:+.2f} points below dense (target: within 1 point)")
+            gap = 100 * (dense["acc"] - rigl90["acc"])
+            lines.append(f"[{'PASS' if gap <= 1.0 else 'MISS'}] {name}: RigL at 90% "
+                         f"({fmt(rigl90)}) is {gap:+.2f} points below dense ({fmt(dense)}) "
+                         f"(target: within 1 point)")
         else:
             lines.append(f"[MISSING] {name}: dense or RigL-90% run not finished")
         acc = {m: cells.get((model, m, 0.98)) for m in GRID_METHODS}
         if all(acc.values()):
-            a = {m: 100 * c["test_accuracy"] for m, c in acc.items()}
+            a = {m: c["acc"] for m, c in acc.items()}
             ok = min(a["rigl"], a["granet"]) > a["set"] > a["static"]
-            lines.append(f"[{'PASS' if ok else 'MISS'}] {name} at 98%: RigL {a['rigl']:.2f}, "
-                         f"GraNet {a['granet']:.2f} > SET {a['set']:.2f} > static "
-                         f"{a['static']:.2f} (target order)")
+            lines.append(f"[{'PASS' if ok else 'MISS'}] {name} at 98%: RigL {fmt(acc['rigl'])}, "
+                         f"GraNet {fmt(acc['granet'])} > SET {fmt(acc['set'])} > static "
+                         f"{fmt(acc['static'])} (target order)")
         else:
             lines.append(f"[MISSING] {name} at 98%: some runs not finished")
     return lines
@@ -127,17 +162,18 @@ def grid_claims(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def plot_grid(path: str | Path, summaries: Sequence[Mapping[str, Any]], model: str,
               title: str = "") -> Path:
-    """Test accuracy vs density (log x) per method for ``model``, dense as a dashed line."""
+    """Mean test accuracy vs density (log x) per method for ``model``, dense as a dashed
+    line."""
     from sparseprior.tickets.experiments import plot_accuracy_vs_density
 
-    cells = _by_key(summaries)
-    series = {METHOD_TITLES[m]: [(c["density"], c["test_accuracy"])
+    cells = _grouped(summaries)
+    series = {METHOD_TITLES[m]: [(c["density"], c["acc"])
                                  for (mod, meth, _), c in cells.items()
                                  if mod == model and meth == m] for m in GRID_METHODS}
     series = {k: v for k, v in series.items() if v}
     dense = cells.get((model, "dense", 0.0))
     return plot_accuracy_vs_density(path, series,
-                                    dense_accuracy=dense["test_accuracy"] if dense else None,
+                                    dense_accuracy=dense["acc"] if dense else None,
                                     title=title or f"DST, {MODEL_TITLES.get(model, model)}")
 
 

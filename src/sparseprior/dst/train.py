@@ -148,7 +148,8 @@ def run_dst(
     test = trainer.test_metrics or trainer.evaluate(splits.test)
     counted = counted_sparsity(trainer.model, names)
     summary = {
-        "model": config.model, "method": config.dst.method,
+        "model": config.model, "method": config.dst.method, "seed": config.dst.seed,
+        "init_seed": config.init_seed,
         "target_sparsity": config.dst.sparsity if config.dst.method != "dense" else 0.0,
         **counted,
         "mask_density": trainer.masks.density() if trainer.masks is not None else 1.0,
