@@ -10,10 +10,9 @@ high sparsity on CPU (measured by :func:`compare_latency`). Conv layers are left
 from __future__ import annotations
 
 import copy
-import statistics
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,11 +170,14 @@ def load_sparse_inference(path: str | Path, model: nn.Module) -> nn.Module:
 # --------------------------------------------------------------------------- latency
 
 
-def _time_calls(fn: Callable[[], Any], number: int) -> float:
+def _calls_for(model: nn.Module, x: Tensor, min_seconds: float) -> int:
+    """Back-to-back calls that take about ``min_seconds`` (after a short warm-up)."""
+    for _ in range(2):
+        model(x)
     start = time.perf_counter()
-    for _ in range(number):
-        fn()
-    return (time.perf_counter() - start) / number
+    for _ in range(3):
+        model(x)
+    return max(1, int(min_seconds / max((time.perf_counter() - start) / 3, 1e-7)))
 
 
 @torch.no_grad()
@@ -186,57 +188,50 @@ def compare_latency(
     batch_sizes: Sequence[int] = (1, 256),
     repeats: int = 15,
     min_seconds: float = 0.02,
-    threads: int | None = 1,
+    threads: int = 1,
     reference: str | None = None,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """Median forward latency of each model, measured interleaved, as ratios to ``reference``.
+    """Forward latency of each model, interleaved, with speed-ups over ``reference``.
 
-    For each batch size: ``repeats`` rounds; in each round every model runs a block of calls
-    (enough for ``min_seconds``, fixed after a warm-up) on the same random input, in turn, so
-    slow drifts of the machine hit every model alike.
+    For each batch size this calls :func:`sparseprior.compress.latency.measure_latency` (the
+    project's one latency tool: ``repeats`` rounds, the order rotating, every model timed once
+    per round on the same random input; medians over rounds), with the number of back-to-back
+    calls per round set so the slowest model's block lasts about ``min_seconds``.
 
     Args:
         models: name -> model (CPU, eval mode).
         input_shape: one sample's shape, e.g. ``(1, 28, 28)``.
         batch_sizes: batch sizes to time.
-        repeats: interleaved rounds (the median over rounds is reported).
+        repeats: interleaved rounds.
         min_seconds: length of one timed block.
-        threads: ``torch.set_num_threads`` during the measurement (``None``: unchanged).
-        reference: the model the ratios are relative to (default: the first).
+        threads: ``torch.set_num_threads`` during the measurement.
+        reference: the model the speed-ups are relative to (default: the first).
         seed: seed of the random input.
 
     Returns:
-        rows ``{model, batch, ms, speedup}`` with ``ms`` the median milliseconds per forward
-        call and ``speedup = ms(reference) / ms(model)``.
+        rows ``{model, batch, ms, speedup}``: ``ms`` the median milliseconds per forward call,
+        ``speedup`` the median over rounds of ``t(reference) / t(model)`` in the same round.
     """
+    from sparseprior.compress.latency import measure_latency, torch_runner
+
     if not models:
         raise ValueError("models is empty; pass name -> model")
     check_positive_int(repeats, "repeats")
     reference = reference or next(iter(models))
     if reference not in models:
         raise ValueError(f"reference={reference!r} is not among the models {list(models)}")
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
     rows = []
-    try:
-        gen = torch.Generator().manual_seed(seed)
-        for batch in batch_sizes:
-            check_positive_int(batch, "batch_sizes[i]")
-            x = torch.randn((batch, *input_shape), generator=gen)
-            calls = {name: (lambda m=m, x=x: m(x)) for name, m in models.items()}
-            number = {name: max(1, int(min_seconds / max(_time_calls(fn, 3), 1e-7)))
-                      for name, fn in calls.items()}
-            times: dict[str, list[float]] = {name: [] for name in models}
-            for _ in range(repeats):
-                for name, fn in calls.items():
-                    times[name].append(_time_calls(fn, number[name]))
-            medians = {name: statistics.median(ts) for name, ts in times.items()}
-            rows += [{"model": name, "batch": batch, "ms": 1e3 * medians[name],
-                      "speedup": medians[reference] / medians[name]} for name in models]
-    finally:
-        torch.set_num_threads(old_threads)
+    gen = torch.Generator().manual_seed(seed)
+    for batch in batch_sizes:
+        check_positive_int(batch, "batch_sizes[i]")
+        x = torch.randn((batch, *input_shape), generator=gen)
+        calls = min(_calls_for(m, x, min_seconds) for m in models.values())
+        result = measure_latency({n: torch_runner(m, x) for n, m in models.items()},
+                                 baseline=reference, rounds=repeats, calls=calls,
+                                 warmup=2, threads=threads)
+        rows += [{"model": n, "batch": batch, "ms": result.median_ms[n],
+                  "speedup": result.speedup[n]} for n in models]
     return rows
 
 
@@ -249,7 +244,7 @@ def max_output_difference(a: nn.Module, b: nn.Module, inputs: Tensor) -> float:
 def export_run(run_dir: str | Path, out: str | Path | None = None, *,
                min_sparsity: float = 0.5, check_images: int = 2000,
                batch_sizes: Sequence[int] = (1, 256), repeats: int = 15,
-               threads: int | None = 1) -> dict[str, Any]:
+               threads: int = 1) -> dict[str, Any]:
     """Export a finished DST run folder to CSR inference and measure it against dense.
 
     Writes ``out`` (default ``<run>/sparse_inference.safetensors`` + ``.json``) and
