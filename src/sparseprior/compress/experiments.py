@@ -58,6 +58,7 @@ class BenchConfig(Config):
         dataset, data_root, subset: the data (``subset`` training images; ``None``: all).
         epochs: training epochs of the fp32 original.
         finetune_epochs: fine-tuning epochs of each compression step / baseline.
+        finetune_lr: Adam learning rate of fine-tuning (cosine decay to 0).
         sparsity, bits: the storage recipe's final sparsity and code width.
         structured_ratios: the latency recipe's fraction of units removed per layer
             (module name -> ratio; layers not named use ``structured_ratio``).
@@ -75,6 +76,7 @@ class BenchConfig(Config):
     subset: int | None = None
     epochs: int = 8
     finetune_epochs: int = 2
+    finetune_lr: float = 1e-3
     sparsity: float = 0.9
     bits: int = 4
     structured_ratios: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -90,7 +92,8 @@ class BenchConfig(Config):
                            progress=False, seed=self.seed, device="cpu")
 
     def finetune(self) -> dict[str, Any]:
-        return {"batch_size": 128, "optimizer": "adam", "lr": 3e-4, "lr_schedule": "cosine",
+        return {"batch_size": 128, "optimizer": "adam", "lr": self.finetune_lr,
+                "lr_schedule": "cosine",
                 "weight_decay": 0.0, "seed": self.seed, "device": "cpu"}
 
 
@@ -261,13 +264,16 @@ def run_compression_benchmark(config: BenchConfig, run: RunDir, splits: Any | No
     onnx_orig = export_onnx(original, example[:1])
     test = splits.test
     cands: dict[str, Candidate] = {
-        "fp32 (PyTorch)": _torch_candidate("fp32 (PyTorch)", original, test, fp32_size,
-                                           "safetensors fp32"),
+        "fp32 (PyTorch)": _torch_candidate("fp32 (PyTorch)", deployable_copy(original), test,
+                                           fp32_size, "safetensors fp32"),
         "fp32 (ONNX Runtime)": _ort_candidate("fp32 (ONNX Runtime)", onnx_orig, test,
                                               "ONNX fp32"),
         "combined: structured (PyTorch)": _torch_candidate(
             "combined: structured (PyTorch)", deployable_copy(latency.model), test,
             latency.reports[-1].packed_bytes, "packed fp32"),
+        "combined: structured + dynamic int8 (PyTorch)": _torch_candidate(
+            "combined: structured + dynamic int8 (PyTorch)", dynamic_int8(latency.model), test,
+            _torch_save_size(dynamic_int8(latency.model)), "torch.save"),
         "combined: structured + int8 (ONNX Runtime)": _ort_candidate(
             "combined", onnx_small8, test, "ONNX int8"),
     }

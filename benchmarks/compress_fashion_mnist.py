@@ -1,0 +1,118 @@
+"""Compression benchmark on Fashion-MNIST: packed size, one-thread CPU latency, baselines.
+
+For LeNet-300-100 and LeNet-5 (and, with ``--resnet``, a ResNet-20 on a training subset):
+train the fp32 original, run the storage recipe (gradual pruning + 4-bit QAT -> packed file) and
+the latency recipe (structured pruning -> ONNX Runtime int8), plus the baselines
+(torch.nn.utils.prune, PyTorch dynamic int8, low-rank alone, SmartExchange alone); time every
+variant side by side (interleaved rounds, one thread) at batch 1 and 64.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compress_fashion_mnist.py \
+        --out runs/compress_bench [--models lenet300 lenet5] [--resnet]
+
+Writes ``<out>/<model>/results.json``, ``<out>/results.json``, ``<out>/tables.md`` and the plots
+``docs/img/compress_tradeoffs.png`` and ``docs/img/compress_latency.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+from sparseprior.common.runs import RunDir  # noqa: E402
+from sparseprior.compress.experiments import (  # noqa: E402
+    BenchConfig,
+    baseline_rows,
+    plot_tradeoffs,
+    run_compression_benchmark,
+)
+from sparseprior.report import format_table  # noqa: E402
+
+CONFIGS = {
+    "lenet300": BenchConfig(model="lenet300", epochs=10, finetune_epochs=6, sparsity=0.9,
+                            bits=4, structured_ratios={"features.0": 0.67,
+                                                       "features.2": 0.5}),
+    "lenet5": BenchConfig(model="lenet5", epochs=10, finetune_epochs=8, sparsity=0.8, bits=4,
+                          structured_ratios={"features.0": 0.34, "features.3": 0.5,
+                                             "fc.0": 0.5, "fc.2": 0.5}),
+    "resnet20": BenchConfig(model="resnet20", build={"width": 0.5}, subset=10_000, epochs=4,
+                            finetune_epochs=2, sparsity=0.8, bits=4, structured_ratio=0.5,
+                            latency_rounds=7),
+}
+
+
+def plot_latency(path: Path, results: dict) -> Path:
+    """Speed-up over fp32 PyTorch (bars) per variant, batch 1 and 64, one panel per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.8), squeeze=False)
+    for ax, (model, res) in zip(axes[0], results.items(), strict=True):
+        names = list(res["candidates"])
+        batches = list(res["latency_by_batch"])
+        width = 0.8 / len(batches)
+        for i, b in enumerate(batches):
+            speed = [res["latency_by_batch"][b]["speedup"][n] for n in names]
+            ax.barh([k + i * width for k in range(len(names))], speed, height=width,
+                    label=f"batch {b}")
+        ax.axvline(1, color="gray", lw=1)
+        ax.axvline(3, color="red", ls="--", lw=1, label="3x target")
+        ax.set_yticks([k + width / 2 for k in range(len(names))], names, fontsize=8)
+        ax.set_xlabel("speed-up over fp32 PyTorch, 1 thread (median of per-round ratios)")
+        ax.set_title(f"{model}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/compress_bench"))
+    parser.add_argument("--models", nargs="+", default=["lenet300", "lenet5"],
+                        choices=sorted(CONFIGS))
+    parser.add_argument("--resnet", action="store_true", help="Also ResNet-20 on a subset.")
+    parser.add_argument("--img", type=Path, default=Path("docs/img"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("sparseprior.engine.trainer").setLevel(logging.WARNING)
+    torch.set_num_threads(1)
+    models = list(args.models) + (["resnet20"] if args.resnet else [])
+    results, tables = {}, []
+    start = time.perf_counter()
+    for name in models:
+        res = run_compression_benchmark(CONFIGS[name], RunDir(args.out / name))
+        results[name] = res
+        table = format_table(baseline_rows(res))
+        st = res["storage"]
+        head = (f"### {name} on {res['dataset']} ({res['train_images']} training images), "
+                f"{res['seconds']:.0f} s\n\nfp32 accuracy {100 * res['original']['accuracy']:.2f}%"
+                f"; packed file {st['packed_bytes']} B = {st['ratio']:.1f}x smaller than "
+                f"{res['original']['fp32_safetensors_bytes']} B fp32 safetensors, accuracy "
+                f"{100 * st['accuracy']:.2f}% (drop {st['drop_points']:.2f} pt)\n")
+        tables.append(head + "\n" + table + "\n")
+        print(tables[-1], flush=True)
+        RunDir(args.out).write_json("results.json", results)
+    args.img.mkdir(parents=True, exist_ok=True)
+    plot_tradeoffs(args.img / "compress_tradeoffs.png", results)
+    plot_latency(args.img / "compress_latency.png", results)
+    total = time.perf_counter() - start
+    (args.out / "tables.md").write_text("\n".join(tables) + f"\nTotal {total:.0f} s\n")
+    print(json.dumps({m: {"storage_ratio": r["storage"]["ratio"],
+                          "storage_drop": r["storage"]["drop_points"]} for m, r in
+                      results.items()}, indent=1))
+    print(f"total {total:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
