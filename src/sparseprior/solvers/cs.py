@@ -232,14 +232,15 @@ class PatchProblem(SparseRecoveryProblem):
         held = (torch.from_numpy(val[0]).float(), torch.from_numpy(val[1] @ Phi.T).float())
         self._fixed = {"val": held, "test": held}
 
-    def sample(self, batch_size: int, generator: torch.Generator | int | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, batch_size: int, generator: torch.Generator | int | None = None,
+               device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch of training pairs (x* (batch, n_atoms), y (batch, M)), drawn with
         replacement."""
         check_positive_int(batch_size, "batch_size")
         idx = torch.randint(len(self._x_train), (batch_size,), generator=make_generator(
             generator))
-        return self._x_train[idx], self._y_train[idx]
+        x, y = self._x_train[idx], self._y_train[idx]
+        return (x, y) if device is None else (x.to(device), y.to(device))
 
     def measure_patches(self, patches: np.ndarray) -> torch.Tensor:
         """y = Phi p for patches (N, d) -> (N, M)."""

@@ -140,21 +140,34 @@ class SparseRecoveryProblem:
         values = torch.randn(batch_size, self.n, generator=generator)
         return values * support
 
+    def _A_on(self, device: torch.device) -> torch.Tensor:
+        if device == self.A.device:
+            return self.A
+        cached = getattr(self, "_A_device", None)
+        if cached is None or cached.device != device:
+            self._A_device = cached = self.A.to(device)
+        return cached
+
     def measure(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """y = A x + noise (batch, m); noise at ``snr_db`` per sample relative to A x."""
-        clean = x @ self.A.T
+        """y = A x + noise (batch, m) on x's device; noise at ``snr_db`` per sample relative
+        to A x, drawn from ``generator`` (a CPU generator: the same numbers on every device)."""
+        clean = x @ self._A_on(x.device).T
         if self.config.snr_db is None:
             return clean
         sigma = clean.norm(dim=1, keepdim=True) / math.sqrt(self.m)
         sigma = sigma * 10.0 ** (-self.config.snr_db / 20.0)
-        return clean + sigma * torch.randn(clean.shape, generator=generator)
+        noise = torch.randn(clean.shape, generator=generator)
+        return clean + sigma * noise.to(clean.device)
 
-    def sample(self, batch_size: int, generator: torch.Generator | int | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A fresh batch ``(x*, y)``: x* (batch, n), y (batch, m)."""
+    def sample(self, batch_size: int, generator: torch.Generator | int | None = None,
+               device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fresh batch ``(x*, y)``: x* (batch, n), y (batch, m), on ``device`` (default
+        CPU; y = A x* is then computed there)."""
         check_positive_int(batch_size, "batch_size")
         gen = make_generator(generator)
         x = self.sample_x(batch_size, gen)
+        if device is not None:
+            x = x.to(device)
         return x, self.measure(x, gen)
 
     def _fixed_set(self, name: str, size: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -349,8 +349,7 @@ def train_stage(model: UnrolledSolver, problem: SparseRecoveryProblem, layer: in
         best_step, step, stopped = 0, 0, "max_steps"
         curve = [(0, start)]
         while step < cap:
-            x, y = problem.sample(config.batch_size, generator)
-            x, y = x.to(dev), y.to(dev)
+            x, y = problem.sample(config.batch_size, generator, device=dev)
             loss = torch.mean((model(y, num_layers=layer)[-1] - x) ** 2)
             if not torch.isfinite(loss):
                 log.warning("layer %d stage %s: non-finite loss at step %d; stopping the stage",
