@@ -134,7 +134,8 @@ def bench(
     """NMSE per layer of learned solvers vs ISTA/FISTA over a lambda grid: table, JSON, plot.
 
     With --suite headline: the 100x benchmark (iterations to match, wall-clock race) over the
-    problem suite; reuses --checkpoints DIR/<problem>/<solver>.safetensors when present.
+    problem suite (--problems; only --m/--n of the problem options apply); reuses --checkpoints
+    DIR/<problem>/<solver>.safetensors when present.
     """
     from sparseprior.report.report import format_table
     from sparseprior.solvers.experiments import run_benchmark
@@ -145,7 +146,8 @@ def bench(
     names = [s.strip() for s in models.split(",") if s.strip()] if models else None
     if suite == "headline":
         _bench_headline(out, problems, names, lam_grid, iters, layers, budget, n_eval, n_wall,
-                        ista_iters, max_train_seconds, checkpoints, resolve_device(device))
+                        ista_iters, max_train_seconds, checkpoints, resolve_device(device),
+                        (m, n))
         return
     lam_grid = lam_grid or [0.4, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002]
     names = names or ["LISTA", "LISTA-CP", "LISTA-CPSS"]
@@ -211,13 +213,15 @@ def _floats(text: str, option: str) -> list[float]:
 def _bench_headline(out: Path, problems: str, models: list[str] | None,
                     lams: list[float] | None, iters: int | None, layers: int, budget: str,
                     n_eval: int | None, n_wall: int, ista_iters: int,
-                    max_train_seconds: float | None, checkpoints: Path | None, device) -> None:
+                    max_train_seconds: float | None, checkpoints: Path | None, device,
+                    size: tuple[int, int]) -> None:
     from sparseprior.report.report import format_table
     from sparseprior.solvers.headline import HeadlineConfig, headline_names, run_headline
 
     fields: dict = {"problems": headline_names(problems), "num_layers": layers,
                     "budget": budget, "n_eval": n_eval, "n_wall": n_wall,
-                    "ista_iters": ista_iters, "max_train_seconds": max_train_seconds}
+                    "ista_iters": ista_iters, "max_train_seconds": max_train_seconds,
+                    "m": size[0], "n": size[1]}
     if models:
         fields["models"] = tuple(models)
     if lams:
@@ -227,3 +231,44 @@ def _bench_headline(out: Path, problems: str, models: list[str] | None,
     rows = run_headline(out, HeadlineConfig(**fields), checkpoints=checkpoints, device=device)
     typer.echo(format_table(rows))
     typer.echo(f"\nresults in {out} (summary.md, <problem>/table.md)")
+
+
+def _images(value: str) -> list[str] | Path:
+    """A folder of images, or comma-separated bundled names / files."""
+    return Path(value) if Path(value).is_dir() else [v.strip() for v in value.split(",")
+                                                      if v.strip()]
+
+
+@app.command()
+def cs(
+    rate: float = typer.Option(0.5, help="Sampling rate M/d in (0, 1]."),
+    train_images: str = typer.Option("astronaut,coffee,chelsea,rocket,brick,grass",
+                                     help="Bundled scikit-image names/files, or a folder."),
+    test_images: str = typer.Option("camera,coins,moon", help="Bundled names/files, or a "
+                                    "folder."),
+    dictionary: str = typer.Option("mbdl", help="mbdl (MiniBatchDictionaryLearning) or dct."),
+    atoms: int = typer.Option(256, help="Dictionary atoms (dct: exactly patch_size^2)."),
+    patch_size: int = typer.Option(16, help="Patch side in pixels."),
+    n_train: int = typer.Option(8000, help="Random training patches."),
+    models: str = typer.Option("ALISTA,HyperLISTA", help="Learned solvers (comma-separated)."),
+    budget: str = typer.Option("quick", help="Staged-training preset of trained solvers."),
+    max_train_seconds: float = typer.Option(None, help="Time budget per trained solver."),
+    fista_iters: int = typer.Option(500, help="FISTA iterations."),
+    seed: int = SEED,
+    out: Path = typer.Option(Path("runs/solvers-cs"), help="Run folder."),
+    device: str = DEVICE,
+) -> None:
+    """Compressive sensing of real image patches: PSNR per test image, FISTA vs learned."""
+    from sparseprior.report.report import format_table
+    from sparseprior.solvers.cs import CSConfig, run_cs
+
+    config = CSConfig(rate=rate, size=patch_size, n_atoms=atoms, dictionary=dictionary,
+                      n_train=n_train, models=tuple(m.strip() for m in models.split(",")
+                                                    if m.strip()),
+                      budget=budget, max_train_seconds=max_train_seconds,
+                      fista_iters=fista_iters, seed=seed)
+    data = run_cs(RunDir(out), config, train_images=_images(train_images),
+                  test_images=_images(test_images), device=resolve_device(device))
+    typer.echo(format_table(data["rows"]))
+    typer.echo(f"\nA = Phi D: ({data['m']}, {data['n']}); {data['total_seconds']:.1f} s; "
+               f"results in {out}")

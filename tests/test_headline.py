@@ -1,0 +1,106 @@
+"""The headline benchmark on a tiny problem: structure and internal consistency."""
+
+import json
+
+import pytest
+import torch
+
+from sparseprior.common.runs import RunDir
+from sparseprior.solvers.classic import fista
+from sparseprior.solvers.headline import (
+    HeadlineConfig,
+    add_wall_clock,
+    run_headline,
+    tuned_hyperparameters,
+)
+from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem
+from sparseprior.solvers.unrolled import HyperLISTA
+
+TINY = {"m": 30, "n": 60, "n_eval": 64, "n_wall": 200, "ista_iters": 100, "fista_iters": 80,
+        "lams": (0.05, 0.01, 0.002), "grid_factors": (0.5, 1.0, 2.0), "grid_rounds": 1,
+        "max_train_seconds": 1.0, "models": ("ALISTA", "HyperLISTA")}
+
+
+@pytest.fixture(scope="module")
+def headline(tmp_path_factory):
+    out = tmp_path_factory.mktemp("headline")
+    rows = run_headline(out, HeadlineConfig(problems=("snr20",), **TINY))
+    return out, rows
+
+
+def test_results_are_consistent(headline):
+    out, rows = headline
+    assert [(r["problem"], r["solver"]) for r in rows] == [("snr20", "ALISTA"),
+                                                           ("snr20", "HyperLISTA")]
+    data = json.loads((out / "snr20" / "headline.json").read_text())
+    for name, info in data["learned"].items():
+        final = info["nmse_db"][-1]
+        assert len(info["nmse_db"]) == 16 and info["median_sample_nmse_db"] <= 0
+        for solver in ("ISTA", "FISTA", "FISTA-cont"):
+            reach = info["reach"][solver]
+            traces = data["classic"][solver]
+            if reach["reached"]:      # the first iterate at the target, for the best lambda
+                trace = traces[str(reach["lambda"])]
+                k = reach["iters"]
+                assert trace[k - 1] <= final + 1e-3
+                assert all(min(t[:k - 1], default=1e9) > final - 1e-3 for t in traces.values())
+            else:
+                assert all(min(t) > final - 1e-3 for t in traces.values())
+                assert reach["label"] == f"> {len(next(iter(traces.values())))}"
+        wall = data["wall_clock"]["solvers"][name]
+        assert wall["target_db"] >= final - 1e-9 and wall["seconds"] > 0
+        assert wall["speedup_vs_FISTA"] == pytest.approx(wall["FISTA"]["seconds"]
+                                                        / wall["seconds"])
+    assert data["oracle_floor_db"] < min(i["nmse_db"][-1] for i in data["learned"].values())
+    assert (out / "summary.md").is_file() and (out / "snr20" / "nmse_vs_layer.png").is_file()
+    assert (out / "snr20" / "checkpoints" / "HyperLISTA.safetensors").is_file()
+
+
+def test_wall_clock_rerun_from_checkpoints(headline):
+    out, _ = headline
+    data = add_wall_clock(RunDir(out / "snr20"), None, "cpu", n_wall=100)
+    assert data["wall_clock"]["n_problems"] == 100
+    assert set(data["wall_clock"]["solvers"]) == {"ALISTA", "HyperLISTA"}
+
+
+def test_cli_headline_reuses_checkpoints(cli, headline, tmp_path):
+    out, _ = headline
+    ck = tmp_path / "ck" / "default"
+    ck.mkdir(parents=True)
+    for suffix in (".safetensors", ".json"):
+        src = out / "snr20" / "checkpoints" / f"HyperLISTA{suffix}"
+        (ck / src.name).write_bytes(src.read_bytes())
+    code, stdout, err = cli(["solvers", "bench", "--suite", "headline", "--problems", "default",
+                             "--models", "HyperLISTA", "--m", "30", "--n", "60", "--n-eval",
+                             "32", "--n-wall", "100", "--ista-iters", "50", "--iters", "40",
+                             "--checkpoints", str(tmp_path / "ck"), "--out",
+                             str(tmp_path / "run"), "--device", "cpu"])
+    assert code == 0, err
+    data = json.loads((tmp_path / "run" / "default" / "headline.json").read_text())
+    assert data["learned"]["HyperLISTA"]["source"].endswith("HyperLISTA.safetensors")
+    assert "HyperLISTA" in stdout
+    code, _, err = cli(["solvers", "bench", "--suite", "headline", "--problems", "nope"])
+    assert code == 2 and "unknown headline problem 'nope'" in err
+
+
+def test_config_validation_and_tuned_file():
+    with pytest.raises(ValueError, match="unknown headline problem"):
+        HeadlineConfig(problems=("default", "snr10"))
+    with pytest.raises(ValueError, match="unknown solver"):
+        HeadlineConfig(models=("ISTA",))
+    with pytest.raises(ValueError, match="continuation"):
+        HeadlineConfig(continuation=1.0)
+    assert set(tuned_hyperparameters()) == set(HyperLISTA.HYPERPARAMETERS)
+
+
+def test_fista_continuation():
+    prob = SparseRecoveryProblem.generate(ProblemConfig(m=30, n=60, seed=4))
+    x, y = prob.sample(64, 0)
+    plain = fista(prob.A, y, 1e-4, max_iter=60, x_true=x).nmse_db
+    cont = fista(prob.A, y, 1e-4, max_iter=60, x_true=x, continuation=0.8).nmse_db
+    assert cont[-1] < plain[-1] - 3.0
+    same = fista(prob.A, y, 0.02, max_iter=2000, continuation=0.8).x
+    ref = fista(prob.A, y, 0.02, max_iter=2000).x
+    torch.testing.assert_close(same, ref, atol=1e-3, rtol=0)        # same LASSO solution
+    with pytest.raises(ValueError, match="continuation"):
+        fista(prob.A, y, 0.1, continuation=1.0)
