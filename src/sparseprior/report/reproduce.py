@@ -27,7 +27,7 @@ MODES = ("quick", "full")
 
 # Section name -> "module:function", in report order; imported only when run (fast CLI start).
 SECTIONS: dict[str, str] = {
-    "solvers": "sparseprior.solvers.experiments:solvers_section",
+    "solvers": "sparseprior.solvers.headline:solvers_section",
     "tickets": "sparseprior.tickets.experiments:tickets_section",
     "earlybird": "sparseprior.tickets.earlybird:earlybird_section",
     "dst": "sparseprior.dst.experiments:dst_section",

@@ -1,5 +1,5 @@
 """Solver experiments: classic baselines over a lambda grid, learned-solver evaluation, the
-benchmark table/plot and the ``reproduce`` section.
+benchmark table/plot (the ``reproduce`` section is :func:`.headline.solvers_section`).
 
 All NMSE figures are on the problem's fixed 1000-sample test set (GUIDE.md definition).
 """
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from sparseprior.common.runs import RunDir
-from sparseprior.report.report import Section, format_table
+from sparseprior.report.report import format_table
 from sparseprior.solvers.classic import fista, ista, support_oracle_ls
 from sparseprior.solvers.metrics import (
     nmse_db,
@@ -25,7 +25,7 @@ from sparseprior.solvers.metrics import (
     per_sample_nmse_db,
     support_recovery,
 )
-from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem
+from sparseprior.solvers.problems import SparseRecoveryProblem
 
 log = logging.getLogger(__name__)
 
@@ -207,27 +207,3 @@ def run_benchmark(run: RunDir, problem: SparseRecoveryProblem, models: Sequence[
               sweep, f"NMSE on the test set, {problem!r}",
               floor if problem.config.snr_db is not None else None)
     return result
-
-
-def solvers_section(run: RunDir, mode: str, device: torch.device) -> Section:
-    """``reproduce`` section: the LISTA family on the default problem vs ISTA/FISTA."""
-    problem = SparseRecoveryProblem.generate(ProblemConfig())
-    budget = "quick" if mode == "quick" else "cpu"
-    res = run_benchmark(run, problem, LISTA_FAMILY, budget=budget, device=device,
-                        lams=(0.1, 0.02, 0.005) if mode == "quick" else DEFAULT_LAMS)
-    best_fista_lam, trace = res.sweep.best("FISTA", len(next(iter(
-        res.sweep.traces["FISTA"].values()))))
-    notes = [
-        f"Problem: {problem!r}; NMSE(dB) on the fixed {problem.config.n_test}-sample test set.",
-        f"Learned solvers trained with the '{budget}' staged budget.",
-        f"FISTA with its best lambda ({best_fista_lam:g}) reaches "
-        f"{trace[15]:.1f} dB after 16 iterations and {trace[-1]:.1f} dB after {len(trace)}.",
-    ]
-    return Section("Learned sparse solvers (LISTA family)",
-                   rows=res.rows + [{"solver": r["solver"] + f" (lambda={r['lambda']:g})",
-                                     "L16": r.get("NMSE@16"), "L1000": r.get("NMSE@1000"),
-                                     "iters to -20 dB": r["iters to -20 dB"],
-                                     "iters to -30 dB": r["iters to -30 dB"]}
-                                    for r in res.classic_rows],
-                   plots=["nmse_vs_layer.png"], notes=notes,
-                   data={"learned": res.learned, "oracle_floor_db": res.floor_db})

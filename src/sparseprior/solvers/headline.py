@@ -38,7 +38,7 @@ import torch
 from sparseprior.common.config import Config
 from sparseprior.common.runs import RunDir
 from sparseprior.common.validation import check_positive_int
-from sparseprior.report.report import format_table
+from sparseprior.report.report import Section, format_table
 from sparseprior.solvers.classic import fista, ista, support_oracle_ls
 from sparseprior.solvers.experiments import ClassicSweep, iterations_to_reach, plot_nmse
 from sparseprior.solvers.metrics import nmse_db, nmse_db_per_step, per_sample_nmse_db
@@ -48,7 +48,7 @@ from sparseprior.solvers.unrolled import HyperLISTA, UnrolledSolver, load_solver
 log = logging.getLogger(__name__)
 
 __all__ = ["HEADLINE_PROBLEMS", "HeadlineConfig", "LEARNED", "add_wall_clock", "get_solver",
-           "run_headline",
+           "run_headline", "solvers_section",
            "run_headline_problem", "summarize_headline", "tuned_hyperparameters"]
 
 #: Problem name -> ProblemConfig fields (everything else default: m=250, n=500, p=0.1).
@@ -72,10 +72,11 @@ class HeadlineConfig(Config):
     caps (FISTA-cont shares ``fista_iters``). continuation: FISTA-cont's factor per iteration.
     n_eval: test samples used (None: the whole test set). n_wall: problems in the wall-clock
     race. budget: staged-training preset for solvers without a checkpoint; max_train_seconds:
-    a time budget per trained solver (None: none). grid_factors, grid_rounds: HyperLISTA's grid
-    search. wall_clock: run the wall-clock race (else later with :func:`add_wall_clock`).
-    seed: seeds the wall-clock problems. m, n: problem size (the suite's is 250 x 500;
-    smaller sizes are for smoke tests)."""
+    a time budget per trained solver (None: none). grid_factors, grid_rounds,
+    grid_val_samples: HyperLISTA's grid search (validation samples used; None: all).
+    wall_clock: run the wall-clock race (else later with :func:`add_wall_clock`). seed:
+    seeds the wall-clock problems. m, n: problem size (the suite's is 250 x 500; smaller sizes
+    are for smoke tests)."""
 
     problems: tuple[str, ...] = tuple(HEADLINE_PROBLEMS)
     models: tuple[str, ...] = LEARNED
@@ -90,6 +91,7 @@ class HeadlineConfig(Config):
     max_train_seconds: float | None = None
     grid_factors: tuple[float, ...] = (0.5, 0.7, 1.0, 1.4, 2.0)
     grid_rounds: int = 2
+    grid_val_samples: int | None = None
     wall_clock: bool = True
     seed: int = 0
     m: int = 250
@@ -153,7 +155,8 @@ def get_solver(name: str, problem: SparseRecoveryProblem, problem_name: str,
     if name == "HyperLISTA":
         res = grid_search_hyperlista(problem, tuned_hyperparameters(problem_name),
                                      factors=config.grid_factors, rounds=config.grid_rounds,
-                                     num_layers=config.num_layers, device=device)
+                                     num_layers=config.num_layers,
+                                     val_samples=config.grid_val_samples, device=device)
         model = HyperLISTA(problem.A, num_layers=config.num_layers, **res.best).to(device)
         info = {"source": "grid search", "trials": res.n_trials,
                 "val_nmse_db": res.best_nmse_db}
@@ -431,3 +434,38 @@ def headline_names(problems: str | Sequence[str]) -> tuple[str, ...]:
             raise ValueError(f"unknown headline problem {n!r}; choose from "
                              f"{list(HEADLINE_PROBLEMS)}")
     return tuple(names)
+
+
+def solvers_section(run: RunDir, mode: str, device: torch.device) -> Section:
+    """``reproduce`` section: the headline benchmark.
+
+    quick: the default problem only, on 250 test samples; LISTA-CPSS and ALISTA trained for
+    at most 45 s each (``quick`` presets), HyperLISTA from the committed Optuna-tuned setting
+    refined by a 27-point grid; ISTA 2000 / FISTA 1000 iterations over 4 lambdas; wall-clock
+    race on 1000 problems. full: the whole suite with the ``cpu`` training budget (hours).
+    """
+    if mode == "quick":
+        config = HeadlineConfig(problems=("default",), models=("LISTA-CPSS", "ALISTA",
+                                                               "HyperLISTA"),
+                                lams=(0.05, 0.01, 0.002, 0.0005), ista_iters=2000,
+                                fista_iters=1000, n_eval=250, n_wall=1000, budget="quick",
+                                max_train_seconds=45.0, grid_factors=(0.7, 1.0, 1.4),
+                                grid_rounds=1, grid_val_samples=250)
+    else:
+        config = HeadlineConfig(budget="cpu")
+    rows = run_headline(run.path, config, device=device)
+    data = json.loads((run.path / config.problems[0] / "headline.json").read_text())
+    wall = data["wall_clock"]
+    notes = [
+        f"Mode {mode}: problems {list(config.problems)}, {data['n_eval']} test samples, "
+        f"training budget '{config.budget}'"
+        + (f" capped at {config.max_train_seconds:g} s per solver" if config.max_train_seconds
+           else "") + ". NMSE(dB) is one set-level ratio; the median per-sample NMSE is beside.",
+        "'X iters': iterations ISTA / FISTA / FISTA with continuation need (best lambda of "
+        f"{list(config.lams)}) to reach what the solver reaches at layer {config.num_layers}.",
+        f"'wall x': time of FISTA / the learned solver to solve {wall['n_problems']} problems "
+        f"to the same target, side by side on {wall['device']} ({wall['threads']} threads).",
+    ]
+    return Section("Learned sparse solvers: the headline benchmark", rows=rows,
+                   plots=[f"{config.problems[0]}/nmse_vs_layer.png"], notes=notes,
+                   data={"summary": rows, "wall_clock": wall})
