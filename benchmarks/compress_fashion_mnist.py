@@ -76,6 +76,24 @@ def plot_latency(path: Path, results: dict) -> Path:
     return path
 
 
+def model_table(name: str, res: dict) -> str:
+    """Markdown: a headline (accuracy, packed size) and the baseline table of one model."""
+    st = res["storage"]
+    head = (f"### {name} on {res['dataset']} ({res['train_images']} training images), "
+            f"{res['seconds']:.0f} s\n\nfp32 accuracy {100 * res['original']['accuracy']:.2f}%"
+            f"; packed file {st['packed_bytes']} B = {st['ratio']:.1f}x smaller than "
+            f"{res['original']['fp32_safetensors_bytes']} B fp32 safetensors, accuracy "
+            f"{100 * st['accuracy']:.2f}% (drop {st['drop_points']:.2f} pt)\n")
+    return head + "\n" + format_table(baseline_rows(res)) + "\n"
+
+
+def _int_keys(results: dict) -> dict:
+    """JSON turns the batch-size keys into strings; turn them back."""
+    for res in results.values():
+        res["latency_by_batch"] = {int(k): v for k, v in res["latency_by_batch"].items()}
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/compress_bench"))
@@ -88,26 +106,21 @@ def main() -> None:
     logging.getLogger("sparseprior.engine.trainer").setLevel(logging.WARNING)
     torch.set_num_threads(1)
     models = list(args.models) + (["resnet20"] if args.resnet else [])
-    results, tables = {}, []
+    out = RunDir(args.out)
+    # earlier models' results are kept (e.g. a later `--models resnet20` run adds a section)
+    results = _int_keys(out.read_json("results.json")) if out.file("results.json").exists() \
+        else {}
     start = time.perf_counter()
     for name in models:
-        res = run_compression_benchmark(CONFIGS[name], RunDir(args.out / name))
-        results[name] = res
-        table = format_table(baseline_rows(res))
-        st = res["storage"]
-        head = (f"### {name} on {res['dataset']} ({res['train_images']} training images), "
-                f"{res['seconds']:.0f} s\n\nfp32 accuracy {100 * res['original']['accuracy']:.2f}%"
-                f"; packed file {st['packed_bytes']} B = {st['ratio']:.1f}x smaller than "
-                f"{res['original']['fp32_safetensors_bytes']} B fp32 safetensors, accuracy "
-                f"{100 * st['accuracy']:.2f}% (drop {st['drop_points']:.2f} pt)\n")
-        tables.append(head + "\n" + table + "\n")
-        print(tables[-1], flush=True)
-        RunDir(args.out).write_json("results.json", results)
+        results[name] = run_compression_benchmark(CONFIGS[name], RunDir(args.out / name))
+        print(model_table(name, results[name]), flush=True)
+        out.write_json("results.json", results)
     args.img.mkdir(parents=True, exist_ok=True)
     plot_tradeoffs(args.img / "compress_tradeoffs.png", results)
     plot_latency(args.img / "compress_latency.png", results)
     total = time.perf_counter() - start
-    (args.out / "tables.md").write_text("\n".join(tables) + f"\nTotal {total:.0f} s\n")
+    tables = [model_table(n, r) for n, r in results.items()]
+    out.write_text("tables.md", "\n".join(tables) + f"\nThis invocation: {total:.0f} s\n")
     print(json.dumps({m: {"storage_ratio": r["storage"]["ratio"],
                           "storage_drop": r["storage"]["drop_points"]} for m, r in
                       results.items()}, indent=1))

@@ -40,9 +40,11 @@ def test_compress_pack_unpack_bench(cli, tmp_path):
     assert code == 0, err
     assert packed.stat().st_size < weights.stat().st_size / 5
     code, stdout, err = cli(["compress", "unpack", str(packed), "--out",
-                             str(tmp_path / "o.safetensors"), "--onnx", str(tmp_path / "o.onnx")])
+                             str(tmp_path / "o.safetensors"), "--onnx", str(tmp_path / "o.onnx"),
+                             "--onnx-int8", str(tmp_path / "o8.onnx")])
     assert code == 0, err
     assert "checksums OK" in stdout and (tmp_path / "o.onnx").stat().st_size > 0
+    assert (tmp_path / "o8.onnx").stat().st_size > 0
     assert unpack(packed).features[0].weight.shape == (6, 1, 5, 5)
     code, stdout, err = cli(["compress", "bench", str(packed), "--batch", "2", "--rounds", "2"])
     assert code == 0, err

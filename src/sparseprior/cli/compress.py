@@ -132,11 +132,14 @@ def unpack(
     packed: Path = typer.Argument(..., help="A .sppk file."),
     out: Path = typer.Option(None, help="Write the decoded model as fp32 safetensors here."),
     onnx: Path = typer.Option(None, help="Also export the runnable model to ONNX here."),
+    onnx_int8: Path = typer.Option(None, help="Also write an ONNX Runtime int8 (dynamic "
+                                   "quantization) model here: the fast CPU deployment."),
 ) -> None:
     """Verify checksums, decode, and print the architecture; optionally write fp32/ONNX."""
     from safetensors.torch import save_file
 
-    from sparseprior.compress import deployable_copy, export_onnx, read_header, unpack
+    from sparseprior.common.checkpoint import atomic_write_bytes
+    from sparseprior.compress import deployable_copy, export_onnx, ort_int8, read_header, unpack
     from sparseprior.report import format_table
 
     header, _ = read_header(packed)
@@ -152,9 +155,13 @@ def unpack(
     if out is not None:
         save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(out))
         typer.echo(f"fp32 weights: {out}")
-    if onnx is not None:
-        export_onnx(plain, plain.example_input(1), onnx)
-        typer.echo(f"ONNX: {onnx}")
+    if onnx is not None or onnx_int8 is not None:
+        data = export_onnx(plain, plain.example_input(1), onnx)
+        if onnx is not None:
+            typer.echo(f"ONNX: {onnx}")
+        if onnx_int8 is not None:
+            atomic_write_bytes(onnx_int8, ort_int8(data))
+            typer.echo(f"ONNX int8: {onnx_int8}")
 
 
 @app.command()
