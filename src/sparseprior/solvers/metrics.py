@@ -64,3 +64,22 @@ def support_recovery(x_hat: torch.Tensor, x_true: torch.Tensor, tol: float = 1e-
         "fn_rate": fn / max(n_nonzero, 1),
         "exact_support_fraction": float(((est == true).all(dim=-1)).float().mean()),
     }
+
+
+def nmse_db_split_by_support(x_hat: torch.Tensor, x_true: torch.Tensor, max_nonzeros: int
+                             ) -> dict[str, float | int]:
+    """Set-level NMSE(dB) of the samples with at most / more than ``max_nonzeros`` non-zeros
+    in x* (e.g. the support-selection cap), and how many samples are dense.
+
+    Returns ``{"typical_nmse_db", "dense_nmse_db", "n_dense"}`` (a NaN entry when a group is
+    empty).
+    """
+    if x_hat.shape != x_true.shape:
+        raise ValueError(f"x_hat has shape {tuple(x_hat.shape)} but x_true has "
+                         f"{tuple(x_true.shape)}; they must match")
+    dense = (x_true != 0).sum(dim=-1) > max_nonzeros
+    out: dict[str, float | int] = {"n_dense": int(dense.sum())}
+    for key, rows in (("typical_nmse_db", ~dense), ("dense_nmse_db", dense)):
+        ok = bool(rows.any()) and bool(x_true[rows].abs().sum() > 0)
+        out[key] = nmse_db(x_hat[rows], x_true[rows]) if ok else float("nan")
+    return out
