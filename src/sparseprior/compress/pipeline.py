@@ -49,7 +49,7 @@ from sparseprior.compress.smartexchange import (
     smartexchange_,
 )
 from sparseprior.compress.structured import structured_prune
-from sparseprior.engine import Callback, Trainer
+from sparseprior.engine import Trainer
 from sparseprior.sparsity import MaskSet
 
 log = logging.getLogger(__name__)
@@ -166,16 +166,14 @@ class _State:
     pruned: bool = False
 
 
-def _apply_step(state: _State, step: Step, example_input: Tensor) -> tuple[dict[str, Any],
-                                                                           list[Callback]]:
-    """Transform the model for ``step``; returns (details, fine-tuning callbacks)."""
+def _apply_step(state: _State, step: Step, example_input: Tensor) -> dict[str, Any]:
+    """Transform the model for ``step`` (gradual pruning only attaches dense masks here: it
+    prunes during :func:`_finetune`); returns details for the report."""
     cfg = step.config
     details: dict[str, Any] = {}
-    callbacks: list[Callback] = []
     if step.kind == "prune":
         if cfg.schedule == "gradual":
             state.masks = MaskSet.dense(state.model, include_output=cfg.include_output)
-            callbacks.append(_GradualFactory(cfg))
         else:
             state.masks = prune_(state.model, cfg)
         state.pruned = True
@@ -195,28 +193,19 @@ def _apply_step(state: _State, step: Step, example_input: Tensor) -> tuple[dict[
         details["layers"] = quantize_(state.model, cfg.spec, cfg.layers,
                                       include_output=cfg.include_output)
         freeze_quantized_(state.model)  # PTQ; QAT fine-tuning (if any) starts from here
-    return details, callbacks
-
-
-class _GradualFactory(Callback):
-    """Placeholder replaced by a :class:`GradualPruning` once the step count is known."""
-
-    def __init__(self, config: Any) -> None:
-        self.config = config
+    return details
 
 
 def _finetune(state: _State, step: Step, recipe: Recipe, train_set: Dataset,
-              callbacks: list[Callback], run_dir: Path | None) -> dict[str, Any]:
+              run_dir: Path | None) -> dict[str, Any]:
+    """Fine-tune with the one ``Trainer`` (masks kept; gradual pruning as a callback)."""
     config = recipe.train_config(step.epochs)
     masks = state.masks
     if masks is None and state.pruned:
         masks = MaskSet.from_weights(state.model)  # keep earlier pruning's zeros
     trainer = Trainer(state.model, train_set, config, masks=masks, run_dir=run_dir)
-    ready: list[Callback] = []
-    for cb in callbacks:
-        ready.append(GradualPruning(cb.config, trainer.total_steps)
-                     if isinstance(cb, _GradualFactory) else cb)
-    trainer.callbacks = ready
+    if step.kind == "prune" and step.config.schedule == "gradual":
+        trainer.callbacks.append(GradualPruning(step.config, trainer.total_steps))
     history = trainer.fit()
     if masks is not None:
         masks.detach()
@@ -287,9 +276,9 @@ def compress_(model: nn.Module, recipe: Recipe, *, train_set: Dataset | None = N
             progress(reports[-1])
         for i, step in enumerate(recipe.steps, start=1):
             start = time.perf_counter()
-            details, callbacks = _apply_step(state, step, example_input)
+            details = _apply_step(state, step, example_input)
             if step.epochs:
-                details.update(_finetune(state, step, recipe, train_set, callbacks,
+                details.update(_finetune(state, step, recipe, train_set,
                                          folder / f"step_{i}_train" if run_dir else None))
             _freeze(state.model)
             reports.append(measure_step(state.model, index=i, kind=step.kind,
