@@ -4,7 +4,12 @@ import optuna
 import pytest
 
 from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem
-from sparseprior.solvers.tuning import TuningConfig, grid_search_hyperlista, tune_hyperlista
+from sparseprior.solvers.tuning import (
+    TuningConfig,
+    fit_hyperlista,
+    grid_search_hyperlista,
+    tune_hyperlista,
+)
 from sparseprior.solvers.unrolled import HyperLISTA, load_solver
 
 
@@ -61,3 +66,11 @@ def test_cli_tune(cli, tmp_path):
     assert code == 0, err
     assert "5 trials" in out and "test NMSE at layer 4" in out
     assert (tmp_path / "t" / "model.safetensors").is_file()
+
+
+def test_backprop_variant_improves_over_defaults(problem):
+    model = HyperLISTA(problem.A, num_layers=6)
+    res = fit_hyperlista(model, problem, steps=60, batch_size=64, rel_lr=0.05, eval_every=10)
+    assert res["best_nmse_db"] < res["start_nmse_db"]
+    assert model.hyperparameters == pytest.approx(res["best"])
+    assert model.n_params == 3

@@ -41,10 +41,16 @@ def problem(
     seed: int = SEED,
 ) -> None:
     """Generate a problem (A and the fixed validation/test sets) and save it."""
+    from sparseprior.solvers.analytic import coherence_report
+
     prob = _problem(None, m, n, p, snr, kappa, seed)
     prob.save(out)
+    rep = coherence_report(prob.A)
     typer.echo(f"{prob!r}\n  condition number {prob.condition_number:.3g}, "
-               f"L = ||A||_2^2 = {prob.lipschitz:.4g}\n  saved to {out}")
+               f"L = ||A||_2^2 = {prob.lipschitz:.4g}\n"
+               f"  mutual coherence of A {rep.mutual_coherence:.4f}; ALISTA's analytic W: "
+               f"generalised coherence {rep.generalized_coherence:.4f}, constraint error "
+               f"{rep.constraint_error:.1e}\n  saved to {out}")
 
 
 @app.command()
