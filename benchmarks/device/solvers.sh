@@ -28,7 +28,7 @@ if [ "${SMOKE:-0}" = "1" ]; then
   SIZE="--m 30 --n 60"; SECONDS_PER_MODEL="2,2,2"; BENCH_ARGS="--ista-iters 200 --fista-iters 150 --n-eval 100 --n-wall 500"
   TRAIN_LIMIT=60; TOTAL=200
 else
-  DEVICE=${DEVICE:-cuda}; SIZE=""; SECONDS_PER_MODEL="30,70,70"
+  DEVICE=${DEVICE:-cuda}; SIZE=""; SECONDS_PER_MODEL="50,60,60"
   BENCH_ARGS="--ista-iters 3000 --fista-iters 2000 --n-wall 10000"
   TRAIN_LIMIT=205; TOTAL=325
 fi
