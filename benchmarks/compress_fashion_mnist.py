@@ -67,7 +67,7 @@ def plot_latency(path: Path, results: dict) -> Path:
         ax.axvline(1, color="gray", lw=1)
         ax.axvline(3, color="red", ls="--", lw=1, label="3x target")
         ax.set_yticks([k + width / 2 for k in range(len(names))], names, fontsize=8)
-        ax.set_xlabel("speed-up over fp32 PyTorch, 1 thread (median of per-round ratios)")
+        ax.set_xlabel("speed-up over fp32 PyTorch, 1 thread\n(median of per-round ratios)")
         ax.set_title(f"{model}")
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -101,6 +101,8 @@ def main() -> None:
                         choices=sorted(CONFIGS))
     parser.add_argument("--resnet", action="store_true", help="Also ResNet-20 on a subset.")
     parser.add_argument("--img", type=Path, default=Path("docs/img"))
+    parser.add_argument("--plots-only", action="store_true",
+                        help="Only redraw the plots and tables from <out>/results.json.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("sparseprior.engine.trainer").setLevel(logging.WARNING)
@@ -111,7 +113,7 @@ def main() -> None:
     results = _int_keys(out.read_json("results.json")) if out.file("results.json").exists() \
         else {}
     start = time.perf_counter()
-    for name in models:
+    for name in [] if args.plots_only else models:
         results[name] = run_compression_benchmark(CONFIGS[name], RunDir(args.out / name))
         print(model_table(name, results[name]), flush=True)
         out.write_json("results.json", results)

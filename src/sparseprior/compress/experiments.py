@@ -366,8 +366,10 @@ def plot_tradeoffs(path: str | Path, results: Mapping[str, Mapping[str, Any]],
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    fig, axes = plt.subplots(len(results), 2, figsize=(11, 4 * len(results)), squeeze=False)
+    fig, axes = plt.subplots(len(results), 2, figsize=(11, 4 * len(results) + 1.2),
+                             squeeze=False)
     for row, (model, res) in enumerate(results.items()):
         ax_size, ax_lat = axes[row]
         lat = res["latency_by_batch"].get(batch) or res["latency_by_batch"].get(str(batch))
@@ -381,13 +383,18 @@ def plot_tradeoffs(path: str | Path, results: Mapping[str, Mapping[str, Any]],
         for ax, xlabel in ((ax_size, "size on disk (KB, log)"),
                            (ax_lat, f"latency at batch {batch}, 1 thread (ms, log)")):
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_locator(matplotlib.ticker.LogLocator(subs=(2.0, 5.0)))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
             ax.set_xlabel(xlabel)
             ax.set_ylabel("test accuracy (%)")
             ax.axhline(100 * res["original"]["accuracy"] - 1, color="gray", ls="--", lw=1)
             ax.grid(True, alpha=0.3)
-            ax.set_title(f"{model} on {res['dataset']}")
-        ax_lat.legend(fontsize=7)
-    fig.tight_layout()
+            ax.set_title(f"{model} on {res['dataset']} (dashed: fp32 accuracy - 1 pt)",
+                         fontsize=10)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
+    fig.tight_layout(rect=(0, 1.2 / (4 * len(results) + 1.2), 1, 1))
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
