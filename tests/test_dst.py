@@ -74,23 +74,29 @@ class Inspector(Callback):
             assert int(mask.sum()) == targets[name] == record["layers"][name]["active"]
             w = params[name].detach()
             old = self.before[name]
+            layer = record["layers"][name]
             grown, dropped = mask & ~old, old & ~mask
             assert torch.all(w[~mask] == 0), "a masked weight is not zero"
             assert torch.all(w[grown] == 0), "a grown weight does not start at zero"
             buf = trainer.optimizer.state[params[name]]["momentum_buffer"]
             assert torch.all(buf[grown] == 0) and torch.all(buf[dropped] == 0), \
                 "momentum was not reset where the mask changed"
-            self.checked_grown += int(grown.sum())
+            # every grown weight of the drop-and-grow step starts at zero, also one that the
+            # pruning step of the same update removed (then zero, not its old value)
+            assert int((mask & (w == 0)).sum()) >= layer["grown"]
+            assert int(mask.sum()) == int(old.sum()) - layer["pruned"]
+            self.checked_grown += layer["grown"]
             # the weights count exactly the active ones that were not just grown
             assert int(torch.count_nonzero(w)) == int((mask & ~grown & (w != 0)).sum())
             assert int(torch.count_nonzero(w)) <= targets[name]
         self.before = trainer.masks.clone().state_dict()
 
 
-@pytest.mark.parametrize("method", ["set", "rigl", "granet"])
-def test_exact_counts_zero_growth_and_reset_momentum_after_every_update(method):
+@pytest.mark.parametrize("method, d_i", [("set", 0.6), ("rigl", 0.6), ("granet", 0.6),
+                                         ("granet", 1.0)])
+def test_exact_counts_zero_growth_and_reset_momentum_after_every_update(method, d_i):
     cfg = DSTConfig(method=method, sparsity=0.8, delta_t=3, t_end=0.75, alpha=0.4,
-                    initial_density=0.6, prune_start=0.1, prune_end=0.6, seed=1)
+                    initial_density=d_i, prune_start=0.1, prune_end=0.6, seed=1)
     model = make_model()
     masks = initial_masks(model, cfg)
     dst = DynamicSparsity(cfg)

@@ -262,23 +262,30 @@ class DynamicSparsity(Callback):
         masks = trainer.masks
         assert masks is not None and self.schedule is not None
         step, cfg = trainer.step, self.config
-        weights = {n: p.detach() for n, p in self._params(trainer).items()}
+        params = self._params(trainer)
         targets = self.targets(step)
-        current = {n: masks[n] for n in self._shapes}
+        before = {n: int(masks[n].sum()) for n in self._shapes}
         if cfg.method == "granet" and self.schedule.is_prune_step(step):
-            current = self._prune(weights, current, targets)
+            # prune first (zeroes the pruned weights and their optimizer state), so a weight
+            # regrown below starts at zero like any grown weight
+            pruned = self._prune({n: p.detach() for n, p in params.items()},
+                                 {n: masks[n] for n in self._shapes}, targets)
+            masks.update_(_same_on_every_rank(pruned))
+        current = {n: masks[n].clone() for n in self._shapes}
         fraction = self.schedule.drop_fraction(step, cfg.alpha)
+        weights = {n: p.detach() for n, p in params.items()}
         grow = self._grow_scores(step, weights) if fraction > 0 else {}
         new = {}
         for n, mask in current.items():
             n_swap = int(round(fraction * int(mask.sum())))
             new[n] = drop_and_grow(weights[n], mask, None, grow[n], n_swap) if n_swap else mask
-        new = _same_on_every_rank(new)
-        before = {n: int(masks[n].sum()) for n in new}
-        changes = masks.update_(new)
-        layers = {n: {"active": int(masks[n].sum()), "target": targets[n],
-                      "pruned": before[n] - int(masks[n].sum()), **changes[n]}
-                  for n in new}
+        masks.update_(_same_on_every_rank(new))
+        layers = {}
+        for n, mask in current.items():
+            now = masks[n]
+            layers[n] = {"active": int(now.sum()), "target": targets[n],
+                         "pruned": before[n] - int(mask.sum()),
+                         "dropped": int((mask & ~now).sum()), "grown": int((now & ~mask).sum())}
         active = sum(v["active"] for v in layers.values())
         total = sum(math.prod(s) for s in self._shapes.values())
         return {"kind": "dst_update", "step": step, "method": cfg.method,
