@@ -92,10 +92,11 @@ def test_pipeline_end_to_end(tmp_path):
                       models=("ALISTA", "HyperLISTA"), max_train_seconds=3.0, num_layers=6)
     data = run_cs(RunDir(tmp_path / "run"), config, train_images=train_dir,
                   test_images=test_dir)
-    scores = {row["solver"].split()[0]: row["camera PSNR"] for row in data["rows"]}
-    assert set(scores) == {"FISTA", "ALISTA", "HyperLISTA"}
+    scores = {" ".join(row["solver"].split()[:2]): row["camera PSNR"] for row in data["rows"]}
+    assert set(scores) == {"FISTA (100", "FISTA (6", "ALISTA (6", "HyperLISTA (6"}
     assert all(math.isfinite(v) for v in scores.values())
-    assert scores["FISTA"] > 20.0                 # rate 0.5 on a smooth 64x64 crop
+    assert scores["FISTA (100"] > 20.0            # rate 0.5 on a smooth 64x64 crop
+    assert scores["FISTA (100"] > scores["FISTA (6"]
     assert (tmp_path / "run" / "reconstructions.png").is_file()
     assert (tmp_path / "run" / "checkpoints" / "ALISTA.safetensors").is_file()
     assert psnr(np.zeros(4), np.zeros(4)) == pytest.approx(300.0)

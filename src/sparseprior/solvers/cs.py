@@ -231,6 +231,7 @@ class PatchProblem(SparseRecoveryProblem):
         self._y_train = torch.from_numpy(patches @ Phi.T).float()
         held = (torch.from_numpy(val[0]).float(), torch.from_numpy(val[1] @ Phi.T).float())
         self._fixed = {"val": held, "test": held}
+        self.val_patches = np.asarray(val[1], dtype=np.float64)
 
     def sample(self, batch_size: int, generator: torch.Generator | int | None = None,
                device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -259,7 +260,8 @@ class CSConfig(Config):
     """rate: sampling rate M/d in (0, 1]. size: patch side. n_atoms: dictionary size.
     dictionary: "mbdl" or "dct". n_train / n_val: random training / validation patches.
     n_nonzero: OMP sparsity of the training codes. dict_iter: MBDL passes. lams: FISTA's
-    lambda grid (tuned on validation patches); fista_iters: its iterations. models: learned
+    lambda grid (tuned on validation patches); fista_iters: its iterations (FISTA is also
+    reported after ``num_layers`` iterations, the learned solvers' depth). models: learned
     solvers ("ALISTA", "HyperLISTA", "LISTA-CPSS", ...); budget: their staged-training preset;
     max_train_seconds: time budget per trained solver. num_layers: T. seed: everything random."""
 
@@ -267,13 +269,13 @@ class CSConfig(Config):
     size: int = 16
     n_atoms: int = 256
     dictionary: str = "mbdl"
-    n_train: int = 20_000
+    n_train: int = 8000
     n_val: int = 1000
     n_nonzero: int = 16
     dict_iter: int = 3
-    lams: tuple[float, ...] = (0.05, 0.02, 0.01, 0.005, 0.002)
+    lams: tuple[float, ...] = (0.2, 0.1, 0.05, 0.02, 0.01, 0.005)
     fista_iters: int = 500
-    models: tuple[str, ...] = ("ALISTA", "HyperLISTA")
+    models: tuple[str, ...] = ("LISTA-CPSS", "ALISTA", "HyperLISTA")
     budget: str = "quick"
     max_train_seconds: float | None = None
     num_layers: int = 16
@@ -320,7 +322,7 @@ def _tune_fista_lambda(problem: PatchProblem, config: CSConfig) -> tuple[float, 
     from sparseprior.solvers.classic import fista
 
     _, y = problem.validation_set()
-    patches = problem.patches_from_codes(problem.validation_set()[0])  # reference: D x*
+    patches = problem.val_patches                       # the true validation patches
     scores = {}
     for lam in config.lams:
         x = fista(problem.A, y, lam, max_iter=config.fista_iters).x
@@ -353,14 +355,17 @@ def run_cs(run: RunDir, config: CSConfig | None = None, *,
     lam, lam_scores = _tune_fista_lambda(problem, config)
     solvers: dict[str, Any] = {
         f"FISTA ({config.fista_iters} it, lambda={lam:g})":
-            lambda y: fista(problem.A, y, lam, max_iter=config.fista_iters).x}
+            lambda y: fista(problem.A, y, lam, max_iter=config.fista_iters).x,
+        f"FISTA ({config.num_layers} it, lambda={lam:g})":
+            lambda y: fista(problem.A, y, lam, max_iter=config.num_layers).x}
     info: dict[str, Any] = {}
     for name in config.models:
         t0 = time.perf_counter()
         if name == "HyperLISTA":
             res = grid_search_hyperlista(problem, tuned_hyperparameters(),
-                                         factors=(0.3, 1.0, 3.0), rounds=2,
+                                         factors=(0.1, 0.3, 1.0, 3.0, 10.0, 30.0), rounds=2,
                                          num_layers=config.num_layers, val_samples=500)
+            info["HyperLISTA-grid"] = {"best": res.best, "val_nmse_db": res.best_nmse_db}
             model = HyperLISTA(problem.A, num_layers=config.num_layers, **res.best)
         else:
             model = build_solver(name, problem.A, num_layers=config.num_layers)
