@@ -4,9 +4,9 @@ Layout (all integers little-endian)::
 
     offset 0   magic      4 bytes  b"SPPK"
            4   version    uint16   (1)
-           6   flags      uint16   (0, reserved)
-           8   header_len uint32   length H of the JSON header
-          12   header     H bytes  UTF-8 JSON (compact), see below
+           6   flags      uint16   bit 0: the header is zlib-compressed (set by the writer)
+           8   header_len uint32   length H of the (compressed) header
+          12   header     H bytes  UTF-8 JSON (compact), zlib-compressed when flags & 1
       12 + H   payload    P bytes  per-tensor payloads, back to back
   12 + H + P   sha256     32 bytes SHA-256 of every byte before it
 
@@ -69,6 +69,7 @@ MAGIC = b"SPPK"
 VERSION = 1
 FORMAT = "sparseprior-packed"
 _PREFIX = struct.Struct("<4sHHI")
+FLAG_ZLIB_HEADER = 1
 _DIGEST = 32
 POSITION_ENCODINGS = ("auto", "bitmap", "delta")
 
@@ -337,8 +338,9 @@ def pack(model: nn.Module, path: str | Path, *, model_name: str,
         offset += len(blob)
     header = {"format": FORMAT, "version": VERSION, "architecture": arch,
               "payload_bytes": offset, "meta": dict(meta or {}), "tensors": records}
-    head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode("utf-8")
-    body = _PREFIX.pack(MAGIC, VERSION, 0, len(head)) + head + b"".join(chunks)
+    head = zlib.compress(json.dumps(header, separators=(",", ":"), sort_keys=True)
+                         .encode("utf-8"), 9)
+    body = _PREFIX.pack(MAGIC, VERSION, FLAG_ZLIB_HEADER, len(head)) + head + b"".join(chunks)
     data = body + hashlib.sha256(body).digest()
     path = atomic_write_bytes(path, data)
     return PackInfo(path, os.path.getsize(path), len(head),
@@ -358,7 +360,7 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], bytes]:
     if len(data) < _PREFIX.size + _DIGEST:
         raise ValueError(f"{where} is truncated: {len(data)} bytes is shorter than the "
                          f"{_PREFIX.size + _DIGEST}-byte minimum")
-    magic, version, _flags, head_len = _PREFIX.unpack_from(data)
+    magic, version, flags, head_len = _PREFIX.unpack_from(data)
     if magic != MAGIC:
         raise ValueError(f"{where} is not a sparseprior packed file (magic {magic!r}, "
                          f"expected {MAGIC!r})")
@@ -370,9 +372,13 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], bytes]:
                          f"file has {len(data)} bytes")
     body, digest = data[:-_DIGEST], data[-_DIGEST:]
     try:
-        header = json.loads(data[_PREFIX.size:_PREFIX.size + head_len].decode("utf-8"))
+        head = data[_PREFIX.size:_PREFIX.size + head_len]
+        if flags & FLAG_ZLIB_HEADER:
+            head = zlib.decompress(head)
+        header = json.loads(head.decode("utf-8"))
         payload_len = int(header["payload_bytes"])
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError,
+            zlib.error) as err:
         raise ValueError(f"{where} is corrupted: its header cannot be read ({err})") from err
     expected = _PREFIX.size + head_len + payload_len + _DIGEST
     if len(data) != expected:
