@@ -41,6 +41,7 @@ from sparseprior.dst.experiments import (
     GRID_METHODS,
     GRID_MODELS,
     GRID_SPARSITIES,
+    MODEL_TITLES,
     Cell,
     grid_cells,
     grid_claims,
@@ -163,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     for model in models:
         if any(s["model"] == model for s in summaries):
             plot_grid(out.file(f"accuracy_vs_density_{model}.png"), summaries, model,
-                      title=f"DST on Fashion-MNIST, {model}, {args.epochs} epochs")
+                      title=f"DST on Fashion-MNIST, {MODEL_TITLES.get(model, model)}, "
+                            f"{args.epochs} epochs (mean over seeds)")
     done = {(s["model"], s["method"], round(float(s["target_sparsity"]), 4), s.get("seed", 0))
             for s in summaries}
     missing = [run_name(*c) for c in cells if (c[0], c[1], round(c[2], 4), c[3]) not in done]
