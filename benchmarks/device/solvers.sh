@@ -32,6 +32,9 @@ else
   BENCH_ARGS="--ista-iters 3000 --fista-iters 2000 --n-wall 10000"
   TRAIN_LIMIT=205; TOTAL=325
 fi
+if [ "$DEVICE" = "cuda" ] && ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  DEVICE=cpu; log "no CUDA device visible: falling back to cpu"
+fi
 log "solvers device run: device=$DEVICE problems=[$PROBLEMS] work=$W"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tee -a "$LOG"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv 2>/dev/null | tee -a "$LOG"
