@@ -412,3 +412,15 @@ def test_measure_latency_interleaved_ratios():
     assert len(res.times_ms["a"]) == 3
     with pytest.raises(ValueError, match="baseline"):
         measure_latency({"a": lambda: None}, baseline="z")
+
+
+def test_gradual_pruning_follows_cubic_schedule():
+    from sparseprior.compress import GradualPruning, PruneConfig
+
+    cb = GradualPruning(PruneConfig(sparsity=0.9, schedule="gradual", n_updates=4),
+                        total_steps=100)
+    assert cb.update_every == 18  # floor(0.75 * 100 / 4)
+    targets = [cb.target(s) for s in range(0, 101, 6)]
+    assert targets[0] == 0.0 and all(b >= a for a, b in zip(targets, targets[1:],
+                                                               strict=False))
+    assert cb.target(4 * 18) == pytest.approx(0.9) and cb.target(100) == pytest.approx(0.9)

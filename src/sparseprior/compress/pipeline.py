@@ -22,7 +22,6 @@ only those with a non-zero weight; ``FLOPs = 2 * MACs``. ``packed_bytes`` is
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import tempfile
@@ -291,8 +290,3 @@ def compress_(model: nn.Module, recipe: Recipe, *, train_set: Dataset | None = N
         if tmp is not None:
             tmp.cleanup()
     return CompressResult(state.model, reports, state.masks)
-
-
-def copy_model(model: nn.Module) -> nn.Module:
-    """A deep copy (recipes change models in place)."""
-    return copy.deepcopy(model)
