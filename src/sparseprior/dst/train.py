@@ -116,8 +116,10 @@ def run_dst(
     Returns:
         the summary: method, sparsity target, ``density``/``sparsity``/``layers`` counted from
         the final weights, ``mask_density``, ``test_accuracy``, ``test_loss``,
-        ``train_accuracy``, ``updates``, ``steps``, ``seconds`` (training wall time) and
-        ``step_seconds`` (mean wall time per optimizer step); ``cached: True`` if read back.
+        ``train_accuracy``, ``updates``, ``steps``, ``seconds`` (wall time of this call),
+        ``train_seconds`` (training-loop time of all epochs, also across resumes) and
+        ``step_seconds`` (``train_seconds`` per optimizer step); ``cached: True`` if read
+        back.
     """
     if not isinstance(config, DSTRunConfig):
         raise TypeError(f"config must be a DSTRunConfig, got {type(config).__name__}")
@@ -146,6 +148,7 @@ def run_dst(
     history = trainer.fit(resume=resume)
     seconds = time.perf_counter() - start
     test = trainer.test_metrics or trainer.evaluate(splits.test)
+    train_seconds = sum(float(h.get("time", 0.0)) for h in trainer.history)  # across resumes
     counted = counted_sparsity(trainer.model, names)
     summary = {
         "model": config.model, "method": config.dst.method, "seed": config.dst.seed,
@@ -156,7 +159,7 @@ def run_dst(
         "test_accuracy": test["accuracy"], "test_loss": test["loss"],
         "train_accuracy": history[-1].get("train_acc") if history else None,
         "updates": len(dst.updates), "steps": trainer.step, "seconds": seconds,
-        "step_seconds": seconds / max(1, trainer.step),
+        "train_seconds": train_seconds, "step_seconds": train_seconds / max(1, trainer.step),
         "world_size": trainer.dist.world_size, "device": str(trainer.device),
     }
     if run is not None and is_main:
