@@ -47,9 +47,10 @@ run_limited() {
     return 0
 }
 
-pack() {  # small archive: summaries, logs, tables, plots, and the trained RigL LeNet-300-100
+pack() {  # small archive: summaries, logs, tables, plots, the trained RigL LeNet-300-100 95/98%
     (cd "$WORK" && find . -type f \( -name '*.json' -o -name '*.jsonl' -o -name '*.md' \
-        -o -name '*.png' -o -path '*lenet300-rigl-*/final.*' -o -path '*lenet300-rigl-*/masks.*' \) \
+        -o -name '*.png' -o -path '*/lenet300-rigl-0.95/final.*' \
+        -o -path '*/lenet300-rigl-0.98/final.*' \) \
         ! -path '*/checkpoints/*' -print0 | tar --null -czf "$OUT/dst.tar.gz.tmp" -T - ) \
         && mv "$OUT/dst.tar.gz.tmp" "$OUT/dst.tar.gz"
     cp "$LOG" "$WORK/dst.log" 2> /dev/null
