@@ -287,7 +287,8 @@ def fit_hyperlista(model: HyperLISTA, problem: SparseRecoveryProblem, *, steps: 
     model.to(dev)
     x_val, y_val = _validation(problem, None, dev)
     params = [model.shared[k] for k in HyperLISTA.HYPERPARAMETERS]
-    optimizer = torch.optim.Adam([{"params": [p], "lr": rel_lr * max(abs(float(p)), 1e-4)}
+    optimizer = torch.optim.Adam([{"params": [p], "lr": rel_lr * max(abs(float(p.detach())),
+                                                                      1e-4)}
                                   for p in params])
     gen = torch.Generator().manual_seed(seed)
     start = best = evaluate_hyperparameters(model, model.hyperparameters, x_val, y_val)
