@@ -28,10 +28,12 @@ if [ "${SMOKE:-0}" = "1" ]; then
   SIZE="--m 30 --n 60"; SECONDS_PER_MODEL="2,2,2"; BENCH_ARGS="--ista-iters 200 --fista-iters 150 --n-eval 100 --n-wall 500"
   TRAIN_LIMIT=60; TOTAL=200
 else
-  DEVICE=${DEVICE:-cuda}; SIZE=""; SECONDS_PER_MODEL="50,60,60"
-  BENCH_ARGS="--ista-iters 3000 --fista-iters 2000 --n-wall 10000"
-  TRAIN_LIMIT=205; TOTAL=325
+  DEVICE=${DEVICE:-cuda}; SIZE=""; SECONDS_PER_MODEL=${SECONDS_PER_MODEL:-"50,60,60"}
+  BENCH_ARGS=${BENCH_ARGS:-"--ista-iters 3000 --fista-iters 2000 --n-wall 10000"}
+  TRAIN_LIMIT=${TRAIN_LIMIT:-205}; TOTAL=${TOTAL:-325}
 fi
+TRAIN_MODELS=${TRAIN_MODELS:-ALISTA,LISTA-CPSS,LISTA}
+BENCH_MODELS=${BENCH_MODELS:-LISTA,LISTA-CPSS,ALISTA,HyperLISTA}
 if [ "$DEVICE" = "cuda" ] && ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   DEVICE=cpu; log "no CUDA device visible: falling back to cpu"
 fi
@@ -42,7 +44,7 @@ nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv 2>/dev/null | 
 # 1. training, one process per problem
 for P in $PROBLEMS; do
   timeout "$TRAIN_LIMIT" $PY benchmarks/solvers_headline.py train --problem "$P" --out "$W" \
-    --device "$DEVICE" --models ALISTA,LISTA-CPSS,LISTA --seconds "$SECONDS_PER_MODEL" \
+    --device "$DEVICE" --models "$TRAIN_MODELS" --seconds "$SECONDS_PER_MODEL" \
     --budget gpu $SIZE > "$W/train-$P.log" 2>&1 &
 done
 wait
@@ -53,7 +55,7 @@ log "training done"
 LEFT=$(( TOTAL - $(elapsed) - 40 ))
 for P in $PROBLEMS; do
   timeout "$LEFT" $PY benchmarks/solvers_headline.py bench --problem "$P" --out "$W" \
-    --device "$DEVICE" --models LISTA,LISTA-CPSS,ALISTA,HyperLISTA $SIZE $BENCH_ARGS \
+    --device "$DEVICE" --models "$BENCH_MODELS" $SIZE $BENCH_ARGS \
     --max-train-seconds 5 --no-wall > "$W/bench-$P.log" 2>&1 &
 done
 wait
