@@ -25,7 +25,7 @@ log() { echo "[$(elapsed) s] $*" | tee -a "$LOG"; }
 PROBLEMS="default snr40 snr30 snr20 kappa5 kappa30"
 if [ "${SMOKE:-0}" = "1" ]; then
   DEVICE=${DEVICE:-cpu}; PROBLEMS="default snr20"
-  SIZE="--m 30 --n 60"; SECONDS_PER_MODEL="2,2,2"; BENCH_ARGS="--ista-iters 200 --fista-iters 150 --n-eval 100 --n-wall 500"
+  SIZE="--m 30 --n 60"; SECONDS_PER_MODEL=${SECONDS_PER_MODEL:-"2,2,2"}; BENCH_ARGS="--ista-iters 200 --fista-iters 150 --n-eval 100 --n-wall 500"
   TRAIN_LIMIT=60; TOTAL=200
 else
   DEVICE=${DEVICE:-cuda}; SIZE=""; SECONDS_PER_MODEL=${SECONDS_PER_MODEL:-"50,60,60"}
