@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=None,
                    help="seconds after which no new run starts")
     p.add_argument("--no-dense", action="store_true", help="skip the dense runs")
+    p.add_argument("--only-cells", default="",
+                   help="run only these cells (comma-separated run names such as "
+                        "lenet300-rigl-0.9-s1), in this order")
     return p.parse_args(argv)
 
 
@@ -146,6 +149,13 @@ def main(argv: list[str] | None = None) -> None:
                        seed_sparsities=[float(x) for x in args.seed_sparsities.split(",") if x])
     if args.no_dense:
         cells = [c for c in cells if c[1] != "dense"]
+    if args.only_cells:
+        wanted = [n for n in args.only_cells.split(",") if n]
+        by_name = {run_name(*c): c for c in cells}
+        unknown = [n for n in wanted if n not in by_name]
+        if unknown:
+            raise SystemExit(f"--only-cells: {unknown} are not cells of this grid")
+        cells = [by_name[n] for n in wanted]
     out = RunDir(args.out)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0],
                                                              *(argv or sys.argv[1:])])
