@@ -28,7 +28,7 @@ from sparseprior.common.config import Config
 from sparseprior.common.validation import check_range
 from sparseprior.tickets.earlybird import channel_masks, masks_from_scores
 from sparseprior.tickets.slimming import (
-    _dependency_graph,
+    dependency_graph,
     example_input_for,
     find_channel_groups,
     slim_model,
@@ -131,7 +131,7 @@ def prune_units(model: nn.Module, masks: Mapping[str, Tensor],
     small = apply_unit_masks_(copy.deepcopy(model), masks)
     was_training = small.training
     small.eval()
-    dg = _dependency_graph(small, example_input.detach().clone())
+    dg = dependency_graph(small, example_input.detach().clone())
     modules = dict(small.named_modules())
     for name, keep in masks.items():
         layer = modules[name]

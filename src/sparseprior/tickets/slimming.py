@@ -66,7 +66,9 @@ def example_input_for(model: nn.Module, batch_size: int = 2) -> Tensor:
     return make(batch_size)
 
 
-def _dependency_graph(model: nn.Module, example_input: Tensor) -> Any:
+def dependency_graph(model: nn.Module, example_input: Tensor) -> Any:
+    """Torch-Pruning's dependency graph of ``model`` traced with ``example_input`` (shared with
+    :mod:`sparseprior.compress.structured`)."""
     import torch_pruning as tp
 
     with torch.enable_grad():
@@ -92,7 +94,7 @@ def find_channel_groups(model: nn.Module, example_input: Tensor | None = None, *
     if example_input is None:
         example_input = example_input_for(model)
     traced = copy.deepcopy(model).eval()
-    dg = _dependency_graph(traced, example_input.detach().clone())
+    dg = dependency_graph(traced, example_input.detach().clone())
     names = {m: n for n, m in traced.named_modules()}
     groups: list[ChannelGroup] = []
     seen: set[str] = set()
@@ -197,7 +199,7 @@ def slim_model(model: nn.Module, masks: Mapping[str, Tensor],
     slim.eval()
     groups = find_channel_groups(slim, example_input)
     _check_groups_cover(groups, masks)
-    dg = _dependency_graph(slim, example_input.detach().clone())
+    dg = dependency_graph(slim, example_input.detach().clone())
     modules = dict(slim.named_modules())
     for g in groups:
         if g.names[0] not in masks:
