@@ -13,7 +13,13 @@ Names: ``"fashion-mnist"`` (default folder /usr/share/datasets/fashion-mnist, fr
 """
 
 from sparseprior.data.cifar import load_cifar10_arrays, read_cifar_batch
-from sparseprior.data.datasets import DATASETS, DatasetSpec, DatasetSplits, load_dataset
+from sparseprior.data.datasets import (
+    DATASETS,
+    DatasetSpec,
+    DatasetSplits,
+    check_dataset_spec,
+    load_dataset,
+)
 from sparseprior.data.idx import encode_idx, parse_idx, read_idx, write_idx
 from sparseprior.data.loaders import make_loader, seed_worker
 from sparseprior.data.mnist import FASHION_MNIST_DEFAULT_ROOT, find_idx_files, load_idx_arrays
@@ -21,6 +27,7 @@ from sparseprior.data.synthetic import make_blobs, make_synthetic_arrays
 
 __all__ = [
     "DATASETS",
+    "check_dataset_spec",
     "FASHION_MNIST_DEFAULT_ROOT",
     "DatasetSpec",
     "DatasetSplits",

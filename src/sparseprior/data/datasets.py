@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from sparseprior.common.seeding import make_generator
-from sparseprior.common.validation import check_positive_int
+from sparseprior.common.validation import check_choice, check_positive_int
 from sparseprior.data.cifar import load_cifar10_arrays
 from sparseprior.data.mnist import FASHION_MNIST_CLASSES, MNIST_CLASSES, load_idx_arrays
 from sparseprior.data.synthetic import make_synthetic_arrays
@@ -225,6 +225,20 @@ def _check_options(name: str, loader: Callable[..., Any], options: dict[str, Any
     if unknown:
         raise ValueError(f"dataset {name!r} does not take option(s) {unknown}; "
                          f"allowed: {allowed or 'none'}")
+
+
+def check_dataset_spec(name: str, options: Any, *, subset: int | None = None,
+                       val_size: int | float = 0) -> None:
+    """Raise ``ValueError`` unless :func:`load_dataset` would accept these arguments (checked
+    before any file is read, so a config fails fast)."""
+    check_choice(name, "dataset", DATASETS)
+    if not isinstance(options, dict):
+        raise ValueError(f"dataset_options must be a dict, got {options!r}")
+    _check_options(name, DATASETS[name].loader, options)
+    if subset is not None:
+        check_positive_int(subset, "subset")
+    if isinstance(val_size, int):
+        check_positive_int(val_size, "val_size", allow_zero=True)
 
 
 def load_dataset(

@@ -9,9 +9,9 @@ from typing import Any
 
 from sparseprior.common.config import Config
 from sparseprior.common.validation import check_choice, check_positive_int, check_range
-from sparseprior.data import DATASETS
+from sparseprior.data import check_dataset_spec
 from sparseprior.engine import TrainConfig
-from sparseprior.models import MODELS, model_options
+from sparseprior.models import check_model_spec
 
 #: ``dense`` (no mask), ``static`` (fixed random mask), ``set``, ``rigl``, ``granet``.
 METHODS = ("dense", "static", "set", "rigl", "granet")
@@ -168,19 +168,9 @@ class DSTRunConfig(Config):
             raise ValueError(f"dst must be a DSTConfig or its dict, got "
                              f"{type(self.dst).__name__}")
         self.dst.validate()
-        check_choice(self.model, "model", MODELS)
-        if not isinstance(self.model_options, dict):
-            raise ValueError(f"model_options must be a dict, got {self.model_options!r}")
-        unknown = sorted(set(self.model_options) - set(model_options(self.model)))
-        if unknown:
-            raise ValueError(f"model {self.model!r} does not take model_options {unknown}; "
-                             f"allowed: {model_options(self.model) or 'none'}")
-        check_choice(self.dataset, "dataset", DATASETS)
-        if not isinstance(self.dataset_options, dict):
-            raise ValueError(f"dataset_options must be a dict, got {self.dataset_options!r}")
-        if self.subset is not None:
-            check_positive_int(self.subset, "subset")
-        check_positive_int(self.val_size, "val_size", allow_zero=True)
+        check_model_spec(self.model, self.model_options)
+        check_dataset_spec(self.dataset, self.dataset_options, subset=self.subset,
+                           val_size=self.val_size)
         check_positive_int(self.init_seed, "init_seed", allow_zero=True)
         if not isinstance(self.train, TrainConfig):
             raise ValueError(f"train must be a TrainConfig or its dict, got "

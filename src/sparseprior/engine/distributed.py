@@ -136,6 +136,8 @@ def _spawned(rank: int, fn: Callable[..., Any], world_size: int, port: int,
                        "WORLD_SIZE": str(world_size), "LOCAL_WORLD_SIZE": str(world_size)})
     try:
         fn(rank, *args)
+        # Tear down together: gloo can abort (SIGABRT) when a peer's sockets vanish mid-destroy.
+        barrier()
     finally:
         cleanup_distributed()
 

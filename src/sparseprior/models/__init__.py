@@ -16,6 +16,7 @@ from sparseprior.models.registry import (
     MODELS,
     build_model,
     build_model_for,
+    check_model_spec,
     get_output_layer,
     model_options,
 )
@@ -37,5 +38,6 @@ __all__ = [
     "get_output_layer",
     "init_weights",
     "lenet_300_100",
+    "check_model_spec",
     "model_options",
 ]

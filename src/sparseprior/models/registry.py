@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from sparseprior.common.validation import check_choice
 from sparseprior.models.base import ClassifierModel, as_size
 from sparseprior.models.lenet import LeNet5
 from sparseprior.models.mlp import MLP, lenet_300_100
@@ -72,6 +73,18 @@ def model_options(name: str) -> list[str]:
         raise ValueError(f"model name={name!r} is unknown; allowed: {sorted(MODELS)}")
     params = inspect.signature(MODELS[name]).parameters
     return [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def check_model_spec(name: str, options: Any) -> None:
+    """Raise ``ValueError`` unless ``name`` is a known model and ``options`` (a dict) holds only
+    keywords its builder accepts."""
+    check_choice(name, "model", MODELS)
+    if not isinstance(options, dict):
+        raise ValueError(f"model_options must be a dict, got {options!r}")
+    unknown = sorted(set(options) - set(model_options(name)))
+    if unknown:
+        raise ValueError(f"model {name!r} does not take model_options {unknown}; "
+                         f"allowed: {model_options(name) or 'none'}")
 
 
 def build_model(name: str, *, in_channels: int = 1, num_classes: int = 10,

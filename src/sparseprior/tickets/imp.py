@@ -52,7 +52,7 @@ from sparseprior.common.checkpoint import (
 from sparseprior.common.config import Config
 from sparseprior.common.runs import RunDir
 from sparseprior.common.validation import check_choice, check_positive_int, check_range
-from sparseprior.data import DATASETS, DatasetSplits, load_dataset
+from sparseprior.data import DatasetSplits, check_dataset_spec, load_dataset
 from sparseprior.engine import (
     Callback,
     TrainConfig,
@@ -60,7 +60,7 @@ from sparseprior.engine import (
     WeightSnapshot,
     latest_checkpoint,
 )
-from sparseprior.models import MODELS, build_model_for, model_options
+from sparseprior.models import build_model_for, check_model_spec
 from sparseprior.sparsity import (
     MaskSet,
     imp_density,
@@ -148,19 +148,9 @@ class IMPConfig(Config):
         super().__post_init__()
 
     def validate(self) -> None:
-        check_choice(self.model, "model", MODELS)
-        if not isinstance(self.model_options, dict):
-            raise ValueError(f"model_options must be a dict, got {self.model_options!r}")
-        unknown = sorted(set(self.model_options) - set(model_options(self.model)))
-        if unknown:
-            raise ValueError(f"model {self.model!r} does not take model_options {unknown}; "
-                             f"allowed: {model_options(self.model) or 'none'}")
-        check_choice(self.dataset, "dataset", DATASETS)
-        if not isinstance(self.dataset_options, dict):
-            raise ValueError(f"dataset_options must be a dict, got {self.dataset_options!r}")
-        if self.subset is not None:
-            check_positive_int(self.subset, "subset")
-        check_positive_int(self.val_size, "val_size", allow_zero=True)
+        check_model_spec(self.model, self.model_options)
+        check_dataset_spec(self.dataset, self.dataset_options, subset=self.subset,
+                           val_size=self.val_size)
         check_positive_int(self.levels, "levels", allow_zero=True)
         check_range(float(self.rate), "rate", 0.0, 1.0, low_inclusive=False,
                     high_inclusive=False)
