@@ -49,6 +49,7 @@ from sparseprior.compress.smartexchange import (
 )
 from sparseprior.compress.structured import structured_prune
 from sparseprior.engine import Trainer
+from sparseprior.models.base import forward_with_hooks
 from sparseprior.sparsity import MaskSet
 
 log = logging.getLogger(__name__)
@@ -70,16 +71,8 @@ def count_cost(model: nn.Module, example_input: Tensor) -> dict[str, int]:
         totals["macs"] += per_unit * weight.numel()
         totals["nonzero_macs"] += per_unit * int(torch.count_nonzero(weight))
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Linear, nn.Conv2d)) or is_smartexchange(m)]
-    was_training = model.training
-    model.eval()
-    try:
-        model(example_input)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, example_input, hook,
+                       lambda m: isinstance(m, (nn.Linear, nn.Conv2d)) or is_smartexchange(m))
     return {"params": sum(p.numel() for p in model.parameters()),
             "nonzero": sum(int(torch.count_nonzero(p)) for p in model.parameters()),
             **totals}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -23,6 +24,23 @@ def as_size(input_size: int | tuple[int, int] | list[int], name: str = "input_si
         return check_positive_int(h, name), check_positive_int(w, name)
     except TypeError as err:
         raise ValueError(f"{name} must be a positive int or (H, W), got {input_size!r}") from err
+
+
+@torch.no_grad()
+def forward_with_hooks(model: nn.Module, example_input: torch.Tensor,
+                       hook: Callable[[nn.Module, Any, torch.Tensor], None],
+                       modules: Callable[[nn.Module], bool]) -> None:
+    """One eval-mode forward pass of ``example_input`` with ``hook`` on every module for which
+    ``modules(m)`` is true; hooks are removed and the train/eval mode restored afterwards."""
+    handles = [m.register_forward_hook(hook) for m in model.modules() if modules(m)]
+    was_training = model.training
+    model.eval()
+    try:
+        model(example_input)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
 
 
 def init_weights(model: nn.Module) -> None:

@@ -32,6 +32,7 @@ from sparseprior.common.checkpoint import (
     load_safetensors_checkpoint,
     save_safetensors_checkpoint,
 )
+from sparseprior.models.base import forward_with_hooks
 
 SLIM_KIND = "earlybird/slim"
 ChannelMasks = dict[str, Tensor]
@@ -249,16 +250,8 @@ def count_macs(model: nn.Module, example_input: Tensor | None = None) -> int:
         else:
             total[0] += per_sample * module.in_features
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    model.eval()
-    try:
-        model(example_input)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, example_input, hook,
+                       lambda m: isinstance(m, (nn.Conv2d, nn.Linear)))
     return int(total[0])
 
 
