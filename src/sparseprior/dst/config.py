@@ -9,9 +9,8 @@ from typing import Any
 
 from sparseprior.common.config import Config
 from sparseprior.common.validation import check_choice, check_positive_int, check_range
-from sparseprior.data import check_dataset_spec
 from sparseprior.engine import TrainConfig
-from sparseprior.models import check_model_spec
+from sparseprior.engine.experiment import ModelDataConfig
 
 #: ``dense`` (no mask), ``static`` (fixed random mask), ``set``, ``rigl``, ``granet``.
 METHODS = ("dense", "static", "set", "rigl", "granet")
@@ -129,7 +128,7 @@ def default_dst_train() -> TrainConfig:
 
 
 @dataclasses.dataclass
-class DSTRunConfig(Config):
+class DSTRunConfig(ModelDataConfig):
     """One dynamic-sparse-training experiment: a model trained on a dataset with a method.
 
     Attributes:
@@ -146,13 +145,6 @@ class DSTRunConfig(Config):
     """
 
     dst: DSTConfig = dataclasses.field(default_factory=DSTConfig)
-    model: str = "lenet300"
-    model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    dataset: str = "fashion-mnist"
-    dataset_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    data_root: str | None = None
-    subset: int | None = None
-    val_size: int = 0
     init_seed: int = 0
     train: TrainConfig = dataclasses.field(default_factory=default_dst_train)
 
@@ -168,9 +160,7 @@ class DSTRunConfig(Config):
             raise ValueError(f"dst must be a DSTConfig or its dict, got "
                              f"{type(self.dst).__name__}")
         self.dst.validate()
-        check_model_spec(self.model, self.model_options)
-        check_dataset_spec(self.dataset, self.dataset_options, subset=self.subset,
-                           val_size=self.val_size)
+        super().validate()
         check_positive_int(self.init_seed, "init_seed", allow_zero=True)
         if not isinstance(self.train, TrainConfig):
             raise ValueError(f"train must be a TrainConfig or its dict, got "

@@ -33,7 +33,7 @@ from sparseprior.common.checkpoint import (
     save_safetensors_checkpoint,
 )
 from sparseprior.common.runs import RunDir
-from sparseprior.data import DatasetSplits, load_dataset
+from sparseprior.data import DatasetSplits
 from sparseprior.dst.config import DSTRunConfig
 from sparseprior.dst.methods import DynamicSparsity, initial_masks
 from sparseprior.engine import Trainer, latest_checkpoint
@@ -53,8 +53,7 @@ _MACHINE_FIELDS = ("device", "progress", "num_threads", "num_workers", "log_ever
 
 def load_splits(config: DSTRunConfig) -> DatasetSplits:
     """The dataset of ``config`` (``subset``, ``val_size`` and ``init_seed`` applied)."""
-    return load_dataset(config.dataset, config.data_root, val_size=config.val_size,
-                        subset=config.subset, seed=config.init_seed, **config.dataset_options)
+    return config.load_splits(config.init_seed)
 
 
 def build_seeded_model(config: DSTRunConfig, input_shape: tuple[int, ...], num_classes: int

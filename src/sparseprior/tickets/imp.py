@@ -49,10 +49,9 @@ from sparseprior.common.checkpoint import (
     load_safetensors_checkpoint,
     save_safetensors_checkpoint,
 )
-from sparseprior.common.config import Config
 from sparseprior.common.runs import RunDir
 from sparseprior.common.validation import check_choice, check_positive_int, check_range
-from sparseprior.data import DatasetSplits, check_dataset_spec, load_dataset
+from sparseprior.data import DatasetSplits
 from sparseprior.engine import (
     Callback,
     TrainConfig,
@@ -60,7 +59,8 @@ from sparseprior.engine import (
     WeightSnapshot,
     latest_checkpoint,
 )
-from sparseprior.models import build_model_for, check_model_spec
+from sparseprior.engine.experiment import ModelDataConfig
+from sparseprior.models import build_model_for
 from sparseprior.sparsity import (
     MaskSet,
     imp_density,
@@ -93,7 +93,7 @@ def default_imp_train() -> TrainConfig:
 
 
 @dataclasses.dataclass
-class IMPConfig(Config):
+class IMPConfig(ModelDataConfig):
     """One IMP-with-rewinding experiment.
 
     Attributes:
@@ -124,13 +124,6 @@ class IMPConfig(Config):
         train: the training schedule of every level (a :class:`TrainConfig`, or its dict).
     """
 
-    model: str = "lenet300"
-    model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    dataset: str = "fashion-mnist"
-    dataset_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    data_root: str | None = None
-    subset: int | None = None
-    val_size: int = 0
     levels: int = 3
     rate: float = 0.2
     scope: str = "global"
@@ -148,9 +141,7 @@ class IMPConfig(Config):
         super().__post_init__()
 
     def validate(self) -> None:
-        check_model_spec(self.model, self.model_options)
-        check_dataset_spec(self.dataset, self.dataset_options, subset=self.subset,
-                           val_size=self.val_size)
+        super().validate()
         check_positive_int(self.levels, "levels", allow_zero=True)
         check_range(float(self.rate), "rate", 0.0, 1.0, low_inclusive=False,
                     high_inclusive=False)
@@ -436,8 +427,7 @@ def load_imp_result(run_dir: str | Path) -> IMPResult:
 
 def load_splits(config: IMPConfig) -> DatasetSplits:
     """The dataset of ``config`` (``subset``, ``val_size`` and ``seed`` applied)."""
-    return load_dataset(config.dataset, config.data_root, val_size=config.val_size,
-                        subset=config.subset, seed=config.seed, **config.dataset_options)
+    return config.load_splits(config.seed)
 
 
 def _prepare_run(config: IMPConfig, run_dir: Path) -> RunDir:
