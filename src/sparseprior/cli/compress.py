@@ -65,12 +65,12 @@ def run(
     import torch
     from safetensors.torch import load_file
 
+    from sparseprior.common.results import format_table
     from sparseprior.common.runs import RunDir
     from sparseprior.compress import compress_, load_recipe, pack
     from sparseprior.compress.experiments import BenchConfig
     from sparseprior.data import load_dataset
     from sparseprior.engine import Trainer
-    from sparseprior.report import format_table
 
     _threads(threads)
     rec = load_recipe(recipe)
@@ -139,8 +139,8 @@ def unpack(
     from safetensors.torch import save_file
 
     from sparseprior.common.checkpoint import atomic_write_bytes
+    from sparseprior.common.results import format_table
     from sparseprior.compress import deployable_copy, export_onnx, ort_int8, read_header, unpack
-    from sparseprior.report import format_table
 
     header, _ = read_header(packed)
     model = unpack(packed)
@@ -175,6 +175,7 @@ def bench(
     original architecture (same sizes as the registry model), measured side by side."""
     import torch
 
+    from sparseprior.common.results import format_table
     from sparseprior.compress import (
         build_from_architecture,
         deployable_copy,
@@ -188,7 +189,6 @@ def bench(
         unpack,
     )
     from sparseprior.models import build_model
-    from sparseprior.report import format_table
 
     _threads(1)
     header, _ = read_header(packed)

@@ -18,7 +18,7 @@ app = typer.Typer(help="Dynamic sparse training: SET, RigL, GraNet, static spars
 
 
 def _print_summary(summary: dict) -> None:
-    from sparseprior.report import format_table
+    from sparseprior.common.results import format_table
 
     rows = [{"layer": n, "shape": "x".join(str(s) for s in v["shape"]),
              "nonzero": v["nonzero"], "sparsity": round(v["sparsity"], 4)}
@@ -95,8 +95,8 @@ def export(
     threads: int = typer.Option(1, help="Threads during the timing."),
 ) -> None:
     """Export a trained run to CSR linear layers; check outputs and time dense vs CSR."""
+    from sparseprior.common.results import format_table
     from sparseprior.dst import export_run
-    from sparseprior.report import format_table
 
     result = export_run(run, out, min_sparsity=min_sparsity, repeats=repeats, threads=threads)
     typer.echo(f"CSR layers: {result['csr_layers']}")

@@ -143,7 +143,7 @@ def bench(
     problem suite (--problems; only --m/--n of the problem options apply); reuses --checkpoints
     DIR/<problem>/<solver>.safetensors when present.
     """
-    from sparseprior.report.report import format_table
+    from sparseprior.common.results import format_table
     from sparseprior.solvers.experiments import run_benchmark
 
     if suite not in ("lista", "headline"):
@@ -221,7 +221,7 @@ def _bench_headline(out: Path, problems: str, models: list[str] | None,
                     n_eval: int | None, n_wall: int, ista_iters: int,
                     max_train_seconds: float | None, checkpoints: Path | None, device,
                     size: tuple[int, int]) -> None:
-    from sparseprior.report.report import format_table
+    from sparseprior.common.results import format_table
     from sparseprior.solvers.headline import HeadlineConfig, headline_names, run_headline
 
     fields: dict = {"problems": headline_names(problems), "num_layers": layers,
@@ -266,7 +266,7 @@ def cs(
     device: str = DEVICE,
 ) -> None:
     """Compressive sensing of real image patches: PSNR per test image, FISTA vs learned."""
-    from sparseprior.report.report import format_table
+    from sparseprior.common.results import format_table
     from sparseprior.solvers.cs import CSConfig, run_cs
 
     config = CSConfig(rate=rate, size=patch_size, n_atoms=atoms, dictionary=dictionary,

@@ -76,7 +76,7 @@ def _imp_config(*, model: str, hidden: str | None, dataset: str, data_root: Path
 
 
 def _print_rows(rows: list[dict[str, Any]]) -> None:
-    from sparseprior.report import format_table
+    from sparseprior.common.results import format_table
 
     typer.echo(format_table(rows))
 
@@ -174,7 +174,7 @@ def earlybird(
     seed: int = SEED, device: str = DEVICE, threads: int = THREADS,
 ) -> None:
     """Early-Bird tickets: find the channel mask early, slim the network, retrain it."""
-    from sparseprior.report.report import format_table
+    from sparseprior.common.results import format_table
     from sparseprior.tickets.earlybird import EarlyBirdConfig, result_rows, run_earlybird
 
     config = EarlyBirdConfig(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,8 +42,36 @@ class Config:
             raise ValueError(
                 f"{cls.__name__}: unknown field(s) {unknown}; allowed fields are {sorted(names)}"
             )
-        return cls(**data)
+        hints = _field_types(cls)
+        return cls(**{k: _build(hints.get(k), v) for k, v in data.items()})
 
     @classmethod
     def from_json(cls: type[T], path: str | Path) -> T:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # unresolvable forward references: leave values as they are
+        return {}
+
+
+def _build(tp: Any, value: Any) -> Any:
+    """Build nested configs from dicts and tuples from JSON lists, following the type hints."""
+    if tp is None:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)):
+        for arg in typing.get_args(tp):
+            if isinstance(arg, type) and issubclass(arg, Config) and isinstance(value, dict):
+                return arg.from_dict(value)
+        if isinstance(value, list) and any(typing.get_origin(a) is tuple
+                                           for a in typing.get_args(tp)):
+            return tuple(value)
+        return value
+    if isinstance(tp, type) and issubclass(tp, Config) and isinstance(value, dict):
+        return tp.from_dict(value)
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
+    return value

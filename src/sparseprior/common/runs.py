@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +58,78 @@ class RunDir:
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    # -- the one run-folder contract -------------------------------------------------------------
+
+    def claim(self, config: Any, *, may_differ: Iterable[str] = (), kind: str = "run",
+              name: str = "config.json") -> bool:
+        """Bind this folder to ``config`` (a :class:`Config` or a dict) before any cached result.
+
+        A new folder gets ``config.json``; an existing one must hold the same config except the
+        dotted field names in ``may_differ`` (machine settings such as ``device``, ``threads``,
+        ``train.device``), which are updated to the requested values. Returns ``True`` when the
+        folder already held this experiment (resume), ``False`` when it was new. Raises
+        ``ValueError`` naming the differing fields otherwise.
+        """
+        new = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        new = json.loads(json.dumps(_jsonable(new)))  # the form it has on disk
+        path = self.file(name)
+        if not path.exists():
+            self.write_json(name, new)
+            return False
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"run folder {str(self.path)!r}: {name} is unreadable ({err}); "
+                             "use another folder or delete it") from None
+        allowed = set(may_differ)
+        differ = [k for k in config_diff(old, new) if not _covered(k, allowed)]
+        if differ:
+            raise ValueError(f"run folder {str(self.path)!r} holds a different {kind} (fields "
+                             f"{differ} differ); use another folder or the same settings")
+        if old != new:
+            self.write_json(name, new)
+        return True
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive lock on the folder; a second process gets a clear ``ValueError``."""
+        import fcntl
+
+        fh = open(self.file(".lock"), "a+")  # noqa: SIM115 (held for the block)
+        try:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "another process"
+                raise ValueError(f"run folder {str(self.path)!r} is in use by {holder}; wait "
+                                 "for it to finish or use another folder") from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()}")
+            fh.flush()
+            yield
+        finally:
+            fh.close()
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out if out else {prefix[:-1]: {}}
+    return {prefix[:-1]: data}
+
+
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Dotted names of the fields whose values differ between two (nested) config dicts."""
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k, ...) != b.get(k, ...))
+
+
+def _covered(key: str, allowed: set[str]) -> bool:
+    parts = key.split(".")
+    return any(".".join(parts[:i]) in allowed or parts[i - 1] in allowed
+               for i in range(1, len(parts) + 1))

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from sparseprior.common.config import Config
+from sparseprior.common.results import Section
 from sparseprior.common.runs import RunDir
 from sparseprior.common.validation import check_choice
 from sparseprior.compress.export import deployable_copy, export_onnx, ort_int8, ort_run, ort_session
@@ -41,7 +42,6 @@ from sparseprior.compress.pipeline import CompressResult, accuracy, compress_, e
 from sparseprior.compress.quantize import dynamic_int8
 from sparseprior.compress.recipe import Recipe
 from sparseprior.engine import TrainConfig, Trainer
-from sparseprior.report.report import Section
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from sparseprior.common.results import Section
 from sparseprior.common.runs import RunDir
 from sparseprior.common.validation import check_choice
 from sparseprior.dst.config import DSTConfig, DSTRunConfig, default_dst_train
@@ -25,7 +26,6 @@ from sparseprior.dst.inference import compare_latency, to_sparse_inference
 from sparseprior.dst.methods import DynamicSparsity, initial_masks
 from sparseprior.dst.train import build_seeded_model, load_run_model, load_splits, run_dst
 from sparseprior.engine import Callback, Trainer
-from sparseprior.report.report import Section
 
 log = logging.getLogger(__name__)
 

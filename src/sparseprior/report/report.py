@@ -3,53 +3,24 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
 from pathlib import Path
 from typing import Any
 
+from sparseprior.common.results import Claim, Section, format_table, format_value, table_columns
 from sparseprior.common.runs import RunDir
 
-
-@dataclasses.dataclass
-class Section:
-    """One block of results: a title, a table (list of row dicts), plots and free notes."""
-
-    title: str
-    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    plots: list[str] = dataclasses.field(default_factory=list)  # file names in the run folder
-    notes: list[str] = dataclasses.field(default_factory=list)
-    data: dict[str, Any] = dataclasses.field(default_factory=dict)  # raw numbers for JSON
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.3e}"
-    return str(value)
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """Rows of dicts as a Markdown table (columns in first-seen order)."""
-    if not rows:
-        return ""
-    cols: list[str] = []
-    for row in rows:
-        cols += [c for c in row if c not in cols]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
+__all__ = ["Claim", "Report", "Section", "format_table"]
 
 
 def _html_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
-    cols: list[str] = []
-    for row in rows:
-        cols += [c for c in row if c not in cols]
+    cols = table_columns(rows)
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>"
-        for r in rows)
+        "<tr>" + "".join(f"<td>{html.escape(format_value(r.get(c, '')))}</td>" for c in cols)
+        + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 

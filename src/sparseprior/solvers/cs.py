@@ -33,10 +33,10 @@ import numpy as np
 import torch
 
 from sparseprior.common.config import Config
+from sparseprior.common.results import format_table
 from sparseprior.common.runs import RunDir
 from sparseprior.common.seeding import make_generator
 from sparseprior.common.validation import check_choice, check_positive_int
-from sparseprior.report.report import format_table
 from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem
 
 log = logging.getLogger(__name__)

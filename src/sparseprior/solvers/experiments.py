@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from sparseprior.common.results import format_table
 from sparseprior.common.runs import RunDir
-from sparseprior.report.report import format_table
 from sparseprior.solvers.classic import fista, ista, support_oracle_ls
 from sparseprior.solvers.metrics import (
     nmse_db,

@@ -36,9 +36,9 @@ from typing import Any
 import torch
 
 from sparseprior.common.config import Config
+from sparseprior.common.results import Section, format_table
 from sparseprior.common.runs import RunDir
 from sparseprior.common.validation import check_positive_int
-from sparseprior.report.report import Section, format_table
 from sparseprior.solvers.classic import fista, ista, support_oracle_ls
 from sparseprior.solvers.experiments import ClassicSweep, iterations_to_reach, plot_nmse
 from sparseprior.solvers.metrics import (

@@ -61,8 +61,8 @@ from sparseprior.tickets.slimming import (
 )
 
 if TYPE_CHECKING:
+    from sparseprior.common.results import Section
     from sparseprior.engine.trainer import Trainer
-    from sparseprior.report.report import Section
 
 log = logging.getLogger(__name__)
 
@@ -735,7 +735,7 @@ def earlybird_section(run: RunDir, mode: str, device: torch.device, *,
     ``dataset`` forces a dataset (``"digits"`` uses all its 1437 training images). Writes
     ``earlybird.json``, ``mask_distance.png`` and ``slim_model.safetensors`` into ``run``.
     """
-    from sparseprior.report.report import Section
+    from sparseprior.common.results import Section
 
     config = section_config(mode)
     if dataset is None:

@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
+from sparseprior.common.results import Section
 from sparseprior.common.runs import RunDir
 from sparseprior.common.validation import check_choice
 from sparseprior.engine import TrainConfig
-from sparseprior.report.report import Section
 from sparseprior.tickets.elastic import ElasticConfig, ElasticResult, run_elastic
 from sparseprior.tickets.imp import IMPConfig, IMPResult, load_imp_result, load_splits, run_imp
 
