@@ -93,7 +93,7 @@ def test_help_lists_generated_options_with_defaults():
     assert result.exit_code == 0
     for flag in ("--name", "--fast", "--inner-lr", "--inner-milestones", "--config"):
         assert flag in result.output
-    assert "[default: 0.5]" in result.output
+    assert "(default: 0.5)" in result.output
 
 
 def test_bad_values_are_value_errors():

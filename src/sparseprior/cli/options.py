@@ -139,7 +139,7 @@ def _show(value: Any) -> str:
 
 
 def _parameter(opt: FieldOption) -> inspect.Parameter:
-    help_text = f"{opt.help} [default: {_show(opt.default)}]".strip()
+    help_text = f"{opt.help} (default: {_show(opt.default)})".strip()
     if opt.kind is bool:
         name = opt.flag[2:]
         decl = typer.Option(None, f"--{name}/--no-{name}", help=help_text, show_default=False)
