@@ -121,3 +121,12 @@ def test_claim_contract(tmp_path):
     with pytest.raises(ValueError, match=r"\['train.lr'\] differ"):
         run.claim({"method": "rigl", "train": {"lr": 0.2, "device": "cuda"}})
     assert config_diff({"a": {"b": 1}}, {"a": {"b": 1, "c": 2}}) == ["a.c"]
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
+    cfg = TrainConfig(epochs=1, batch_size=16, progress=False, log_every=0)
+    Trainer(_model(), _data(), cfg, run_dir=tmp_path / "run").fit()
+    other = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    fresh = Trainer(other, _data(), cfg.replace(epochs=2), run_dir=tmp_path / "run")
+    with pytest.raises(ValueError, match="does not fit this model"):
+        fresh.fit(resume=True)

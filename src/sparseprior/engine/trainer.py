@@ -375,8 +375,13 @@ class Trainer:
         elif self.masks is not None:
             raise ValueError("the checkpoint was trained without masks but this Trainer has "
                              "masks; pass masks=None to resume it")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, KeyError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            raise ValueError(f"the checkpoint does not fit this model/optimizer ({first}); "
+                             "resume with the settings that wrote it") from None
         self.scheduler.load_state_dict(state["scheduler"])
         saved = state["callbacks"]
         keys = [self._cb_key(i, cb) for i, cb in enumerate(self.callbacks)]
