@@ -3,7 +3,7 @@
 Two paths, one entry point (:func:`structured_prune`):
 
 * **Networks with BatchNorm** (ResNet, VGG): the channel-slimming machinery of
-  :mod:`sparseprior.tickets.slimming` (Torch-Pruning dependency graph, coupled residual
+  :mod:`sparseprior.sparsity.structure` (Torch-Pruning dependency graph, coupled residual
   channels pruned together), scored by ``|gamma|`` as in network slimming / Early-Bird.
 * **Networks without BatchNorm** (LeNet-300-100, LeNet-5, MLPs): *units* are the output neurons
   of each hidden ``Linear`` and the output channels of each ``Conv2d`` (never the output layer).
@@ -26,11 +26,12 @@ from torch import Tensor, nn
 
 from sparseprior.common.config import Config
 from sparseprior.common.validation import check_range
-from sparseprior.tickets.earlybird import channel_masks, masks_from_scores
-from sparseprior.tickets.slimming import (
+from sparseprior.sparsity.structure import (
+    channel_masks,
     dependency_graph,
     example_input_for,
     find_channel_groups,
+    masks_from_scores,
     slim_model,
 )
 
