@@ -20,12 +20,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from sparseprior.common.config import Config
 from sparseprior.common.validation import check_range
+from sparseprior.compress.steps import StepState, register_step
 from sparseprior.sparsity.structure import (
     channel_masks,
     dependency_graph,
@@ -161,3 +163,12 @@ def structured_prune(model: nn.Module, config: StructuredConfig | None = None,
         masks = unit_masks(model, config)
         small = prune_units(model, masks, example_input)
     return small, {n: int(m.sum()) for n, m in masks.items()}
+
+
+@register_step("structured", StructuredConfig,
+               summary="remove neurons/channels -> smaller dense model")
+def structured_step(state: StepState, config: StructuredConfig) -> dict[str, Any]:
+    """Replace ``state.model`` by its physically smaller copy (masks dropped)."""
+    state.model, kept = structured_prune(state.model, config, state.example_input)
+    state.masks = None
+    return {"kept_units": kept}
