@@ -94,8 +94,13 @@ class Recipe(Config):
     train: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
+        if not isinstance(self.name, str):
+            raise ValueError(f"recipe name must be a string, got {self.name!r}")
         if not isinstance(self.steps, list) or not self.steps:
             raise ValueError("recipe steps must be a non-empty list of steps")
+        if not isinstance(self.train, dict):
+            raise ValueError(f"recipe train must be a mapping of TrainConfig fields, got "
+                             f"{self.train!r}")
         self.steps = [s if isinstance(s, Step) else _step(s, i) for i, s in
                       enumerate(self.steps)]
         self.train_config(1)
@@ -128,19 +133,26 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"recipe file {str(path)!r} not found")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"recipe {str(path)!r} cannot be read as UTF-8 text: {err}") from None
     if path.suffix in (".yaml", ".yml"):
         try:
             import yaml
         except ImportError as err:
             raise ValueError("YAML recipes need PyYAML (pip install pyyaml); or write the "
                              "recipe as JSON") from err
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            first = " ".join(str(err).split())
+            raise ValueError(f"recipe {str(path)!r} is not valid YAML: {first}") from None
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"recipe {str(path)!r} is not valid JSON: {err}") from err
+            raise ValueError(f"recipe {str(path)!r} is not valid JSON: {err}") from None
     if not isinstance(data, dict):
         raise ValueError(f"recipe {str(path)!r} must hold a mapping with 'steps'")
     return Recipe.from_dict(data)
