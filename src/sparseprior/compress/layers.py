@@ -43,6 +43,7 @@ __all__ = [
     "geometry_kwargs",
     "layer_type_of",
     "register_layer",
+    "unregister_layer",
 ]
 
 
@@ -86,6 +87,13 @@ def register_layer(name: str, cls: type[nn.Module], *, describe: Callable[[Any],
     LAYER_TYPES.register(name, entry, replace=replace)
     _BY_CLASS[cls] = entry
     return entry
+
+
+def unregister_layer(name: str) -> None:
+    """Remove layer type ``name`` (tests, notebooks); unknown names are ignored."""
+    if name in LAYER_TYPES:
+        _BY_CLASS.pop(LAYER_TYPES.get(name).cls, None)
+        LAYER_TYPES.unregister(name)
 
 
 def layer_type_of(module: nn.Module) -> LayerType | None:
