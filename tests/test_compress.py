@@ -424,3 +424,42 @@ def test_gradual_pruning_follows_cubic_schedule():
     assert targets[0] == 0.0 and all(b >= a for a, b in zip(targets, targets[1:],
                                                                strict=False))
     assert cb.target(4 * 18) == pytest.approx(0.9) and cb.target(100) == pytest.approx(0.9)
+
+
+def test_ratio_stats_median_and_iqr():
+    x = torch.randn(8, 16)
+    layer = nn.Linear(16, 16)
+    res = measure_latency({"a": lambda: layer(x), "b": lambda: layer(x)}, baseline="a",
+                          rounds=9, calls=2, warmup=1)
+    stats = res.ratio_stats("a")
+    assert stats["a"] == (1.0, 1.0, 1.0)
+    med, q1, q3 = stats["b"]
+    assert q1 <= med <= q3 and med == pytest.approx(res.speedup["b"])
+    with pytest.raises(ValueError, match="baseline"):
+        res.ratio_stats("z")
+
+
+@pytest.mark.parametrize("name,build", [("lenet300", {}), ("lenet5", {}),
+                                        ("vgg-small", {"in_channels": 3, "input_size": 16,
+                                                      "width": 0.25})])
+def test_functional_chain_matches_the_model(name, build):
+    from sparseprior.compress.latency import functional_chain
+
+    torch.manual_seed(0)
+    model = build_model(name, **build).eval()
+    for m in model.modules():  # non-trivial BN statistics, folded into the convs
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2.0)
+    chain = functional_chain(model, model.example_input(2))
+    assert chain is not None
+    x = torch.randn(3, *model.example_input(1).shape[1:])
+    with torch.no_grad():
+        assert torch.allclose(chain(x), model(x), atol=1e-4)
+
+
+def test_functional_chain_refuses_residual_networks():
+    from sparseprior.compress.latency import functional_chain
+
+    model = build_model("resnet20", width=0.25)
+    assert functional_chain(model, model.example_input(2)) is None

@@ -21,7 +21,7 @@ def test_benchmark_runs_all_baselines_on_tiny_data(tmp_path):
                          batch_sizes=[1, 8])
     result = run_compression_benchmark(config, RunDir(tmp_path), splits)
     names = set(result["candidates"])
-    assert {"fp32 (PyTorch)", "fp32 (ONNX Runtime)", "torch.nn.utils.prune",
+    assert {"fp32 (PyTorch)", "fp32 (functional)", "fp32 (ONNX Runtime)", "torch.nn.utils.prune",
             "PyTorch dynamic int8", "low-rank alone", "SmartExchange alone",
             "combined: structured + int8 (ONNX Runtime)"} <= names
     storage = result["storage"]
@@ -31,7 +31,14 @@ def test_benchmark_runs_all_baselines_on_tiny_data(tmp_path):
     prune_size = result["candidates"]["torch.nn.utils.prune"]["size_bytes"]
     assert prune_size >= 0.95 * result["original"]["fp32_safetensors_bytes"]  # saves nothing
     for b in (1, 8):
-        assert result["latency_by_batch"][b]["speedup"]["fp32 (PyTorch)"] == 1.0
+        lat = result["latency_by_batch"][b]
+        assert lat["speedup"]["fp32 (PyTorch)"] == 1.0
+        assert lat["speedup_vs_functional"]["fp32 (functional)"] == 1.0
+        q1, q3 = lat["speedup_iqr"]["combined: structured (PyTorch)"]
+        assert q1 <= lat["speedup"]["combined: structured (PyTorch)"] <= q3
+    # the bare chain computes what the model computes
+    assert abs(result["candidates"]["fp32 (functional)"]["accuracy"]
+               - result["original"]["accuracy"]) < 1e-9
     rows = baseline_rows(result)
     assert rows[-1]["method"].startswith("combined: prune + k-bit")
     assert plot_tradeoffs(tmp_path / "t.png", {"mlp": result}, batch=8).stat().st_size > 0

@@ -1,13 +1,17 @@
 """``sparseprior compress ...``: pruning + quantization + factorization, packed files, latency.
 
-Thin: parses options and calls :mod:`sparseprior.compress`. Library ``ValueError`` s become one
-line and exit code 2 in :func:`sparseprior.cli.main`.
+Thin: options come from the library's configs (:class:`~sparseprior.compress.runner.
+CompressRunConfig`, :class:`~sparseprior.compress.runner.PackedBenchConfig`; ``--config
+file.json`` plus overrides) and each command calls one runner of
+:mod:`sparseprior.compress.runner`. Library ``ValueError`` s become one line and exit code 2 in
+:func:`sparseprior.cli.main`.
 
 * ``run --recipe R.json``: train (or load) a registry model, run the recipe, print one row per
-  step, write ``results.json`` and the final ``model.sppk``;
+  step, write ``results.json`` and the final ``model.sppk`` (rerun: ``--config <run>/config.json``);
 * ``pack WEIGHTS``: pack a safetensors checkpoint of a registry model (optionally PTQ to k bits);
 * ``unpack FILE``: check and decode a packed file into fp32 safetensors (and ONNX);
-* ``bench FILE``: one-thread latency of the packed model vs its fp32 original, side by side.
+* ``bench FILE``: one-thread latency of the packed model vs its fp32 original and the bare
+  baselines, interleaved rounds, median and IQR of the ratios.
 """
 
 from __future__ import annotations
@@ -18,89 +22,39 @@ from typing import Any
 
 import typer
 
+from sparseprior.cli.options import config_options
+from sparseprior.compress.runner import CompressRunConfig, PackedBenchConfig
+
 app = typer.Typer(help="Compression: prune, quantize, factorize; pack to a real file; measure.",
                   no_args_is_help=True)
 
-MODEL = typer.Option("lenet300", help="Registry model: lenet300, lenet5, mlp, resnet20, ...")
-DATASET = typer.Option("fashion-mnist", help="fashion-mnist, mnist, digits, cifar10, synthetic.")
-DATA_ROOT = typer.Option(None, help="Dataset folder (default: the dataset's own).")
-THREADS = typer.Option(1, help="torch.set_num_threads (1: the latency setting).")
-
-
-def _threads(n: int) -> None:
-    import torch
-
-    torch.set_num_threads(n)
-
-
-def _build(model: str, splits: Any, hidden: str | None) -> tuple[Any, dict[str, Any]]:
-    from sparseprior.cli.tickets import parse_ints
-    from sparseprior.models import build_model
-
-    build: dict[str, Any] = {"in_channels": splits.input_shape[0],
-                             "num_classes": splits.num_classes,
-                             "input_size": list(splits.input_shape[1:])}
-    widths = parse_ints(hidden, "hidden")
-    if widths:
-        build["hidden"] = widths
-    return build_model(model, **{**build, "input_size": tuple(build["input_size"])}), build
-
 
 @app.command()
+@config_options(cfg=CompressRunConfig)
 def run(
-    recipe: Path = typer.Option(..., help="Recipe file (.json, or .yaml with PyYAML)."),
+    cfg: CompressRunConfig,
+    recipe: Path = typer.Option(None, help="Recipe file (.json, or .yaml with PyYAML); "
+                                "replaces recipe_config."),
     out: Path = typer.Option(Path("runs/compress"), help="Run folder."),
-    model: str = MODEL,
-    hidden: str = typer.Option(None, help="MLP hidden widths (model 'mlp'), e.g. 256,128."),
-    dataset: str = DATASET, data_root: Path = DATA_ROOT,
-    subset: int = typer.Option(None, help="Use only this many training images."),
-    weights: Path = typer.Option(None, help="Start from this safetensors state_dict instead "
-                                 "of training."),
-    epochs: int = typer.Option(5, help="Training epochs of the fp32 model (without --weights)."),
-    seed: int = typer.Option(0, help="Seed of init, data subset and order."),
-    latency_rounds: int = typer.Option(5, help="Interleaved latency rounds per step (0: skip)."),
-    threads: int = THREADS,
 ) -> None:
     """Run a compression recipe; print accuracy, params, FLOPs, packed size, latency per step."""
-    import torch
-    from safetensors.torch import load_file
-
     from sparseprior.common.results import format_table
-    from sparseprior.common.runs import RunDir
-    from sparseprior.compress import compress_, load_recipe, pack
-    from sparseprior.compress.experiments import BenchConfig
-    from sparseprior.data import load_dataset
-    from sparseprior.engine import Trainer
+    from sparseprior.compress import load_recipe
+    from sparseprior.compress.runner import run_compress
 
-    _threads(threads)
-    rec = load_recipe(recipe)
-    splits = load_dataset(dataset, data_root, subset=subset, seed=seed)
-    torch.manual_seed(seed)
-    net, build = _build(model, splits, hidden)
-    if weights is not None:
-        net.load_state_dict(load_file(str(weights)))
-    else:
-        Trainer(net, splits.train, BenchConfig(seed=seed).train(epochs)).fit()
-    folder = RunDir(out)
-    folder.write_json("recipe.json", rec.to_dict())
-    result = compress_(net, rec, train_set=splits.train, test_set=splits.test,
-                       model_name=model, build=build, run_dir=folder.path,
-                       latency_rounds=latency_rounds,
-                       progress=lambda r: typer.echo(f"step {r.index} {r.kind}: acc "
-                                                     f"{r.accuracy:.4f}, {r.packed_bytes} B"))
-    info = pack(result.model, folder.file("model.sppk"), model_name=model, build=build,
-                meta={"recipe": rec.to_dict()})
-    folder.write_json("results.json", {"recipe": rec.to_dict(), **result.to_dict(),
-                                       "packed_bytes": info.size})
-    typer.echo(format_table(result.rows()))
-    typer.echo(f"packed model: {info.path} ({info.size} bytes)")
+    if recipe is not None:
+        cfg = cfg.replace(recipe_config=load_recipe(recipe).to_dict())
+    result = run_compress(cfg, out, echo=typer.echo)
+    typer.echo(format_table(result.rows))
+    typer.echo(f"packed model: {result.packed_path} ({result.packed_bytes} bytes)")
 
 
 @app.command("pack")
 def pack_cmd(
     weights: Path = typer.Argument(..., help="safetensors state_dict of a registry model."),
     out: Path = typer.Option(..., help="Packed file to write (.sppk)."),
-    model: str = MODEL,
+    model: str = typer.Option("lenet300", help="Registry model: lenet300, lenet5, mlp, "
+                              "resnet20, ..."),
     build: str = typer.Option("{}", help="build_model keyword arguments as JSON, e.g. "
                               "'{\"num_classes\": 10}'."),
     bits: int = typer.Option(None, help="Quantize every linear/conv weight to this many bits "
@@ -108,21 +62,10 @@ def pack_cmd(
     scheme: str = typer.Option("uniform", help="uniform or pow2 (with --bits)."),
 ) -> None:
     """Pack a checkpoint into the compressed file format (sparse weights stored sparsely)."""
-    from safetensors.torch import load_file
+    from sparseprior.compress.runner import pack_checkpoint
 
-    from sparseprior.compress import QuantSpec, freeze_quantized_, pack, quantize_
-    from sparseprior.models import build_model
-
-    kwargs = _json_arg(build, "build")
-    net = build_model(model, **{k: tuple(v) if isinstance(v, list) else v
-                                for k, v in kwargs.items()})
-    if not weights.is_file():
-        raise ValueError(f"weights file {str(weights)!r} not found")
-    net.load_state_dict(load_file(str(weights)))
-    if bits is not None:
-        quantize_(net, QuantSpec(bits=bits, scheme=scheme))
-        freeze_quantized_(net)
-    info = pack(net, out, model_name=model, build=kwargs)
+    info = pack_checkpoint(weights, out, model=model, build=_json_arg(build, "build"),
+                           bits=bits, scheme=scheme)
     typer.echo(f"{info.path}: {info.size} bytes (header {info.header_bytes} bytes, "
                f"{weights.stat().st_size} bytes before)")
 
@@ -141,14 +84,11 @@ def unpack(
     from sparseprior.common.checkpoint import atomic_write_bytes
     from sparseprior.common.results import format_table
     from sparseprior.compress import deployable_copy, export_onnx, ort_int8, read_header, unpack
+    from sparseprior.compress.runner import packed_rows
 
     header, _ = read_header(packed)
     model = unpack(packed)
-    rows = [{"tensor": r["name"], "shape": "x".join(map(str, r["shape"])),
-             "encoding": r["encoding"], "positions": r.get("positions") or "",
-             "bits": (r.get("quant") or {}).get("bits", ""), "nnz": r.get("nnz", ""),
-             "bytes": sum(n for _, n in r["parts"])} for r in header["tensors"]]
-    typer.echo(format_table(rows))
+    typer.echo(format_table(packed_rows(header)))
     typer.echo(f"{packed}: {packed.stat().st_size} bytes, checksums OK, model "
                f"{header['architecture']['model']}")
     plain = deployable_copy(model)
@@ -165,72 +105,25 @@ def unpack(
 
 
 @app.command()
-def bench(
-    packed: Path = typer.Argument(..., help="A .sppk file."),
-    batch: list[int] = typer.Option([1, 64], help="Batch sizes (repeatable)."),
-    rounds: int = typer.Option(15, help="Interleaved timing rounds."),
-    int8: bool = typer.Option(True, help="Also time ONNX Runtime / PyTorch dynamic int8."),
-) -> None:
-    """One-thread latency of the packed model (PyTorch, ONNX Runtime, int8) vs the fp32
-    original architecture (same sizes as the registry model), measured side by side."""
-    import torch
-
+@config_options(cfg=PackedBenchConfig)
+def bench(cfg: PackedBenchConfig,
+          packed: Path = typer.Argument(..., help="A .sppk file.")) -> None:
+    """Latency of the packed model (PyTorch, bare functional chain, ONNX Runtime, int8) vs the
+    fp32 original architecture and its strongest fp32 baselines, measured side by side."""
     from sparseprior.common.results import format_table
-    from sparseprior.compress import (
-        build_from_architecture,
-        deployable_copy,
-        dynamic_int8,
-        export_onnx,
-        measure_latency,
-        ort_int8,
-        ort_run,
-        ort_session,
-        read_header,
-        unpack,
-    )
-    from sparseprior.models import build_model
+    from sparseprior.compress.runner import bench_packed
 
-    _threads(1)
-    header, _ = read_header(packed)
-    arch = header["architecture"]
-    small = deployable_copy(unpack(packed))
-    original = build_model(arch["model"], **{k: tuple(v) if isinstance(v, list) else v
-                                             for k, v in arch["build"].items()}).eval()
-    _ = build_from_architecture  # the unpacked model was rebuilt from the same description
-    shape = tuple(small.example_input(1).shape[1:])
-    variants: dict[str, Any] = {"fp32 original (PyTorch)": original,
-                                "packed model (PyTorch)": small}
-    sessions: dict[str, Any] = {"fp32 original (ONNX Runtime)":
-                                ort_session(export_onnx(original, original.example_input(1)))}
-    onnx_small = export_onnx(small, small.example_input(1))
-    sessions["packed model (ONNX Runtime)"] = ort_session(onnx_small)
-    if int8:
-        variants["packed model (PyTorch dynamic int8)"] = dynamic_int8(small)
-        sessions["packed model (ONNX Runtime int8)"] = ort_session(ort_int8(onnx_small))
-    rows = []
-    for b in batch:
-        x = torch.randn(b, *shape)
-        xn = x.numpy()
-        runners = {n: _bind(m, x) for n, m in variants.items()}
-        runners.update({n: _bind(lambda a, s=s: ort_run(s, a), xn) for n, s in sessions.items()})
-        res = measure_latency(runners, baseline="fp32 original (PyTorch)", rounds=rounds,
-                              calls=max(3, 200 // b))
-        rows += [{"batch": b, "variant": n, "median ms": round(res.median_ms[n], 4),
-                  "speed-up": round(res.speedup[n], 2)} for n in runners]
-    typer.echo(format_table(rows))
-    typer.echo("one thread; median over interleaved rounds; speed-up = median per-round ratio "
-               "vs the fp32 original in PyTorch (random weights: speed only)")
-
-
-def _bind(fn: Any, x: Any) -> Any:
-    return lambda: fn(x)
+    result = bench_packed(packed, cfg)
+    typer.echo(format_table(result.rows))
+    for note in result.notes:
+        typer.echo(note)
 
 
 def _json_arg(text: str, name: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"--{name} must be a JSON object, got {text!r}: {err}") from err
+        raise ValueError(f"--{name} must be a JSON object, got {text!r}: {err}") from None
     if not isinstance(value, dict):
         raise ValueError(f"--{name} must be a JSON object, got {text!r}")
     return value

@@ -9,6 +9,10 @@ factorize (low rank, SmartExchange), one pipeline, a real packed file, measured 
                        test_set=splits.test, model_name="lenet300")
     info = pack(result.model, "model.sppk", model_name="lenet300")   # info.size: bytes on disk
     model = unpack("model.sppk")                                       # a runnable model
+
+Extension points: a compression step is a function registered with :func:`register_step`
+(see :mod:`~sparseprior.compress.steps`); a new layer class registers how it is described,
+rebuilt and made plain with :func:`register_layer` (see :mod:`~sparseprior.compress.layers`).
 """
 
 from sparseprior.compress.arch import build_from_architecture, describe_architecture
@@ -21,6 +25,7 @@ from sparseprior.compress.export import (
     ort_session,
 )
 from sparseprior.compress.latency import LatencyResult, measure_latency, torch_runner
+from sparseprior.compress.layers import LAYER_TYPES, LayerType, layer_type_of, register_layer
 from sparseprior.compress.lowrank import (
     LowRankConfig,
     LowRankConv2d,
@@ -59,6 +64,7 @@ from sparseprior.compress.smartexchange import (
     se_decompose,
     smartexchange_,
 )
+from sparseprior.compress.steps import STEPS, StepState, StepType, register_step
 from sparseprior.compress.structured import (
     StructuredConfig,
     apply_unit_masks_,
@@ -68,6 +74,14 @@ from sparseprior.compress.structured import (
 )
 
 __all__ = [
+    "LAYER_TYPES",
+    "STEPS",
+    "LayerType",
+    "StepState",
+    "StepType",
+    "layer_type_of",
+    "register_layer",
+    "register_step",
     "CompressResult",
     "LatencyResult",
     "LowRankConfig",

@@ -11,10 +11,11 @@ One experiment (:func:`run_compression_benchmark`) on a registry model and datas
    always the faster one); accuracy is measured by running ONNX Runtime;
 4. **baselines**: ``torch.nn.utils.prune`` (global L1, same fine-tuning), PyTorch dynamic int8,
    low-rank alone, SmartExchange alone;
-5. latency of every candidate at batch 1 and 64, one thread, interleaved in one run
-   (:func:`~sparseprior.compress.latency.measure_latency`), ratios against the fp32 PyTorch
-   original *and* against the same original in ONNX Runtime (so the runtime's share of the
-   speed-up is visible).
+5. latency of every candidate at batch 1 and 64, one thread, interleaved in one run (200
+   rounds by default, :func:`~sparseprior.compress.latency.measure_latency`), ratios (median
+   and IQR over rounds) against the fp32 PyTorch original, against the same original in ONNX
+   Runtime and against it as a bare functional chain (no ``nn.Module`` overhead; where the
+   model is a plain chain), so the runtime's and the framework's share of a speed-up is visible.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from sparseprior.common.results import Section
 from sparseprior.common.runs import RunDir
 from sparseprior.common.validation import check_choice
 from sparseprior.compress.export import deployable_copy, export_onnx, ort_int8, ort_run, ort_session
-from sparseprior.compress.latency import measure_latency
+from sparseprior.compress.latency import functional_chain, measure_latency
 from sparseprior.compress.pack import fp32_safetensors_size, pack
 from sparseprior.compress.pipeline import CompressResult, accuracy, compress_, evaluate
 from sparseprior.compress.quantize import dynamic_int8
@@ -64,7 +65,7 @@ class BenchConfig(Config):
             (module name -> ratio; layers not named use ``structured_ratio``).
         structured_ratio: default fraction of units removed.
         lowrank_energy: energy kept by the low-rank baseline.
-        latency_rounds: interleaved rounds of the latency measurement.
+        latency_rounds: interleaved rounds of the latency measurement (>= 200 for a report).
         batch_sizes: latency batch sizes.
         seed: seed of initialisation and data order.
     """
@@ -82,7 +83,7 @@ class BenchConfig(Config):
     structured_ratios: dict[str, float] = dataclasses.field(default_factory=dict)
     structured_ratio: float = 0.5
     lowrank_energy: float = 0.9
-    latency_rounds: int = 15
+    latency_rounds: int = 200
     batch_sizes: list[int] = dataclasses.field(default_factory=lambda: [1, 64])
     seed: int = 0
 
@@ -209,6 +210,9 @@ def _bind(fn: Callable[[Any], Any], x: Any) -> Callable[[], Any]:
     return lambda: fn(x)
 
 
+BARE = "fp32 (functional)"
+
+
 def measure_candidates(candidates: Mapping[str, Candidate], input_shape: tuple[int, ...],
                        batch_sizes: list[int], rounds: int) -> dict[int, Any]:
     """Side-by-side latency (ms) and speed-ups vs ``fp32 (PyTorch)`` and ``fp32 (ONNX
@@ -222,8 +226,11 @@ def measure_candidates(candidates: Mapping[str, Candidate], input_shape: tuple[i
                               calls=max(3, 200 // b), warmup=3)
         vs_ort = res.speedup_over("fp32 (ONNX Runtime)") if "fp32 (ONNX Runtime)" in runners \
             else {}
+        vs_bare = res.speedup_over(BARE) if BARE in runners else {}
+        iqr = {n: [q1, q3] for n, (_, q1, q3) in res.ratio_stats("fp32 (PyTorch)").items()}
         out[b] = {"median_ms": res.median_ms, "iqr_ms": res.iqr_ms, "speedup": res.speedup,
-                  "speedup_vs_ort_fp32": vs_ort, "rounds": rounds, "calls": res.calls}
+                  "speedup_iqr": iqr, "speedup_vs_ort_fp32": vs_ort,
+                  "speedup_vs_functional": vs_bare, "rounds": rounds, "calls": res.calls}
     return out
 
 
@@ -279,6 +286,11 @@ def run_compression_benchmark(config: BenchConfig, run: RunDir, splits: Any | No
         "combined: structured + int8 (ONNX Runtime)": _ort_candidate(
             "combined: structured + int8 (ONNX Runtime)", onnx_small8, test, "ONNX int8"),
     }
+    chain = functional_chain(deployable_copy(original), example)
+    if chain is not None:  # the bare F.linear/F.conv2d chain: no nn.Module overhead
+        cands = {"fp32 (PyTorch)": cands.pop("fp32 (PyTorch)"),
+                 BARE: Candidate(BARE, chain, accuracy(chain, test), fp32_size,
+                                 "safetensors fp32"), **cands}
     rows_extra: dict[str, dict[str, Any]] = {}
     if baselines:
         tp_model, tp_sizes = torch_prune_baseline(original, config, splits)
@@ -351,6 +363,8 @@ def baseline_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
             row[f"b{b} speed-up"] = round(m["speedup"][name], 2)
             if m.get("speedup_vs_ort_fp32"):
                 row[f"b{b} vs ORT fp32"] = round(m["speedup_vs_ort_fp32"][name], 2)
+            if m.get("speedup_vs_functional"):
+                row[f"b{b} vs bare"] = round(m["speedup_vs_functional"][name], 2)
         rows.append(row)
     storage = result["storage"]
     rows.append({"method": "combined: prune + k-bit, packed file",

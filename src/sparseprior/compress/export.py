@@ -3,7 +3,8 @@ ONNX Runtime's int8 (dynamic quantization) path.
 
 * :func:`deployable_copy` turns training-time forms into plain layers: quantization-aware
   layers become ``nn.Linear``/``nn.Conv2d`` (their weights already hold the quantized values)
-  and SmartExchange layers become dense layers with ``W = Ce @ B``. Structured pruning and
+  and registered layer types with a ``densify`` function are replaced by its result
+  (SmartExchange layers become dense layers with ``W = Ce @ B``). Structured pruning and
   low-rank layers stay as they are (they are what makes it fast).
 * :func:`export_onnx` exports with the TorchScript exporter (``dynamo=False``; no onnxscript
   needed) and a dynamic batch axis; :func:`check_onnx` runs the file in ONNX Runtime and
@@ -25,30 +26,22 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+import sparseprior.compress.smartexchange  # noqa: F401  (registers its layer types)
+from sparseprior.compress.layers import layer_type_of
 from sparseprior.compress.quantize import strip_quant_
-from sparseprior.compress.smartexchange import SmartExchangeConv2d, SmartExchangeLinear
 
 log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
 def deployable_copy(model: nn.Module) -> nn.Module:
-    """A plain eval-mode copy: no fake quantization, SmartExchange materialised as dense."""
+    """A plain eval-mode copy: no fake quantization, and every layer whose registered type has
+    a ``densify`` function (see :mod:`~.layers`; e.g. SmartExchange) replaced by its plain form."""
     plain = strip_quant_(copy.deepcopy(model)).eval()
     for name, module in list(plain.named_modules()):
-        if isinstance(module, SmartExchangeLinear):
-            dense: nn.Module = nn.Linear(module.in_features, module.out_features,
-                                         bias=module.bias is not None)
-        elif isinstance(module, SmartExchangeConv2d):
-            dense = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size,
-                              stride=module.stride, padding=module.padding,
-                              dilation=module.dilation, bias=module.bias is not None)
-        else:
-            continue
-        dense.weight.copy_(module.weight_from_factors())
-        if module.bias is not None:
-            dense.bias.copy_(module.bias)
-        plain.set_submodule(name, dense.to(module.ce.device))
+        entry = layer_type_of(module)
+        if entry is not None and entry.densify is not None:
+            plain.set_submodule(name, entry.densify(module))
     return plain
 
 

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from sparseprior.common.config import Config
 from sparseprior.common.validation import check_positive_int, check_range
+from sparseprior.compress.layers import as_tuple, conv_geometry, geometry_kwargs, register_layer
+from sparseprior.compress.steps import StepState, register_step
 
 
 class LowRankLinear(nn.Module):
@@ -159,3 +162,26 @@ def factorize_(model: nn.Module, config: LowRankConfig | None = None) -> dict[st
         model.set_submodule(name, factorize_layer(layer, rank))
         ranks[name] = rank
     return ranks
+
+
+# --------------------------------------------------------------------------- registrations
+
+register_layer(
+    "LowRankLinear", LowRankLinear,
+    describe=lambda m: {"in": m.in_features, "out": m.out_features, "rank": m.rank,
+                        "bias": m.second.bias is not None},
+    build=lambda s: LowRankLinear(s["in"], s["out"], s["rank"], s["bias"]))
+register_layer(
+    "LowRankConv2d", LowRankConv2d,
+    describe=lambda m: {"in": m.in_channels, "out": m.out_channels, "rank": m.rank,
+                        "bias": m.second.bias is not None, **conv_geometry(m.first)},
+    build=lambda s: LowRankConv2d(s["in"], s["out"], s["rank"], as_tuple(s["kernel"]),
+                                  bias=s["bias"], **geometry_kwargs(s)))
+
+
+@register_step("lowrank", LowRankConfig, summary="truncated-SVD factorization into two layers")
+def lowrank_step(state: StepState, config: LowRankConfig) -> dict[str, Any]:
+    """Factorize in place; the layer structure changes, so masks are dropped."""
+    ranks = factorize_(state.model, config)
+    state.masks = None
+    return {"ranks": ranks}

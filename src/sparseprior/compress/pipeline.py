@@ -37,17 +37,11 @@ from torch.utils.data import Dataset
 
 from sparseprior.compress.export import deployable_copy
 from sparseprior.compress.latency import measure_latency, torch_runner
-from sparseprior.compress.lowrank import factorize_
+from sparseprior.compress.layers import layer_type_of
 from sparseprior.compress.pack import pack
-from sparseprior.compress.prune import GradualPruning, prune_
-from sparseprior.compress.quantize import freeze_quantized_, quantize_
+from sparseprior.compress.quantize import freeze_quantized_
 from sparseprior.compress.recipe import Recipe, Step
-from sparseprior.compress.smartexchange import (
-    freeze_smartexchange_,
-    is_smartexchange,
-    smartexchange_,
-)
-from sparseprior.compress.structured import structured_prune
+from sparseprior.compress.steps import StepState
 from sparseprior.engine import Trainer
 from sparseprior.models.base import forward_with_hooks
 from sparseprior.sparsity import MaskSet
@@ -65,17 +59,21 @@ def count_cost(model: nn.Module, example_input: Tensor) -> dict[str, int]:
     totals = {"macs": 0, "nonzero_macs": 0}
 
     def hook(module: nn.Module, inputs: Any, output: Tensor) -> None:
-        weight = module.weight_from_factors() if is_smartexchange(module) else module.weight
+        weight = layer_type_of(module).dense_weight(module)  # type: ignore[union-attr,misc]
         units = weight.shape[0]
         per_unit = output.numel() // max(1, output.shape[0]) // units  # positions per filter
         totals["macs"] += per_unit * weight.numel()
         totals["nonzero_macs"] += per_unit * int(torch.count_nonzero(weight))
 
-    forward_with_hooks(model, example_input, hook,
-                       lambda m: isinstance(m, (nn.Linear, nn.Conv2d)) or is_smartexchange(m))
+    forward_with_hooks(model, example_input, hook, _has_dense_weight)
     return {"params": sum(p.numel() for p in model.parameters()),
             "nonzero": sum(int(torch.count_nonzero(p)) for p in model.parameters()),
             **totals}
+
+
+def _has_dense_weight(module: nn.Module) -> bool:
+    entry = layer_type_of(module)
+    return entry is not None and entry.dense_weight is not None
 
 
 @torch.no_grad()
@@ -151,53 +149,22 @@ class CompressResult:
 # --------------------------------------------------------------------------- steps
 
 
-@dataclasses.dataclass
-class _State:
-    model: nn.Module
-    masks: MaskSet | None = None
-    pruned: bool = False
+def _apply_step(state: StepState, step: Step) -> dict[str, Any]:
+    """Transform the model with the registered step (gradual pruning only attaches masks and a
+    callback here: it prunes during :func:`_finetune`); returns details for the report."""
+    state.callbacks = []
+    return dict(step.step_type.apply(state, step.config) or {})
 
 
-def _apply_step(state: _State, step: Step, example_input: Tensor) -> dict[str, Any]:
-    """Transform the model for ``step`` (gradual pruning only attaches dense masks here: it
-    prunes during :func:`_finetune`); returns details for the report."""
-    cfg = step.config
-    details: dict[str, Any] = {}
-    if step.kind == "prune":
-        if cfg.schedule == "gradual":
-            state.masks = MaskSet.dense(state.model, include_output=cfg.include_output)
-        else:
-            state.masks = prune_(state.model, cfg)
-        state.pruned = True
-    elif step.kind == "structured":
-        state.model, kept = structured_prune(state.model, cfg, example_input)
-        details["kept_units"] = kept
-        state.masks = None
-    elif step.kind == "lowrank":
-        details["ranks"] = factorize_(state.model, cfg)
-        state.masks = None
-    elif step.kind == "smartexchange":
-        decs = smartexchange_(state.model, cfg)
-        details["ce_density"] = {n: d.density for n, d in decs.items()}
-        details["rel_error"] = {n: d.errors[-1] for n, d in decs.items()}
-        state.masks = None
-    elif step.kind == "quantize":
-        details["layers"] = quantize_(state.model, cfg.spec, cfg.layers,
-                                      include_output=cfg.include_output)
-        freeze_quantized_(state.model)  # PTQ; QAT fine-tuning (if any) starts from here
-    return details
-
-
-def _finetune(state: _State, step: Step, recipe: Recipe, train_set: Dataset,
+def _finetune(state: StepState, step: Step, recipe: Recipe, train_set: Dataset,
               run_dir: Path | None) -> dict[str, Any]:
-    """Fine-tune with the one ``Trainer`` (masks kept; gradual pruning as a callback)."""
+    """Fine-tune with the one ``Trainer`` (masks kept, the step's callbacks added)."""
     config = recipe.train_config(step.epochs)
     masks = state.masks
     if masks is None and state.pruned:
         masks = MaskSet.from_weights(state.model)  # keep earlier pruning's zeros
     trainer = Trainer(state.model, train_set, config, masks=masks, run_dir=run_dir)
-    if step.kind == "prune" and step.config.schedule == "gradual":
-        trainer.callbacks.append(GradualPruning(step.config, trainer.total_steps))
+    trainer.callbacks.extend(make(trainer) for make in state.callbacks)
     history = trainer.fit()
     if masks is not None:
         masks.detach()
@@ -207,8 +174,13 @@ def _finetune(state: _State, step: Step, recipe: Recipe, train_set: Dataset,
 
 
 def _freeze(model: nn.Module) -> None:
+    """Project training-time forms onto what is stored: quantized weights onto their grid, and
+    every registered layer type's own ``freeze`` (e.g. SmartExchange ``Ce``)."""
     freeze_quantized_(model)
-    freeze_smartexchange_(model)
+    for module in model.modules():
+        entry = layer_type_of(module)
+        if entry is not None and entry.freeze is not None:
+            entry.freeze(module)
 
 
 def measure_step(model: nn.Module, *, index: int, kind: str, test_set: Dataset | None,
@@ -261,14 +233,14 @@ def compress_(model: nn.Module, recipe: Recipe, *, train_set: Dataset | None = N
     measure = {"test_set": test_set, "example_input": example_input, "model_name": model_name,
                "build": build, "latency_rounds": latency_rounds}
     try:
-        state = _State(model)
+        state = StepState(model, example_input)
         reports = [measure_step(model, index=0, kind="original",
                                 pack_path=folder / "step_0.sppk", **measure)]
         if progress:
             progress(reports[-1])
         for i, step in enumerate(recipe.steps, start=1):
             start = time.perf_counter()
-            details = _apply_step(state, step, example_input)
+            details = _apply_step(state, step)
             if step.epochs:
                 details.update(_finetune(state, step, recipe, train_set,
                                          folder / f"step_{i}_train" if run_dir else None))

@@ -18,6 +18,7 @@ from torch import nn
 
 from sparseprior.common.config import Config
 from sparseprior.common.validation import check_choice, check_positive_int, check_range
+from sparseprior.compress.steps import StepState, register_step
 from sparseprior.engine import Callback, Trainer
 from sparseprior.sparsity import (
     DISTRIBUTIONS,
@@ -130,3 +131,22 @@ class GradualPruning(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = [(int(s), float(v)) for s, v in state["history"]]
+
+
+def _check_gradual(config: PruneConfig, epochs: int) -> None:
+    if config.schedule == "gradual" and epochs == 0:
+        raise ValueError("a gradual 'prune' step needs epochs >= 1 (it prunes while "
+                         "fine-tuning)")
+
+
+@register_step("prune", PruneConfig, summary="unstructured magnitude pruning (one-shot/gradual)",
+               check=_check_gradual)
+def prune_step(state: StepState, config: PruneConfig) -> dict[str, Any]:
+    """One-shot: prune now. Gradual: attach dense masks now and prune while fine-tuning."""
+    if config.schedule == "gradual":
+        state.masks = MaskSet.dense(state.model, include_output=config.include_output)
+        state.callbacks.append(lambda trainer: GradualPruning(config, trainer.total_steps))
+    else:
+        state.masks = prune_(state.model, config)
+    state.pruned = True
+    return {}

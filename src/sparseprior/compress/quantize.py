@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from sparseprior.common.config import Config
 from sparseprior.common.validation import check_choice
+from sparseprior.compress.steps import StepState, register_step
 
 SCHEMES = ("uniform", "pow2")
 GRANULARITIES = ("tensor", "channel")
@@ -312,3 +313,30 @@ def dynamic_int8(model: nn.Module) -> nn.Module:
 def spec_dict(spec: QuantSpec | None) -> dict[str, Any] | None:
     """JSON form of a spec (``None`` stays ``None``)."""
     return None if spec is None else spec.to_dict()
+
+
+# --------------------------------------------------------------------------- recipe step
+
+
+@dataclasses.dataclass
+class QuantizeConfig(QuantSpec):
+    """A :class:`QuantSpec` plus which layers: ``layers`` (module names; default all linear/conv
+    layers) and ``include_output``."""
+
+    layers: list[str] | None = None
+    include_output: bool = True
+
+    @property
+    def spec(self) -> QuantSpec:
+        return QuantSpec(bits=self.bits, scheme=self.scheme, granularity=self.granularity,
+                         symmetric=self.symmetric)
+
+
+@register_step("quantize", QuantizeConfig,
+               summary="k-bit uniform / power-of-two weights (PTQ, QAT)")
+def quantize_step(state: StepState, config: QuantizeConfig) -> dict[str, Any]:
+    """PTQ now (QAT when the step fine-tunes: training starts from the frozen codes)."""
+    layers = quantize_(state.model, config.spec, config.layers,
+                       include_output=config.include_output)
+    freeze_quantized_(state.model)
+    return {"layers": layers}

@@ -36,71 +36,52 @@ from pathlib import Path
 from typing import Any
 
 from sparseprior.common.config import Config
-from sparseprior.common.validation import check_choice, check_positive_int
-from sparseprior.compress.lowrank import LowRankConfig
-from sparseprior.compress.prune import PruneConfig
-from sparseprior.compress.quantize import QuantSpec
-from sparseprior.compress.smartexchange import SmartExchangeConfig
-from sparseprior.compress.structured import StructuredConfig
+from sparseprior.common.validation import check_positive_int
+from sparseprior.compress import (  # noqa: F401  (importing them registers the steps)
+    lowrank,
+    prune,
+    smartexchange,
+    structured,
+)
+from sparseprior.compress.quantize import QuantizeConfig
+from sparseprior.compress.steps import STEPS, StepType
 from sparseprior.engine import TrainConfig
 
-
-@dataclasses.dataclass
-class QuantizeConfig(QuantSpec):
-    """A :class:`QuantSpec` plus which layers: ``layers`` (module names; default all linear/conv
-    layers) and ``include_output``."""
-
-    layers: list[str] | None = None
-    include_output: bool = True
-
-    @property
-    def spec(self) -> QuantSpec:
-        return QuantSpec(bits=self.bits, scheme=self.scheme, granularity=self.granularity,
-                         symmetric=self.symmetric)
-
-
-STEP_OPTIONS: dict[str, type[Config] | None] = {
-    "prune": PruneConfig,
-    "structured": StructuredConfig,
-    "lowrank": LowRankConfig,
-    "smartexchange": SmartExchangeConfig,
-    "quantize": QuantizeConfig,
-    "finetune": None,
-}
+__all__ = ["QuantizeConfig", "Recipe", "Step", "load_recipe"]
 
 
 @dataclasses.dataclass
 class Step(Config):
-    """One recipe step: ``kind``, its ``options`` (a dict validated into the kind's config)
-    and ``epochs`` of fine-tuning afterwards."""
+    """One recipe step: ``kind`` (a registered step, see
+    :func:`~sparseprior.compress.steps.register_step`), its ``options`` (a dict validated into
+    the kind's options class) and ``epochs`` of fine-tuning afterwards."""
 
     kind: str
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     epochs: int = 0
 
     def validate(self) -> None:
-        check_choice(self.kind, "step kind", STEP_OPTIONS)
+        entry = self.step_type
         if not isinstance(self.options, dict):
             raise ValueError(f"step {self.kind!r}: options must be a dict, got "
                              f"{type(self.options).__name__}")
         check_positive_int(self.epochs, f"step {self.kind!r} epochs", allow_zero=True)
-        cls = STEP_OPTIONS[self.kind]
-        if cls is None and self.options:
-            raise ValueError(f"step 'finetune' takes no options, got {sorted(self.options)}")
-        if cls is not None:
-            cls.from_dict(self.options)  # raises ValueError naming the bad field
-        if self.kind == "finetune" and self.epochs == 0:
-            raise ValueError("a 'finetune' step needs epochs >= 1")
-        if self.kind == "prune" and self.options.get("schedule") == "gradual" and \
-                self.epochs == 0:
-            raise ValueError("a gradual 'prune' step needs epochs >= 1 (it prunes while "
-                             "fine-tuning)")
+        options = entry.parse(self.options)  # raises ValueError naming the bad field
+        if entry.check is not None:
+            entry.check(options, self.epochs)
+
+    @property
+    def step_type(self) -> StepType:
+        """The registered step (``ValueError`` listing the registered kinds)."""
+        if not isinstance(self.kind, str):
+            raise ValueError(f"step kind must be a string, got {self.kind!r}; choose from "
+                             f"{', '.join(STEPS)}")
+        return STEPS.get(self.kind)
 
     @property
     def config(self) -> Any:
-        """The validated options object (``None`` for ``finetune``)."""
-        cls = STEP_OPTIONS[self.kind]
-        return None if cls is None else cls.from_dict(self.options)
+        """The validated options object (``None`` for a step without options)."""
+        return self.step_type.parse(self.options)
 
 
 @dataclasses.dataclass
@@ -113,8 +94,13 @@ class Recipe(Config):
     train: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
+        if not isinstance(self.name, str):
+            raise ValueError(f"recipe name must be a string, got {self.name!r}")
         if not isinstance(self.steps, list) or not self.steps:
             raise ValueError("recipe steps must be a non-empty list of steps")
+        if not isinstance(self.train, dict):
+            raise ValueError(f"recipe train must be a mapping of TrainConfig fields, got "
+                             f"{self.train!r}")
         self.steps = [s if isinstance(s, Step) else _step(s, i) for i, s in
                       enumerate(self.steps)]
         self.train_config(1)
@@ -147,19 +133,26 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"recipe file {str(path)!r} not found")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"recipe {str(path)!r} cannot be read as UTF-8 text: {err}") from None
     if path.suffix in (".yaml", ".yml"):
         try:
             import yaml
         except ImportError as err:
             raise ValueError("YAML recipes need PyYAML (pip install pyyaml); or write the "
                              "recipe as JSON") from err
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            first = " ".join(str(err).split())
+            raise ValueError(f"recipe {str(path)!r} is not valid YAML: {first}") from None
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"recipe {str(path)!r} is not valid JSON: {err}") from err
+            raise ValueError(f"recipe {str(path)!r} is not valid JSON: {err}") from None
     if not isinstance(data, dict):
         raise ValueError(f"recipe {str(path)!r} must hold a mapping with 'steps'")
     return Recipe.from_dict(data)

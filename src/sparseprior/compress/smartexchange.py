@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,9 @@ from torch import Tensor, nn
 
 from sparseprior.common.config import Config
 from sparseprior.common.validation import check_positive_int, check_range
+from sparseprior.compress.layers import as_tuple, conv_geometry, geometry_kwargs, register_layer
 from sparseprior.compress.quantize import QuantSpec, fake_quantize, quantize_tensor
+from sparseprior.compress.steps import StepState, register_step
 
 ONE = torch.ones(1)
 
@@ -311,3 +314,57 @@ def freeze_smartexchange_(model: nn.Module) -> int:
 def is_smartexchange(module: nn.Module) -> bool:
     """True for :class:`SmartExchangeLinear`/:class:`SmartExchangeConv2d`."""
     return isinstance(module, _SmartExchangeMixin)
+
+
+# --------------------------------------------------------------------------- registrations
+
+
+def _se_sizes(m: _SmartExchangeMixin) -> dict[str, Any]:
+    rows, rank = m.ce.shape
+    return {"n": int(m.basis.shape[1]), "rank": int(rank), "rows": int(rows),
+            "bias": m.bias is not None, "config": m.config.to_dict()}
+
+
+@torch.no_grad()
+def densify_layer(module: SmartExchangeLinear | SmartExchangeConv2d) -> nn.Linear | nn.Conv2d:
+    """The plain ``nn.Linear``/``nn.Conv2d`` with ``W = P(Ce) @ B`` and the same bias."""
+    if isinstance(module, SmartExchangeLinear):
+        dense: nn.Linear | nn.Conv2d = nn.Linear(module.in_features, module.out_features,
+                                                 bias=module.bias is not None)
+    else:
+        dense = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size,
+                          stride=module.stride, padding=module.padding,
+                          dilation=module.dilation, bias=module.bias is not None)
+    dense.weight.copy_(module.weight_from_factors())
+    if module.bias is not None:
+        dense.bias.copy_(module.bias)
+    return dense.to(module.ce.device)
+
+
+register_layer(
+    "SmartExchangeLinear", SmartExchangeLinear,
+    describe=lambda m: {"in": m.in_features, "out": m.out_features, **_se_sizes(m)},
+    build=lambda s: SmartExchangeLinear(s["in"], s["out"], s["n"], s["rank"], s["bias"],
+                                        SmartExchangeConfig.from_dict(s["config"])),
+    densify=densify_layer, dense_weight=lambda m: m.weight_from_factors(),
+    freeze=lambda m: m.freeze_())
+register_layer(
+    "SmartExchangeConv2d", SmartExchangeConv2d,
+    describe=lambda m: {"in": m.in_channels, "out": m.out_channels, **_se_sizes(m),
+                        **conv_geometry(m)},
+    build=lambda s: SmartExchangeConv2d(s["in"], s["out"], as_tuple(s["kernel"]), s["n"],
+                                        s["rank"], bias=s["bias"],
+                                        config=SmartExchangeConfig.from_dict(s["config"]),
+                                        **geometry_kwargs(s)),
+    densify=densify_layer, dense_weight=lambda m: m.weight_from_factors(),
+    freeze=lambda m: m.freeze_())
+
+
+@register_step("smartexchange", SmartExchangeConfig,
+               summary="W ~= Ce @ B, Ce sparse powers of two")
+def smartexchange_step(state: StepState, config: SmartExchangeConfig) -> dict[str, Any]:
+    """Re-express layers as ``Ce @ B``; the layer structure changes, so masks are dropped."""
+    decs = smartexchange_(state.model, config)
+    state.masks = None
+    return {"ce_density": {n: d.density for n, d in decs.items()},
+            "rel_error": {n: d.errors[-1] for n, d in decs.items()}}

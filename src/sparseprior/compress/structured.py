@@ -3,7 +3,7 @@
 Two paths, one entry point (:func:`structured_prune`):
 
 * **Networks with BatchNorm** (ResNet, VGG): the channel-slimming machinery of
-  :mod:`sparseprior.tickets.slimming` (Torch-Pruning dependency graph, coupled residual
+  :mod:`sparseprior.sparsity.structure` (Torch-Pruning dependency graph, coupled residual
   channels pruned together), scored by ``|gamma|`` as in network slimming / Early-Bird.
 * **Networks without BatchNorm** (LeNet-300-100, LeNet-5, MLPs): *units* are the output neurons
   of each hidden ``Linear`` and the output channels of each ``Conv2d`` (never the output layer).
@@ -20,17 +20,20 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from sparseprior.common.config import Config
 from sparseprior.common.validation import check_range
-from sparseprior.tickets.earlybird import channel_masks, masks_from_scores
-from sparseprior.tickets.slimming import (
+from sparseprior.compress.steps import StepState, register_step
+from sparseprior.sparsity.structure import (
+    channel_masks,
     dependency_graph,
     example_input_for,
     find_channel_groups,
+    masks_from_scores,
     slim_model,
 )
 
@@ -160,3 +163,12 @@ def structured_prune(model: nn.Module, config: StructuredConfig | None = None,
         masks = unit_masks(model, config)
         small = prune_units(model, masks, example_input)
     return small, {n: int(m.sum()) for n, m in masks.items()}
+
+
+@register_step("structured", StructuredConfig,
+               summary="remove neurons/channels -> smaller dense model")
+def structured_step(state: StepState, config: StructuredConfig) -> dict[str, Any]:
+    """Replace ``state.model`` by its physically smaller copy (masks dropped)."""
+    state.model, kept = structured_prune(state.model, config, state.example_input)
+    state.masks = None
+    return {"kept_units": kept}

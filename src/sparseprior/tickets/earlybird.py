@@ -45,20 +45,21 @@ from sparseprior.common.runs import RunDir
 from sparseprior.common.validation import check_choice, check_positive_int, check_range
 from sparseprior.engine.callbacks import Callback
 from sparseprior.engine.config import LR_SCHEDULES, OPTIMIZERS, TrainConfig
-from sparseprior.tickets.slimming import (
+from sparseprior.sparsity.structure import (
     ChannelGroup,
     ChannelMasks,
     apply_channel_masks_,
     channel_counts,
-    count_macs,
-    count_params,
+    channel_masks,
     find_channel_groups,
     group_names,
-    load_slimmed,
+    group_scores,
     masked_model,
-    save_slimmed,
+    masks_from_scores,
     slim_model,
 )
+from sparseprior.sparsity.structure import bn_layers as _bn_layers
+from sparseprior.tickets.slimming import count_macs, count_params, load_slimmed, save_slimmed
 
 if TYPE_CHECKING:
     from sparseprior.common.results import Section
@@ -122,77 +123,12 @@ def check_earlybird_args(prune_ratio: float, threshold: float, fifo_size: int,
 # --------------------------------------------------------------------------- penalty, masks
 
 
-def _bn_layers(model: nn.Module, names: Sequence[str]) -> list[nn.BatchNorm2d]:
-    modules = dict(model.named_modules())
-    missing = [n for n in names if not isinstance(modules.get(n), nn.BatchNorm2d)]
-    if missing:
-        raise ValueError(f"BN layer(s) {missing} not found in {type(model).__name__}")
-    return [modules[n] for n in names]
-
-
 def bn_l1_penalty(model: nn.Module, names: Sequence[str], l1_lambda: float) -> Tensor:
     """``l1_lambda * sum_l sum_c |gamma_{l,c}|`` over the BN layers ``names`` (a scalar tensor
     with a graph, to add to the loss)."""
     layers = _bn_layers(model, names)
     total = sum(bn.weight.abs().sum() for bn in layers)
     return torch.as_tensor(total) * float(l1_lambda)
-
-
-@torch.no_grad()
-def group_scores(model: nn.Module, groups: Sequence[ChannelGroup]) -> list[Tensor]:
-    """Per group a float ``(C,)`` CPU tensor: ``|gamma|``, the max over coupled BN layers."""
-    out = []
-    for g in groups:
-        layers = _bn_layers(model, g.names)
-        out.append(torch.stack([bn.weight.detach().abs().float().cpu() for bn in layers])
-                   .amax(dim=0))
-    return out
-
-
-def masks_from_scores(scores: Sequence[Tensor], prune_ratio: float, *, scope: str = "global",
-                      min_channels: int = 1) -> list[Tensor]:
-    """Bool keep-masks (same shapes as ``scores``, each ``(C_l,)``) pruning a ``prune_ratio``
-    fraction of channels with the smallest scores.
-
-    ``scope="global"``: the ``floor(p * sum_l C_l)`` smallest scores over all layers (ties go
-    to the earlier channel); ``"layerwise"``: ``floor(p * C_l)`` per layer. Afterwards every layer
-    keeps at least ``min_channels`` (its highest-scored ones), so the network stays connected.
-    """
-    check_earlybird_args(prune_ratio, 0.1, 2)
-    check_choice(scope, "scope", PRUNE_SCOPES)
-    min_channels = check_positive_int(min_channels, "min_channels")
-    if not scores:
-        raise ValueError("scores must hold at least one layer")
-    if scope == "layerwise":
-        masks = [_prune_smallest(s.flatten(), int(prune_ratio * s.numel())) for s in scores]
-    else:
-        flat = torch.cat([s.flatten().float() for s in scores])
-        keep = _prune_smallest(flat, int(prune_ratio * flat.numel()))
-        masks = list(keep.split([s.numel() for s in scores]))
-    out = []
-    for s, m in zip(scores, masks, strict=True):
-        need = min(min_channels, s.numel())
-        if int(m.sum()) < need:
-            m = m.clone()
-            m[torch.argsort(s.flatten(), descending=True, stable=True)[:need]] = True
-        out.append(m.reshape(s.shape))
-    return out
-
-
-def _prune_smallest(scores: Tensor, k: int) -> Tensor:
-    keep = torch.ones(scores.numel(), dtype=torch.bool)
-    if k > 0:
-        keep[torch.argsort(scores, stable=True)[:k]] = False
-    return keep
-
-
-def channel_masks(model: nn.Module, groups: Sequence[ChannelGroup], prune_ratio: float, *,
-                  scope: str = "global", min_channels: int = 1) -> ChannelMasks:
-    """``{bn_name: bool (C,)}`` for every BN layer of ``groups`` (coupled layers share a mask),
-    from the current ``|gamma|`` (see :func:`masks_from_scores`)."""
-    group_masks = masks_from_scores(group_scores(model, groups), prune_ratio, scope=scope,
-                                    min_channels=min_channels)
-    return {n: m for g, m in zip(groups, group_masks, strict=True) for n in g.names}
 
 
 def mask_vector(masks: Mapping[str, Tensor], groups: Sequence[ChannelGroup]) -> Tensor:
