@@ -59,7 +59,6 @@ from sparseprior.engine import (
     WeightSnapshot,
     latest_checkpoint,
 )
-from sparseprior.engine.experiment import ModelDataConfig
 from sparseprior.models import build_model_for
 from sparseprior.sparsity import (
     MaskSet,
@@ -70,6 +69,7 @@ from sparseprior.sparsity import (
     select_masks,
     sparsity_stats,
 )
+from sparseprior.workloads import ModelDataConfig
 
 log = logging.getLogger(__name__)
 
