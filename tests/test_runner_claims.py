@@ -86,3 +86,14 @@ def test_elastic_level_beyond_the_source_is_refused_up_front():
     with pytest.raises(ValueError, match="level=99 is beyond the source IMP run's levels 1..3"):
         ElasticConfig(source=IMPConfig(levels=3), level=99)
     assert ElasticConfig(source=IMPConfig(levels=3), level=3).level == 3
+
+
+def test_cli_reruns_a_folder_from_its_config_and_refuses_other_flags(finished, cli):
+    folder, summary = finished
+    code, out, _ = cli(["dst", "train", "--config", str(folder / "config.json"),
+                        "--out", str(folder)])
+    assert code == 0 and f"test accuracy {summary['test_accuracy']:.4f}" in out
+    code, _, err = cli(["dst", "train", "--config", str(folder / "config.json"),
+                        "--epochs", "5", "--out", str(folder)])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "['train.epochs'] differ" in lines[0]
