@@ -44,7 +44,7 @@ from sparseprior.common.config import Config
 from sparseprior.common.runs import RunDir
 from sparseprior.common.validation import check_choice, check_positive_int, check_range
 from sparseprior.engine.callbacks import Callback
-from sparseprior.engine.config import LR_SCHEDULES, TrainConfig
+from sparseprior.engine.config import LR_SCHEDULES, OPTIMIZERS, TrainConfig
 from sparseprior.tickets.slimming import (
     ChannelGroup,
     ChannelMasks,
@@ -471,6 +471,7 @@ class EarlyBirdConfig(Config):
                              f"gets the epochs left); or set retrain_epochs")
         check_choice(self.retrain_init, "retrain_init", RETRAIN_INITS)
         check_choice(self.search_lr_schedule, "search_lr_schedule", ("constant", "cosine"))
+        check_choice(self.train.optimizer, "optimizer", OPTIMIZERS)
         check_choice(self.train.lr_schedule, "lr_schedule",
                      [s for s in LR_SCHEDULES if s != "step"])
 
