@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fifo", type=int, default=full.fifo_size)
     p.add_argument("--threshold", type=float, default=full.distance_threshold)
     p.add_argument("--l1", type=float, default=full.l1_lambda)
-    p.add_argument("--lr", type=float, default=full.lr, help="SGD lr of every phase")
+    p.add_argument("--lr", type=float, default=full.train.lr, help="SGD lr of every phase")
     p.add_argument("--retrain-init", default=full.retrain_init, choices=["inherit", "reinit"])
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     p.add_argument("--seed", type=int, default=0)
@@ -59,13 +59,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def make_config(args: argparse.Namespace) -> EarlyBirdConfig:
     if args.quick:
-        return section_config("quick").replace(num_threads=args.threads, seed=args.seed)
+        quick = section_config("quick")
+        return quick.replace(train=quick.train.replace(num_threads=args.threads, seed=args.seed))
+    train = section_config("full").train.replace(epochs=args.epochs, lr=args.lr,
+                                                 num_threads=args.threads, seed=args.seed)
     return EarlyBirdConfig(
         model=args.model, width=args.width, dataset=args.dataset, subset=args.subset,
-        epochs=args.epochs, search_epochs_max=args.search_epochs, prune_ratio=args.prune_ratio,
-        fifo_size=args.fifo, distance_threshold=args.threshold, l1_lambda=args.l1, lr=args.lr,
-        retrain_init=args.retrain_init, num_threads=args.threads, seed=args.seed,
-        progress=False)
+        search_epochs_max=args.search_epochs, prune_ratio=args.prune_ratio,
+        fifo_size=args.fifo, distance_threshold=args.threshold, l1_lambda=args.l1,
+        retrain_init=args.retrain_init, train=train)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=full.source.rate)
     p.add_argument("--epochs", type=int, default=full.source.train.epochs)
     p.add_argument("--extra-levels", default="2,3", help="also transform these levels' tickets")
-    p.add_argument("--seed", type=int, default=full.source.seed)
+    p.add_argument("--seed", type=int, default=full.source.init_seed)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     return p.parse_args(argv)
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     hidden = [int(h) for h in args.hidden.split(",")]
     config = elastic_experiment_config(
         "full", args.dataset, subset=args.subset, model_options={"hidden": hidden},
-        levels=args.levels, rate=args.rate, seed=args.seed, target_depth=args.target_depth,
+        levels=args.levels, rate=args.rate, init_seed=args.seed, target_depth=args.target_depth,
         mapping=args.mapping,
         train={"epochs": args.epochs, "num_threads": args.threads, "seed": args.seed})
     out = Path(args.out)

@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=full.train.batch_size)
     p.add_argument("--optimizer", default=full.train.optimizer)
     p.add_argument("--lr", type=float, default=full.train.lr)
-    p.add_argument("--seed", type=int, default=full.seed)
+    p.add_argument("--seed", type=int, default=full.init_seed)
     p.add_argument("--no-controls", action="store_true", help="skip reinit/random controls")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     config = imp_experiment_config(
         "full", args.dataset, subset=args.subset, levels=args.levels, rate=args.rate,
-        scope=args.scope, rewind_step=args.rewind_step, seed=args.seed,
+        scope=args.scope, rewind_step=args.rewind_step, init_seed=args.seed,
         ablations=[] if args.no_controls else ["reinit", "random"],
         train={"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                "optimizer": args.optimizer, "num_threads": args.threads, "seed": args.seed})

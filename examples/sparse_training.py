@@ -16,7 +16,7 @@ train = TrainConfig(epochs=8, batch_size=64, optimizer="adam", lr=3e-3, weight_d
 
 for method, sparsity in (("dense", 0.0), ("rigl", 0.9)):
     model = build_model_for("mlp", data, hidden=[128, 64])
-    dst = DynamicSparsity(DSTConfig(method=method, sparsity=sparsity, delta_t=20, seed=0))
+    dst = DynamicSparsity(DSTConfig(method=method, sparsity=sparsity, delta_t=20, mask_seed=0))
     trainer = Trainer(model, data.train, train, test_set=data.test,
                       masks=initial_masks(model, dst.config), callbacks=[dst])
     trainer.fit()

@@ -14,8 +14,11 @@ from torch.utils.data import TensorDataset
 from sparseprior.engine import TrainConfig, Trainer, launch
 from sparseprior.sparsity import SparsityConfig, sparsify_
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = [
+    pytest.mark.slow,  # > 10 s: run with -m slow
+    pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                       reason="torch.distributed with gloo is not available"),
+]
 
 CFG = dict(epochs=3, batch_size=16, lr=0.1, momentum=0.9, weight_decay=5e-4, device="cpu",
            num_threads=1, log_every=0, lr_schedule="cosine")

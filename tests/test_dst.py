@@ -96,7 +96,7 @@ class Inspector(Callback):
                                          ("granet", 1.0)])
 def test_exact_counts_zero_growth_and_reset_momentum_after_every_update(method, d_i):
     cfg = DSTConfig(method=method, sparsity=0.8, delta_t=3, t_end=0.75, alpha=0.4,
-                    initial_density=d_i, prune_start=0.1, prune_end=0.6, seed=1)
+                    initial_density=d_i, prune_start=0.1, prune_end=0.6, mask_seed=1)
     model = make_model()
     masks = initial_masks(model, cfg)
     dst = DynamicSparsity(cfg)
@@ -120,7 +120,7 @@ def test_exact_counts_zero_growth_and_reset_momentum_after_every_update(method, 
 
 def test_initial_masks_have_exact_erk_counts_and_zero_weights():
     model = make_model()
-    cfg = DSTConfig(method="static", sparsity=0.75, distribution="erk", seed=3)
+    cfg = DSTConfig(method="static", sparsity=0.75, distribution="erk", mask_seed=3)
     masks = initial_masks(model, cfg)
     assert masks.names == ["0.weight", "2.weight"]  # output layer kept dense
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if n in masks.names}
@@ -131,7 +131,7 @@ def test_initial_masks_have_exact_erk_counts_and_zero_weights():
     assert masks.stats(model).nonzero == sum(counts.values())
     # same seed, same mask; another seed, another mask
     assert initial_masks(make_model(), cfg) == masks
-    assert initial_masks(make_model(), cfg.replace(seed=4)) != masks
+    assert initial_masks(make_model(), cfg.replace(mask_seed=4)) != masks
     assert initial_masks(model, cfg.replace(method="dense")) is None
 
 
@@ -195,7 +195,7 @@ def test_rigl_grows_exactly_the_largest_gradients_among_inactive_positions():
 
 def test_set_grows_at_random_with_a_per_step_seed():
     model, mask, _ = _hand_made_layer()
-    cfg = DSTConfig(method="set", sparsity=0.5, delta_t=1, t_end=1.0, alpha=0.5, seed=7)
+    cfg = DSTConfig(method="set", sparsity=0.5, delta_t=1, t_end=1.0, alpha=0.5, mask_seed=7)
     chosen = []
     for _ in range(2):
         m = MaskSet({"0.weight": mask})
@@ -274,8 +274,8 @@ def test_delta_t_longer_than_training_is_a_clear_error():
 
 
 def test_run_config_validates_and_round_trips():
-    cfg = DSTRunConfig(dst={"method": "granet", "sparsity": 0.95}, model="lenet5",
-                       train={"epochs": 2})
+    cfg = DSTRunConfig.from_dict({"dst": {"method": "granet", "sparsity": 0.95},
+                                  "model": "lenet5", "train": {"epochs": 2}})
     assert isinstance(cfg.dst, DSTConfig) and cfg.train.epochs == 2
     assert DSTRunConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="model='nope'"):

@@ -15,8 +15,11 @@ from torch.utils.data import TensorDataset
 from sparseprior.dst import DSTConfig, DynamicSparsity, initial_masks
 from sparseprior.engine import TrainConfig, Trainer, launch
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = [
+    pytest.mark.slow,  # > 10 s: run with -m slow
+    pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                       reason="torch.distributed with gloo is not available"),
+]
 
 TRAIN = dict(epochs=3, batch_size=16, lr=0.05, momentum=0.9, weight_decay=1e-4, device="cpu",
              num_threads=1, log_every=0, eval_every=1, progress=False)
@@ -24,7 +27,7 @@ METHODS = {
     "rigl": DSTConfig(method="rigl", sparsity=0.8, delta_t=2, t_end=0.75, alpha=0.4),
     "granet": DSTConfig(method="granet", sparsity=0.85, initial_density=0.5, delta_t=2,
                         prune_end=0.5, t_end=0.75, alpha=0.4),
-    "set": DSTConfig(method="set", sparsity=0.8, delta_t=2, t_end=0.75, alpha=0.4, seed=5),
+    "set": DSTConfig(method="set", sparsity=0.8, delta_t=2, t_end=0.75, alpha=0.4, mask_seed=5),
 }
 
 

@@ -17,6 +17,7 @@ from sparseprior.tickets.earlybird import (
     bn_l1_penalty,
     channel_masks,
     check_earlybird_args,
+    default_earlybird_train,
     distance_matrix,
     hamming_distance,
     masks_from_scores,
@@ -251,7 +252,8 @@ def test_bad_arguments_raise_clear_value_errors(kw, match):
     ({"prune_ratio": 1.5}, "prune_ratio"), ({"distance_threshold": 0.0}, "threshold"),
     ({"fifo_size": 1}, "fifo_size"), ({"search_epochs_max": 3, "fifo_size": 5}, "fifo"),
     ({"model": "nope"}, "model"), ({"width": 0.5, "model": "lenet5"}, "width"),
-    ({"search_epochs_max": 20, "epochs": 10}, "retrain_epochs"),
+    ({"search_epochs_max": 12, "train": default_earlybird_train().replace(epochs=10)},
+     "retrain_epochs"),
 ])
 def test_config_validation(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -302,9 +304,10 @@ def test_callback_records_and_continues_when_configured():
 
 
 def test_run_earlybird_end_to_end(tmp_path):
-    config = EarlyBirdConfig(dataset="synthetic", width=0.125, subset=128, batch_size=64,
-                             fifo_size=2, distance_threshold=1.0, search_epochs_max=2,
-                             epochs=3, eval_batch_size=250, progress=False)
+    train = default_earlybird_train().replace(batch_size=64, epochs=3, lr=0.1,
+                                              eval_batch_size=250, progress=False)
+    config = EarlyBirdConfig(dataset="synthetic", width=0.125, subset=128, fifo_size=2,
+                             distance_threshold=1.0, search_epochs_max=2, train=train)
     result = run_earlybird(config, tmp_path / "eb", device="cpu")
     assert result["drawn_epoch"] == 2 and result["retrain_epochs"] == 1
     assert result["slim"]["flops"] < result["full"]["flops"]

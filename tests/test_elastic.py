@@ -152,7 +152,7 @@ def _source_config() -> IMPConfig:
         model="mlp", model_options={"hidden": [16, 16]}, dataset="synthetic",
         dataset_options={"n_train": 128, "n_test": 64, "image_shape": [1, 6, 6],
                          "num_classes": 4},
-        levels=1, seed=1,
+        levels=1, init_seed=1,
         train=TrainConfig(epochs=1, batch_size=32, optimizer="adam", lr=2e-3, weight_decay=0.0,
                           device="cpu", progress=False, log_every=0, num_threads=1))
 

@@ -38,7 +38,7 @@ def _config(**changes) -> IMPConfig:
         model="mlp", model_options={"hidden": [24, 16]}, dataset="synthetic",
         dataset_options={"n_train": 192, "n_test": 96, "image_shape": [1, 6, 6],
                          "num_classes": 4},
-        levels=LEVELS, rewind_step=REWIND, seed=3, ablations=["reinit", "random"],
+        levels=LEVELS, rewind_step=REWIND, init_seed=3, ablations=["reinit", "random"],
         train=TrainConfig(epochs=1, batch_size=32, optimizer="adam", lr=2e-3, weight_decay=0.0,
                           device="cpu", progress=False, log_every=0, num_threads=1))
     return base.replace(**changes)
@@ -75,7 +75,7 @@ def test_masks_are_nested_and_rewinding_is_exact(imp_run):
     config, folder, _ = imp_run
     # theta_k in rewind.safetensors equals the weights after k steps of the dense training
     splits = load_splits(config)
-    model = build_seeded_model(config, splits, config.seed)
+    model = build_seeded_model(config, splits, config.init_seed)
     Trainer(model, splits.train, config.train.replace(max_steps=REWIND)).fit()
     rewind = load_weights(folder / "rewind")
     for name, value in model.state_dict().items():
@@ -107,7 +107,7 @@ def test_controls_match_the_imp_per_layer_densities(imp_run):
         assert random_masks != imp_masks
         assert reinit_masks == imp_masks
     reinit = result.controls["reinit"][0]
-    assert reinit["init_seed"] != config.seed
+    assert reinit["init_seed"] != config.init_seed
     assert result.controls["random"][0]["layer_density"] == pytest.approx(
         result.levels[1]["layer_density"])
 

@@ -22,7 +22,7 @@ def _restore_threads():
 def test_imp_command_runs_and_prints_a_table(cli, tmp_path):
     out = tmp_path / "imp"
     code, stdout, _ = cli(["tickets", "imp", "--model", "mlp", "--hidden", "16,16",
-                            "--levels", "1", "--rewind-step", "2", "--ablation", "random",
+                            "--levels", "1", "--rewind-step", "2", "--ablations", "random",
                             "--out", str(out), *TINY])
     assert code == 0
     assert "| level | density | imp_acc | random_acc |" in stdout
@@ -35,11 +35,15 @@ def test_imp_command_runs_and_prints_a_table(cli, tmp_path):
     (["tickets", "imp", "--levels", "-1"], "levels must be >= 0"),
     (["tickets", "imp", "--scope", "local"], "scope='local'"),
     (["tickets", "imp", "--model", "mlp", "--hidden", "16,x"], "--hidden must be"),
-    (["tickets", "imp", "--ablation", "shuffle"], "ablations[i]='shuffle'"),
+    (["tickets", "imp", "--ablations", "shuffle"], "ablations[i]='shuffle'"),
     (["tickets", "elastic", "--target-depth", "4", "--mapping", "0:1", *TINY],
      "without a source"),
-    (["tickets", "elastic", "--model", "lenet300", "--target-depth", "4", *TINY],
+    (["tickets", "elastic", "--hidden", "32,16", "--target-depth", "4", *TINY],
      "equal hidden widths"),
+    (["tickets", "elastic", "--levels", "2", "--level", "99", "--target-depth", "4"],
+     "level=99 is beyond the source IMP run's levels 1..2"),
+    (["tickets", "earlybird", "--search-epochs-max", "20", "--epochs", "16"],
+     "search_epochs_max=20 must be < epochs=16"),
     (["tickets", "elastic", "--source-run", "missing-run", "--target-depth", "4"],
      "is not an IMP run folder"),
 ])
@@ -49,12 +53,22 @@ def test_bad_input_is_one_line_exit_2(cli, tmp_path, monkeypatch, args, fragment
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0]
+    assert not (tmp_path / "runs").exists()              # nothing trained, no folder written
+
+
+def test_earlybird_defaults_are_valid():
+    from sparseprior.tickets.earlybird import EarlyBirdConfig
+
+    config = EarlyBirdConfig()                            # the CLI's defaults
+    assert config.search_epochs_max < config.epochs
+    assert EarlyBirdConfig.from_dict(config.to_dict()) == config
 
 
 def test_earlybird_command_runs_and_validates(cli, tmp_path):
-    args = ["tickets", "earlybird", "--dataset", "digits", "--subset", "0", "--width", "0.25",
-            "--search-epochs", "3", "--epochs", "4", "--fifo", "2", "--threshold", "0.5",
-            "--no-baseline", "--device", "cpu", "--out", str(tmp_path / "eb")]
+    args = ["tickets", "earlybird", "--dataset", "digits", "--subset", "1000", "--width",
+            "0.25", "--search-epochs-max", "3", "--epochs", "4", "--fifo-size", "2",
+            "--distance-threshold", "0.5", "--no-run-baseline", "--device", "cpu",
+            "--out", str(tmp_path / "eb")]
     code, out, _ = cli(args)
     assert code == 0 and "ticket drawn at epoch" in out
     assert (tmp_path / "eb" / "slim_model.safetensors").exists()

@@ -1,8 +1,11 @@
-"""``sparseprior dst ...``: dynamic sparse training (SET, RigL, GraNet, static baseline).
+"""``sparseprior dst ...``: dynamic sparse training (SET, RigL, GraNet, static baseline, and any
+method registered in :data:`sparseprior.dst.DST_POLICIES`).
 
-Thin: parses options, builds the library's configs and calls it. ``dst train`` is torchrun-ready:
-``torchrun --nproc_per_node 2 -m sparseprior dst train ...`` runs DDP (gloo on CPU, nccl on GPU;
-``--batch-size`` is the global batch), and only rank 0 writes and prints.
+Thin: the options are generated from :class:`~sparseprior.dst.DSTRunConfig` (the method's and
+the schedule's fields without a prefix: ``--method``, ``--sparsity``, ``--epochs``, ``--lr``,
+``--seed``), or read from ``--config run/config.json``; the library does the rest. ``dst train``
+is torchrun-ready: ``torchrun --nproc_per_node 2 -m sparseprior dst train ...`` runs DDP (gloo on
+CPU, nccl on GPU; ``--batch-size`` is the global batch), and only rank 0 writes and prints.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from pathlib import Path
 
 import typer
 
+from sparseprior.cli.options import config_options
 from sparseprior.common.device import resolve_device
+from sparseprior.dst import DST_POLICIES, DSTRunConfig, ExportConfig
 
 app = typer.Typer(help="Dynamic sparse training: SET, RigL, GraNet, static sparse baseline.",
                   no_args_is_help=True)
@@ -32,73 +37,47 @@ def _print_summary(summary: dict) -> None:
 
 
 @app.command()
+@config_options(flatten=("dst", "train"), run=DSTRunConfig)
 def train(
-    method: str = typer.Option("rigl", help="dense, static, set, rigl or granet."),
-    sparsity: float = typer.Option(0.9, help="Final fraction of zero weights, in [0, 1)."),
-    distribution: str = typer.Option("erk", help="Per-layer densities: erk, uniform or er."),
-    delta_t: int = typer.Option(100, help="Optimizer steps between mask updates."),
-    t_end: float = typer.Option(0.75, help="Fraction of training after which the mask is "
-                                "frozen, in (0, 1]."),
-    alpha: float = typer.Option(0.3, help="Initial drop fraction (cosine-decayed)."),
-    initial_density: float = typer.Option(0.5, help="GraNet's starting density (1.0: "
-                                          "dense-to-sparse)."),
-    prune_start: float = typer.Option(0.0, help="GraNet pruning window start (fraction)."),
-    prune_end: float = typer.Option(0.5, help="GraNet pruning window end (fraction)."),
-    include_output: bool = typer.Option(False, help="Also sparsify the output layer."),
-    model: str = typer.Option("lenet300", help="Model: lenet300, lenet5, mlp, resnet20, ..."),
-    dataset: str = typer.Option("fashion-mnist", help="fashion-mnist, mnist, digits, "
-                                "cifar10, synthetic."),
-    data_root: Path = typer.Option(None, help="Dataset folder (default: the dataset's own)."),
-    subset: int = typer.Option(None, help="Use only this many training images."),
-    epochs: int = typer.Option(10, help="Training epochs."),
-    batch_size: int = typer.Option(128, help="Global batch size (split over DDP ranks)."),
-    optimizer: str = typer.Option("sgd", help="sgd, adam or adamw."),
-    lr: float = typer.Option(0.05, help="Peak learning rate."),
-    momentum: float = typer.Option(0.9, help="SGD momentum."),
-    weight_decay: float = typer.Option(1e-4, help="Weight decay."),
-    lr_schedule: str = typer.Option("cosine", help="cosine, constant or step."),
-    seed: int = typer.Option(0, help="Seed of the mask, SET's growth, init and data order."),
-    device: str = typer.Option("auto", help="'auto', 'cpu' or 'cuda[:i]'."),
-    threads: int = typer.Option(None, help="torch.set_num_threads for training."),
+    run: DSTRunConfig,
     out: Path = typer.Option(None, help="Run folder (default runs/dst/<model>-<method>-"
-                             "<sparsity>); a rerun resumes or returns the finished result."),
+                             "<sparsity>-<hash of the non-default settings>); a rerun with "
+                             "the same settings resumes or returns the finished result."),
+    threads: int = typer.Option(None, help="Same as --num-threads."),
 ) -> None:
     """Train one model with one method; writes a run folder and prints per-layer sparsity."""
-    from sparseprior.dst import DSTConfig, DSTRunConfig, run_dst
-    from sparseprior.engine import TrainConfig
+    from sparseprior.dst import run_dst
+    from sparseprior.dst.train import default_run_dir
     from sparseprior.engine.distributed import env_dist_info
 
-    dst = DSTConfig(method=method, sparsity=sparsity, distribution=distribution,
-                    delta_t=delta_t, t_end=t_end, alpha=alpha, initial_density=initial_density,
-                    prune_start=prune_start, prune_end=prune_end,
-                    include_output=include_output, seed=seed)
-    schedule = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-                           momentum=momentum, weight_decay=weight_decay,
-                           lr_schedule=lr_schedule, seed=seed, num_threads=threads,
-                           eval_every=0, log_every=100)
-    config = DSTRunConfig(dst=dst, model=model, dataset=dataset,
-                          data_root=str(data_root) if data_root else None, subset=subset,
-                          init_seed=seed, train=schedule)
-    folder = out or Path("runs/dst") / f"{model}-{method}-{sparsity:g}"
-    summary = run_dst(config, folder, device=resolve_device(device))
+    if threads is not None:
+        run = run.replace(train=run.train.replace(num_threads=threads))
+    folder = out or default_run_dir(run)
+    summary = run_dst(run, folder, device=resolve_device(run.train.device))
     if env_dist_info().is_main:
         _print_summary(summary)
         typer.echo(f"run folder: {folder}")
 
 
 @app.command()
+def methods() -> None:
+    """List the registered DST methods (built-in and plugged in)."""
+    for name, policy in DST_POLICIES.items():
+        typer.echo(f"{name}: {policy.help}")
+
+
+@app.command()
+@config_options(export=ExportConfig)
 def export(
+    export: ExportConfig,
     run: Path = typer.Argument(..., help="A finished `dst train` run folder."),
     out: Path = typer.Option(None, help="CSR file (default <run>/sparse_inference)."),
-    min_sparsity: float = typer.Option(0.5, help="Convert linear layers at least this sparse."),
-    repeats: int = typer.Option(15, help="Interleaved timing rounds (0: no timing)."),
-    threads: int = typer.Option(1, help="Threads during the timing."),
 ) -> None:
     """Export a trained run to CSR linear layers; check outputs and time dense vs CSR."""
     from sparseprior.common.results import format_table
     from sparseprior.dst import export_run
 
-    result = export_run(run, out, min_sparsity=min_sparsity, repeats=repeats, threads=threads)
+    result = export_run(run, out, export)
     typer.echo(f"CSR layers: {result['csr_layers']}")
     typer.echo(f"max |dense - csr| output difference on {result['checked_images']} test images: "
                f"{result['max_abs_difference']:.2e}; accuracy dense "

@@ -1,5 +1,8 @@
 """Dynamic sparse training: SET, RigL, GraNet and a static sparse baseline on the one loop.
 
+A method is a :class:`DSTPolicy` registered in :data:`DST_POLICIES` (see
+:mod:`sparseprior.dst.policies` and docs/extending.md).
+
 ::
 
     from sparseprior.dst import DSTConfig, DynamicSparsity, initial_masks
@@ -17,14 +20,15 @@ and ``sparseprior dst train --method rigl --sparsity 0.9`` on the command line.
 
 from sparseprior.dst.config import (
     DST_DISTRIBUTIONS,
-    DYNAMIC_METHODS,
     METHODS,
     DSTConfig,
     DSTRunConfig,
     default_dst_train,
+    dynamic_methods,
 )
 from sparseprior.dst.inference import (
     CSRLinear,
+    ExportConfig,
     compare_latency,
     csr_layers,
     export_run,
@@ -33,7 +37,9 @@ from sparseprior.dst.inference import (
     save_sparse_inference,
     to_sparse_inference,
 )
-from sparseprior.dst.methods import DynamicSparsity, UpdateSchedule, initial_masks, target_counts
+from sparseprior.dst.methods import DynamicSparsity, initial_masks, target_counts
+from sparseprior.dst.policies import DST_POLICIES, DSTPolicy, policy_for
+from sparseprior.dst.schedule import UpdateSchedule
 from sparseprior.dst.train import load_run_model, load_splits, run_dst
 
 __all__ = [
@@ -41,19 +47,23 @@ __all__ = [
     "DSTConfig",
     "DSTRunConfig",
     "DST_DISTRIBUTIONS",
-    "DYNAMIC_METHODS",
+    "DST_POLICIES",
+    "DSTPolicy",
     "DynamicSparsity",
+    "ExportConfig",
     "METHODS",
     "UpdateSchedule",
     "compare_latency",
     "export_run",
     "csr_layers",
     "default_dst_train",
+    "dynamic_methods",
     "initial_masks",
     "load_run_model",
     "load_sparse_inference",
     "load_splits",
     "max_output_difference",
+    "policy_for",
     "run_dst",
     "save_sparse_inference",
     "target_counts",

@@ -9,15 +9,20 @@ from typing import Any
 
 from sparseprior.common.config import Config
 from sparseprior.common.validation import check_choice, check_positive_int, check_range
+from sparseprior.dst.policies import DST_POLICIES, DSTPolicy, methods_help, policy_for
 from sparseprior.engine import TrainConfig
-from sparseprior.engine.experiment import ModelDataConfig
+from sparseprior.workloads import ModelDataConfig
 
-#: ``dense`` (no mask), ``static`` (fixed random mask), ``set``, ``rigl``, ``granet``.
-METHODS = ("dense", "static", "set", "rigl", "granet")
-#: Methods that change the mask during training.
-DYNAMIC_METHODS = ("set", "rigl", "granet")
+#: Every registered DST method name (a live view of :data:`DST_POLICIES`: ``"rigl" in
+#: METHODS``, ``tuple(METHODS)``); register new ones with ``DST_POLICIES.register``.
+METHODS = DST_POLICIES
 #: Initial per-layer density rules (see :mod:`sparseprior.sparsity.density`).
 DST_DISTRIBUTIONS = ("erk", "uniform", "er")
+
+
+def dynamic_methods() -> tuple[str, ...]:
+    """The registered methods that change the mask during training."""
+    return tuple(n for n, cls in DST_POLICIES.items() if cls.sparse and cls.dynamic)
 
 
 def _check_number(value: Any, name: str) -> float:
@@ -36,12 +41,8 @@ class DSTConfig(Config):
     ``alpha / 2 * (1 + cos(pi * t / T_end))`` of each layer's active weights (cosine decay).
 
     Attributes:
-        method: ``'dense'`` (no mask, the reference), ``'static'`` (a fixed random mask with
-            ``distribution`` densities), ``'set'`` (drop smallest ``|w|``, grow at random),
-            ``'rigl'`` (drop smallest ``|w|``, grow where the dense ``|grad|`` is largest) or
-            ``'granet'`` (gradual magnitude pruning from ``initial_density`` to the final
-            density with the cubic schedule, each pruning step followed by neuroregeneration:
-            drop smallest ``|w|`` and regrow by ``|grad|``).
+        method: a registered DST method (:data:`sparseprior.dst.DST_POLICIES`; see
+            ``sparseprior dst methods``).
         sparsity: final fraction of zeros among the prunable weights, in ``[0, 1)``.
         distribution: per-layer densities: ``'erk'`` (default), ``'uniform'`` or ``'er'``.
         delta_t: steps between mask updates (>= 1).
@@ -54,11 +55,13 @@ class DSTConfig(Config):
             the density follows the cubic schedule from ``initial_density`` at ``prune_start``
             to ``1 - sparsity`` at the last update step ``<= prune_end``.
         include_output: also sparsify the output layer (default: kept dense).
-        seed: seed of the initial random mask and of SET's random growth (step ``t`` draws
-            from ``seed`` and ``t``, so every DDP rank draws the same).
+        mask_seed: seed of the initial random mask and of SET's random growth (step ``t``
+            draws from ``mask_seed`` and ``t``, so every DDP rank draws the same); ``None``:
+            the run's ``train.seed`` in a :class:`DSTRunConfig`, 0 alone.
     """
 
-    method: str = "rigl"
+    method: str = dataclasses.field(
+        default="rigl", metadata={"help": f"the DST method: {methods_help()}."})
     sparsity: float = 0.9
     distribution: str = "erk"
     delta_t: int = 100
@@ -68,10 +71,10 @@ class DSTConfig(Config):
     prune_start: float = 0.0
     prune_end: float = 0.5
     include_output: bool = False
-    seed: int = 0
+    mask_seed: int | None = None
 
     def validate(self) -> None:
-        check_choice(self.method, "method", METHODS)
+        check_choice(self.method, "method", DST_POLICIES.names())
         sparsity = _check_number(self.sparsity, "sparsity")
         if not 0.0 <= sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1) (the fraction of zero weights; 1 "
@@ -91,17 +94,25 @@ class DSTConfig(Config):
         check_range(_check_number(self.alpha, "alpha"), "alpha", 0.0, 1.0)
         d_i = _check_number(self.initial_density, "initial_density")
         check_range(d_i, "initial_density", 0.0, 1.0, low_inclusive=False)
-        if self.method == "granet" and not 1.0 - sparsity <= d_i <= 1.0:
-            raise ValueError(f"initial_density must be in [1 - sparsity, 1] = "
-                             f"[{1.0 - sparsity:g}, 1] (GraNet prunes down from it), got "
-                             f"{self.initial_density!r}")
         start = _check_number(self.prune_start, "prune_start")
         end = _check_number(self.prune_end, "prune_end")
         if not 0.0 <= start < end <= 1.0:
             raise ValueError(f"the GraNet pruning window needs 0 <= prune_start < prune_end "
                              f"<= 1 (fractions of training), got prune_start={start:g}, "
                              f"prune_end={end:g}")
-        check_positive_int(self.seed, "seed", allow_zero=True)
+        if self.mask_seed is not None:
+            check_positive_int(self.mask_seed, "mask_seed", allow_zero=True)
+        self.policy.validate()
+
+    @property
+    def policy(self) -> DSTPolicy:
+        """The method's :class:`DSTPolicy`, bound to this config."""
+        return policy_for(self)
+
+    @property
+    def seed(self) -> int:
+        """``mask_seed`` as an int (0 when unset)."""
+        return 0 if self.mask_seed is None else int(self.mask_seed)
 
     @property
     def density(self) -> float:
@@ -111,13 +122,13 @@ class DSTConfig(Config):
     @property
     def start_density(self) -> float:
         """Density of the mask training starts from (GraNet: ``initial_density``)."""
-        if self.method == "dense":
-            return 1.0
-        return float(self.initial_density) if self.method == "granet" else self.density
+        return self.policy.start_density()
 
     @property
     def dynamic(self) -> bool:
-        return self.method in DYNAMIC_METHODS
+        """The method changes the mask during training."""
+        policy = self.policy
+        return policy.sparse and policy.dynamic
 
 
 def default_dst_train() -> TrainConfig:
@@ -131,8 +142,11 @@ def default_dst_train() -> TrainConfig:
 class DSTRunConfig(ModelDataConfig):
     """One dynamic-sparse-training experiment: a model trained on a dataset with a method.
 
+    ``train.seed`` is the experiment's seed: ``init_seed`` and ``dst.mask_seed`` follow it
+    unless set (they are filled in at construction, so ``config.json`` holds all three).
+
     Attributes:
-        dst: the method (a :class:`DSTConfig` or its dict).
+        dst: the method (a :class:`DSTConfig`).
         model: a key of :data:`sparseprior.models.MODELS` (``lenet300``, ``lenet5``, ...).
         model_options: extra keywords of the model builder.
         dataset: a key of :data:`sparseprior.data.DATASETS`.
@@ -140,29 +154,32 @@ class DSTRunConfig(ModelDataConfig):
         data_root: dataset folder (``None``: the dataset's default).
         subset: keep this many training images (``None``: all).
         val_size: training images held out for validation.
-        init_seed: seed of the weight initialisation and of the data subset.
-        train: the schedule (a :class:`TrainConfig` or its dict).
+        init_seed: seed of the weight initialisation and of the data subset (``None``:
+            ``train.seed``).
+        train: the schedule (a :class:`TrainConfig`).
     """
 
     dst: DSTConfig = dataclasses.field(default_factory=DSTConfig)
-    init_seed: int = 0
+    init_seed: int | None = None
     train: TrainConfig = dataclasses.field(default_factory=default_dst_train)
 
     def __post_init__(self) -> None:
-        if isinstance(self.dst, dict):
-            self.dst = DSTConfig.from_dict(self.dst)
-        if isinstance(self.train, dict):
-            self.train = TrainConfig.from_dict(self.train)
+        if isinstance(self.train, TrainConfig) and isinstance(self.train.seed, int):
+            if self.init_seed is None:
+                self.init_seed = self.train.seed
+            if isinstance(self.dst, DSTConfig) and self.dst.mask_seed is None:
+                self.dst = self.dst.replace(mask_seed=self.train.seed)
         super().__post_init__()
 
     def validate(self) -> None:
         if not isinstance(self.dst, DSTConfig):
-            raise ValueError(f"dst must be a DSTConfig or its dict, got "
-                             f"{type(self.dst).__name__}")
+            raise ValueError(f"dst must be a DSTConfig, got {type(self.dst).__name__} "
+                             f"(use DSTRunConfig.from_dict for dicts)")
         self.dst.validate()
         super().validate()
-        check_positive_int(self.init_seed, "init_seed", allow_zero=True)
+        if self.init_seed is not None:
+            check_positive_int(self.init_seed, "init_seed", allow_zero=True)
         if not isinstance(self.train, TrainConfig):
-            raise ValueError(f"train must be a TrainConfig or its dict, got "
-                             f"{type(self.train).__name__}")
+            raise ValueError(f"train must be a TrainConfig, got {type(self.train).__name__} "
+                             f"(use DSTRunConfig.from_dict for dicts)")
         self.train.validate()

@@ -24,6 +24,7 @@ from sparseprior.common.validation import check_choice
 from sparseprior.dst.config import DSTConfig, DSTRunConfig, default_dst_train
 from sparseprior.dst.inference import compare_latency, to_sparse_inference
 from sparseprior.dst.methods import DynamicSparsity, initial_masks
+from sparseprior.dst.policies import DST_POLICIES
 from sparseprior.dst.train import build_seeded_model, load_run_model, load_splits, run_dst
 from sparseprior.engine import Callback, Trainer
 
@@ -44,7 +45,8 @@ Cell = tuple[str, str, float, int]  # (model, method, sparsity, seed)
 def run_name(model: str, method: str, sparsity: float, seed: int = 0) -> str:
     """Folder of one grid cell: ``lenet300-rigl-0.9`` (dense: ``lenet300-dense``), with
     ``-s<seed>`` appended for seeds other than 0."""
-    name = f"{model}-dense" if method == "dense" else f"{model}-{method}-{sparsity:g}"
+    sparse = DST_POLICIES.get(method).sparse
+    name = f"{model}-{method}-{sparsity:g}" if sparse else f"{model}-{method}"
     return f"{name}-s{seed}" if seed else name
 
 
@@ -55,8 +57,9 @@ def grid_config(model: str, method: str, sparsity: float, *, epochs: int,
     ``epochs``; masks updated every ``delta_t`` steps until 75% of training with alpha 0.3, ERK
     densities (output layer dense); GraNet from density 0.5, pruning in the first half.
     ``seed`` seeds the initialisation, the mask, SET's growth and the data order."""
-    dst = DSTConfig(method=method, sparsity=0.0 if method == "dense" else sparsity,
-                    delta_t=delta_t, seed=seed)
+    sparse = DST_POLICIES.get(method).sparse
+    dst = DSTConfig(method=method, sparsity=sparsity if sparse else 0.0, delta_t=delta_t,
+                    mask_seed=seed)
     schedule = default_dst_train().replace(epochs=epochs, seed=seed, progress=False, **train)
     return DSTRunConfig(dst=dst, model=model, data_root=data_root, subset=subset,
                         init_seed=seed, train=schedule)
@@ -273,7 +276,7 @@ def dst_section(run: RunDir, mode: str, device: torch.device) -> Section:
     finally:
         torch.set_num_threads(threads)
     section = Section("Dynamic sparse training (static, SET, RigL, GraNet)")
-    section.rows = [{"method": METHOD_TITLES[s["method"]],
+    section.rows = [{"method": METHOD_TITLES.get(s["method"], s["method"]),
                      "target sparsity": s["target_sparsity"],
                      "counted sparsity": round(s["sparsity"], 4),
                      "test_acc": round(s["test_accuracy"], 4), "updates": s["updates"],

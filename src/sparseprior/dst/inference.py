@@ -10,6 +10,7 @@ high sparsity on CPU (measured by :func:`compare_latency`). Conv layers are left
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ from sparseprior.common.checkpoint import (
     load_safetensors_checkpoint,
     save_safetensors_checkpoint,
 )
+from sparseprior.common.config import Config
 from sparseprior.common.validation import check_positive_int, check_range
 
 CSR_KIND = "dst/csr"
@@ -241,17 +243,50 @@ def max_output_difference(a: nn.Module, b: nn.Module, inputs: Tensor) -> float:
     return float((a(inputs) - b(inputs)).abs().max())
 
 
-def export_run(run_dir: str | Path, out: str | Path | None = None, *,
-               min_sparsity: float = 0.5, check_images: int = 2000,
-               batch_sizes: Sequence[int] = (1, 256), repeats: int = 15,
-               threads: int = 1) -> dict[str, Any]:
+@dataclasses.dataclass
+class ExportConfig(Config):
+    """How :func:`export_run` converts and measures a run.
+
+    Attributes:
+        min_sparsity: convert linear layers at least this sparse to CSR, in [0, 1].
+        check_images: test images on which dense and CSR outputs are compared.
+        batch_sizes: batch sizes of the latency comparison.
+        repeats: interleaved timing rounds (0: no timing).
+        threads: torch threads during the timing.
+    """
+
+    min_sparsity: float = 0.5
+    check_images: int = 2000
+    batch_sizes: tuple[int, ...] = (1, 256)
+    repeats: int = 15
+    threads: int = 1
+
+    def validate(self) -> None:
+        check_range(float(self.min_sparsity), "min_sparsity", 0.0, 1.0)
+        check_positive_int(self.check_images, "check_images")
+        if not self.batch_sizes:
+            raise ValueError("batch_sizes must hold at least one batch size")
+        for b in self.batch_sizes:
+            check_positive_int(b, "batch_sizes[i]")
+        check_positive_int(self.repeats, "repeats", allow_zero=True)
+        check_positive_int(self.threads, "threads")
+
+
+def export_run(run_dir: str | Path, out: str | Path | None = None,
+               config: ExportConfig | None = None, **options: Any) -> dict[str, Any]:
     """Export a finished DST run folder to CSR inference and measure it against dense.
 
-    Writes ``out`` (default ``<run>/sparse_inference.safetensors`` + ``.json``) and
+    ``config`` (or :class:`ExportConfig` keywords in ``options``) says what to convert and
+    measure. Writes ``out`` (default ``<run>/sparse_inference.safetensors`` + ``.json``) and
     ``<run>/export.json`` with: the CSR layers and their non-zeros, the largest output
     difference and both accuracies on the first ``check_images`` test images, and the
     interleaved latency of dense vs CSR (``compare_latency``) at ``batch_sizes``.
     """
+    cfg = (config or ExportConfig()).replace(**options) if options else (config or
+                                                                        ExportConfig())
+    min_sparsity, check_images, repeats, threads = (cfg.min_sparsity, cfg.check_images,
+                                                    cfg.repeats, cfg.threads)
+    batch_sizes = tuple(cfg.batch_sizes)
     from sparseprior.common.runs import RunDir
     from sparseprior.dst.train import load_run_model, load_splits
 

@@ -12,13 +12,16 @@ Run folder (rank 0 writes; every file atomic except the append-only metrics log)
     <run>/summary.json         test accuracy, density counted from the final weights (global and
                                per layer), mask density, number of updates, seconds
 
-A rerun of a finished folder returns its summary; an interrupted one resumes exactly from its
-last checkpoint (the initial mask is rebuilt from the seed, then the checkpoint's mask loaded).
+The folder is bound to its config (:meth:`RunDir.claim`, before anything is read back): a rerun
+with the same settings (machine settings such as the device may differ) returns the finished
+summary or resumes an interrupted run exactly from its last checkpoint (the initial mask is
+rebuilt from the seed, then the checkpoint's mask loaded); other settings are a ``ValueError``.
+A run holds the folder's lock, so a second process gets a clear error.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import shutil
 import time
@@ -38,6 +41,7 @@ from sparseprior.dst.config import DSTRunConfig
 from sparseprior.dst.methods import DynamicSparsity, initial_masks
 from sparseprior.engine import Trainer, latest_checkpoint
 from sparseprior.engine.distributed import env_dist_info
+from sparseprior.engine.experiment import MACHINE_FIELDS, run_name
 from sparseprior.models import build_model
 from sparseprior.sparsity import MaskSet, prunable_parameters, sparsity_stats
 
@@ -46,9 +50,14 @@ log = logging.getLogger(__name__)
 SUMMARY = "summary.json"
 MODEL_FILE = "model.json"
 WEIGHTS_KIND = "dst/weights"
-#: Fields that may differ between a run and its continuation (machine settings).
-_MACHINE_FIELDS = ("device", "progress", "num_threads", "num_workers", "log_every",
-                   "eval_batch_size", "checkpoint_every", "keep_checkpoints")
+KIND = "DST run"
+
+
+def default_run_dir(config: DSTRunConfig, root: str | Path = "runs/dst") -> Path:
+    """``<root>/<model>-<method>-<sparsity>-<hash>``: the hash covers every non-default
+    setting except machine ones, so different experiments never share a folder."""
+    prefix = f"{config.model}-{config.dst.method}-{config.dst.policy.target_sparsity():g}"
+    return Path(root) / run_name(prefix, config, ignore=MACHINE_FIELDS)
 
 
 def load_splits(config: DSTRunConfig) -> DatasetSplits:
@@ -65,24 +74,6 @@ def build_seeded_model(config: DSTRunConfig, input_shape: tuple[int, ...], num_c
         torch.manual_seed(config.init_seed)
         return build_model(config.model, in_channels=c, num_classes=num_classes,
                            input_size=(h, w), **config.model_options)
-
-
-def _identity(config: DSTRunConfig) -> dict[str, Any]:
-    data = json.loads(config.to_json())
-    for key in _MACHINE_FIELDS:
-        data["train"].pop(key, None)
-    return data
-
-
-def _check_same_run(run: RunDir, config: DSTRunConfig) -> None:
-    if not run.file("config.json").exists():
-        return
-    old = _identity(DSTRunConfig.from_dict(run.read_json("config.json")))
-    new = _identity(config)
-    if old != new:
-        differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise ValueError(f"run folder {str(run.path)!r} holds a different DST run (fields "
-                         f"{differ} differ); use another folder or the same settings")
 
 
 def counted_sparsity(model: nn.Module, names: list[str]) -> dict[str, Any]:
@@ -106,9 +97,10 @@ def run_dst(
 
     Args:
         config: the experiment.
-        run_dir: the run folder (``None``: keep nothing on disk). A finished folder is not
-            retrained; an interrupted one resumes; one holding another experiment is a
-            ``ValueError``.
+        run_dir: the run folder (``None``: keep nothing on disk), claimed for ``config``
+            first: a finished folder of the same experiment is not retrained, an interrupted
+            one resumes, one holding another experiment is a ``ValueError`` (only
+            :data:`~sparseprior.engine.experiment.MACHINE_FIELDS` may differ).
         device: overrides ``config.train.device``.
         splits: the data, if already loaded (default: :func:`load_splits`).
 
@@ -126,10 +118,18 @@ def run_dst(
         config = config.replace(train=config.train.replace(device=str(device)))
     is_main = env_dist_info().is_main
     run = RunDir(run_dir) if run_dir is not None else None
-    if run is not None:
-        if run.file(SUMMARY).exists():
-            return {**run.read_json(SUMMARY), "cached": True}
-        _check_same_run(run, config)
+    with contextlib.ExitStack() as stack:
+        if run is not None:
+            if is_main:
+                stack.enter_context(run.lock())
+            run.claim(config, may_differ=MACHINE_FIELDS, kind=KIND)
+            if run.file(SUMMARY).exists():
+                return {**run.read_json(SUMMARY), "cached": True}
+        return _train(config, run, is_main, splits)
+
+
+def _train(config: DSTRunConfig, run: RunDir | None, is_main: bool,
+           splits: DatasetSplits | None) -> dict[str, Any]:
     splits = splits if splits is not None else load_splits(config)
     model = build_seeded_model(config, splits.input_shape, splits.num_classes)
     masks = initial_masks(model, config.dst)
@@ -137,7 +137,6 @@ def run_dst(
         prunable_parameters(model, include_output=config.dst.include_output))
     dst = DynamicSparsity(config.dst)
     if run is not None and is_main:
-        run.write_config(config)
         run.write_json(MODEL_FILE, {"input_shape": list(splits.input_shape),
                                     "num_classes": splits.num_classes})
     resume = run is not None and latest_checkpoint(run.path / "checkpoints") is not None
@@ -152,7 +151,7 @@ def run_dst(
     summary = {
         "model": config.model, "method": config.dst.method, "seed": config.dst.seed,
         "init_seed": config.init_seed,
-        "target_sparsity": config.dst.sparsity if config.dst.method != "dense" else 0.0,
+        "target_sparsity": config.dst.policy.target_sparsity(),
         **counted,
         "mask_density": trainer.masks.density() if trainer.masks is not None else 1.0,
         "test_accuracy": test["accuracy"], "test_loss": test["loss"],

@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+KIND = "Early-Bird experiment"
 PRUNE_SCOPES = ("global", "layerwise")
 RETRAIN_INITS = ("inherit", "reinit")
 
@@ -79,8 +80,10 @@ __all__ = [
     "bn_l1_penalty",
     "channel_masks",
     "check_earlybird_args",
+    "default_earlybird_train",
     "count_macs",
     "count_params",
+    "default_run_dir",
     "distance_matrix",
     "earlybird_section",
     "find_channel_groups",
@@ -305,9 +308,21 @@ class EarlyBirdCallback(Callback):
 # --------------------------------------------------------------------------- config
 
 
+def default_earlybird_train() -> TrainConfig:
+    """The schedule of every Early-Bird phase: SGD 0.02 with momentum 0.9, weight decay 1e-4,
+    batch 128, 16 epochs (the full baseline's budget), cosine decay for retraining and the
+    baseline; no step logging, evaluation only at the end."""
+    return TrainConfig(epochs=16, batch_size=128, optimizer="sgd", lr=0.02, momentum=0.9,
+                       weight_decay=1e-4, lr_schedule="cosine", eval_every=0, log_every=0,
+                       eval_batch_size=500)
+
+
 @dataclasses.dataclass
 class EarlyBirdConfig(Config):
     """One Early-Bird experiment: search, slim, retrain; plus the full-network baseline.
+
+    The defaults are the benchmark's (``benchmarks/earlybird.py``, about 12 minutes on 2 CPU
+    cores): vgg-small at width 0.5 on 15k Fashion-MNIST images, 16 epochs in all.
 
     Attributes:
         model: a :func:`sparseprior.models.build_model` name with BN layers (``vgg-small``,
@@ -322,27 +337,27 @@ class EarlyBirdConfig(Config):
         l1_lambda: L1 penalty on BN scales during the search (1e-4 as network slimming).
         distance_threshold: the ticket is drawn when the max FIFO mask distance is below it.
         fifo_size: masks in the FIFO (>= 2).
-        search_epochs_max: search budget; without a draw the last epoch's mask is used.
+        search_epochs_max: search budget, < ``train.epochs`` unless ``retrain_epochs`` is set;
+            without a draw the last epoch's mask is used.
         stop_when_drawn: stop the search at the draw (else continue to ``search_epochs_max``
             and record the draw; the ticket is still the drawn epoch's weights and mask).
-        epochs: epochs of the full-network baseline: the total budget.
-        retrain_epochs: epochs for the slimmed net (``None``: ``epochs - search epochs``, so
-            both runs see the same number of epochs).
+        retrain_epochs: epochs for the slimmed net (``None``: ``train.epochs - search
+            epochs``, so both runs see the same number of epochs).
         retrain_init: ``"inherit"`` (start from the ticket's weights) or ``"reinit"``.
-        run_baseline: also train the full network for ``epochs`` (for the comparison).
-        batch_size, optimizer, lr, momentum, weight_decay: optimiser settings of all phases.
+        run_baseline: also train the full network for ``train.epochs`` (for the comparison).
         search_lr_schedule: LR schedule of the search (``"constant"``: the high-LR phase in
-            which Early-Bird tickets emerge); ``lr_schedule``: retraining and baseline.
-        num_threads: ``torch.set_num_threads`` (``None``: leave); seed: everything random.
-        eval_batch_size: batch size of the test evaluations.
-        progress: progress bars (``None``: only on a terminal).
+            which Early-Bird tickets emerge); ``train.lr_schedule`` is the retraining's and
+            the baseline's.
+        train: the optimiser and schedule of every phase; ``train.epochs`` is the full
+            baseline's epochs (the total budget) and ``train.seed`` seeds everything random
+            (initialisation, data subset and order).
     """
 
     model: str = "vgg-small"
-    width: float = 1.0
+    width: float = 0.5
     dataset: str = "fashion-mnist"
     data_root: str | None = None
-    subset: int | None = None
+    subset: int | None = 15_000
     val_size: int = 0
     prune_ratio: float = 0.5
     prune_scope: str = "global"
@@ -351,23 +366,13 @@ class EarlyBirdConfig(Config):
     l1_lambda: float = 1e-4
     distance_threshold: float = 0.1
     fifo_size: int = 5
-    search_epochs_max: int = 20
+    search_epochs_max: int = 10
     stop_when_drawn: bool = True
-    epochs: int = 40
     retrain_epochs: int | None = None
     retrain_init: str = "inherit"
     run_baseline: bool = True
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
     search_lr_schedule: str = "constant"
-    lr_schedule: str = "cosine"
-    num_threads: int | None = None
-    seed: int = 0
-    eval_batch_size: int = 500
-    progress: bool | None = None
+    train: TrainConfig = dataclasses.field(default_factory=default_earlybird_train)
 
     def validate(self) -> None:
         from sparseprior.data import DATASETS
@@ -390,31 +395,35 @@ class EarlyBirdConfig(Config):
         if self.search_epochs_max < self.fifo_size:
             raise ValueError(f"search_epochs_max={self.search_epochs_max} must be >= "
                              f"fifo_size={self.fifo_size}: a ticket needs a full FIFO of masks")
-        check_positive_int(self.epochs, "epochs")
+        if not isinstance(self.train, TrainConfig):
+            raise ValueError(f"train must be a TrainConfig, got {type(self.train).__name__} "
+                             f"(use EarlyBirdConfig.from_dict for dicts)")
+        self.train.validate()
         if self.retrain_epochs is not None:
             check_positive_int(self.retrain_epochs, "retrain_epochs")
-        elif self.search_epochs_max >= self.epochs:
+        elif self.search_epochs_max >= self.train.epochs:
             raise ValueError(f"search_epochs_max={self.search_epochs_max} must be < "
-                             f"epochs={self.epochs} when retrain_epochs=None (retraining gets "
-                             f"the epochs left); or set retrain_epochs")
+                             f"epochs={self.train.epochs} when retrain_epochs=None (retraining "
+                             f"gets the epochs left); or set retrain_epochs")
         check_choice(self.retrain_init, "retrain_init", RETRAIN_INITS)
-        check_positive_int(self.batch_size, "batch_size")
-        check_choice(self.optimizer, "optimizer", OPTIMIZERS)
-        check_range(float(self.lr), "lr", 0.0, None, low_inclusive=False)
         check_choice(self.search_lr_schedule, "search_lr_schedule", ("constant", "cosine"))
-        check_choice(self.lr_schedule, "lr_schedule", [s for s in LR_SCHEDULES if s != "step"])
-        if self.num_threads is not None:
-            check_positive_int(self.num_threads, "num_threads")
-        check_positive_int(self.eval_batch_size, "eval_batch_size")
+        check_choice(self.train.optimizer, "optimizer", OPTIMIZERS)
+        check_choice(self.train.lr_schedule, "lr_schedule",
+                     [s for s in LR_SCHEDULES if s != "step"])
+
+    @property
+    def seed(self) -> int:
+        """``train.seed``: the seed of everything random in the experiment."""
+        return int(self.train.seed)
+
+    @property
+    def epochs(self) -> int:
+        """``train.epochs``: the full baseline's epochs, the total budget."""
+        return int(self.train.epochs)
 
     def train_config(self, epochs: int, lr_schedule: str, device: str) -> TrainConfig:
         """The :class:`TrainConfig` of one phase."""
-        return TrainConfig(
-            epochs=epochs, batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
-            momentum=self.momentum, weight_decay=self.weight_decay, lr_schedule=lr_schedule,
-            seed=self.seed, device=device, eval_every=0, log_every=0,
-            num_threads=self.num_threads, eval_batch_size=self.eval_batch_size,
-            progress=self.progress)
+        return self.train.replace(epochs=epochs, lr_schedule=lr_schedule, device=device)
 
     def build_kwargs(self, input_shape: Sequence[int], num_classes: int) -> dict[str, Any]:
         """Keyword arguments of ``build_model(self.model, **kw)`` for this data."""
@@ -482,10 +491,19 @@ def _pct(new: float, old: float) -> float:
     return 100.0 * (1.0 - new / old) if old else math.nan
 
 
+def default_run_dir(config: EarlyBirdConfig, root: str | Path = "runs/earlybird") -> Path:
+    """``<root>/<model>-<hash of the non-default settings>`` (machine settings left out)."""
+    from sparseprior.engine.experiment import run_name
+
+    return Path(root) / run_name(config.model, config)
+
+
 def run_earlybird(config: EarlyBirdConfig, run_dir: str | Path | RunDir,
                   device: str | torch.device = "auto") -> dict[str, Any]:
     """Search an Early-Bird ticket, slim it, retrain it; train the full baseline; report.
 
+    The folder is claimed for ``config`` first (:meth:`RunDir.claim`: another experiment's
+    folder is a ``ValueError``; machine settings may differ) and locked while the run goes on.
     Writes into ``run_dir``: ``config.json``, ``earlybird.json`` (the returned dict),
     ``mask_distance.png``, ``slim_model.safetensors`` (+ ``.json``; load with
     :func:`load_slimmed`) and per-phase folders ``search/``, ``retrain/``, ``baseline/`` with
@@ -497,12 +515,18 @@ def run_earlybird(config: EarlyBirdConfig, run_dir: str | Path | RunDir,
     ``training_flops`` (EB vs full, ``3 x forward FLOPs x images x epochs``, and the saving),
     ``distances``, ``distance_matrix``, ``max_abs_diff_masked_vs_slim``, ``wall_time``.
     """
-    from sparseprior.data import load_dataset
+    from sparseprior.engine.experiment import MACHINE_FIELDS
 
     config.validate()
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    run.write_config(config)
-    dev = str(device)
+    with run.lock():
+        run.claim(config, may_differ=MACHINE_FIELDS, kind=KIND)
+        return _run(config, run, str(device))
+
+
+def _run(config: EarlyBirdConfig, run: RunDir, dev: str) -> dict[str, Any]:
+    from sparseprior.data import load_dataset
+
     t0 = time.perf_counter()
     splits = load_dataset(config.dataset, config.data_root, val_size=config.val_size,
                           subset=config.subset, seed=config.seed)
@@ -537,7 +561,7 @@ def run_earlybird(config: EarlyBirdConfig, run_dir: str | Path | RunDir,
         init_weights(slim)
     slim.train()
     slim_acc, t_retrain, _ = _train(
-        slim, splits, config.train_config(retrain_epochs, config.lr_schedule, dev),
+        slim, splits, config.train_config(retrain_epochs, config.train.lr_schedule, dev),
         run.path / "retrain")
     slim = slim.cpu().eval()
     ckpt = save_slimmed(slim, run.file("slim_model.safetensors"), model_name=config.model,
@@ -548,7 +572,7 @@ def run_earlybird(config: EarlyBirdConfig, run_dir: str | Path | RunDir,
     if config.run_baseline:
         base = _build(config, kw)
         full_acc, t_base, _ = _train(
-            base, splits, config.train_config(config.epochs, config.lr_schedule, dev),
+            base, splits, config.train_config(config.epochs, config.train.lr_schedule, dev),
             run.path / "baseline")
     full_cost["test_acc"], slim_cost["test_acc"] = full_acc, slim_acc
     slim_cost["test_acc_before_retrain"] = ticket_acc
@@ -657,9 +681,10 @@ def section_config(mode: str) -> EarlyBirdConfig:
     check_choice(mode, "mode", ("quick", "full"))
     if mode == "quick":
         return EarlyBirdConfig(width=0.25, subset=4000, fifo_size=3, search_epochs_max=8,
-                               epochs=10, lr=0.02, progress=False)
+                               train=default_earlybird_train().replace(epochs=10,
+                                                                       progress=False))
     return EarlyBirdConfig(width=0.5, subset=15000, fifo_size=5, search_epochs_max=10,
-                           epochs=16, lr=0.02, progress=False)
+                           train=default_earlybird_train().replace(progress=False))
 
 
 def earlybird_section(run: RunDir, mode: str, device: torch.device, *,
@@ -691,7 +716,8 @@ def earlybird_section(run: RunDir, mode: str, device: torch.device, *,
         f"({result['training_flops']['n_train']} training images, full test set); "
         f"prune ratio {config.prune_ratio:g} ({config.prune_scope}), L1 {config.l1_lambda:g} on "
         f"BN scales, FIFO {config.fifo_size}, threshold {config.distance_threshold:g}; SGD lr "
-        f"{config.lr:g} ({config.search_lr_schedule} while searching, {config.lr_schedule} "
+        f"{config.train.lr:g} ({config.search_lr_schedule} while searching, "
+        f"{config.train.lr_schedule} "
         f"for retraining and the baseline); slim net retrained "
         f"{'from the ticket weights' if config.retrain_init == 'inherit' else 'from re-init'}.",
         ("Ticket drawn at epoch " + str(result["drawn_epoch"])) if result["drawn"] else

@@ -40,9 +40,9 @@ from sparseprior.data import DatasetSplits
 from sparseprior.models import MLP, ResNet, check_resnet_depth
 from sparseprior.sparsity import MaskSet
 from sparseprior.tickets.imp import (
+    RESUMABLE_FIELDS,
     IMPConfig,
     build_seeded_model,
-    check_same_experiment,
     load_splits,
     load_ticket,
     run_imp,
@@ -322,40 +322,52 @@ def transform_ticket(
 # --------------------------------------------------------------------------- the experiment
 
 
+def default_elastic_source() -> IMPConfig:
+    """The default source experiment: IMP (3 levels of 20%) on an MLP with hidden [256, 256]."""
+    return IMPConfig(model="mlp", model_options={"hidden": [256, 256]})
+
+
+def check_level(level: int, levels: int) -> int:
+    """``ValueError`` unless the ticket ``level`` is one of the source's levels ``1..levels``."""
+    check_positive_int(level, "level")
+    if level > levels:
+        raise ValueError(f"level={level} is beyond the source IMP run's levels 1..{levels}; "
+                         f"choose a level <= {levels} or run more levels (--levels)")
+    return level
+
+
 @dataclasses.dataclass
 class ElasticConfig(Config):
     """Transform an IMP ticket to another depth, retrain it, compare with IMP on that depth.
 
     Attributes:
         source: the IMP experiment that finds the source ticket (run in ``<run>/source`` when
-            ``source_run`` is not given).
+            ``source_run`` is not given); by default an MLP with two hidden layers of 256.
         source_run: an existing IMP run folder to take the ticket from (its own config then
-            replaces ``source``; missing levels are trained there).
-        level: the IMP level of the ticket (``None``: ``source.levels``); >= 1.
+            replaces ``source``; unfinished levels are trained there).
+        level: the IMP level of the ticket, in ``1..source.levels`` (``None``:
+            ``source.levels``).
         target_depth: ResNet depth (6n+2) or number of MLP hidden layers.
         mapping: block mapping (see the module docstring); ``None``: :func:`default_mapping`.
         compare: also run IMP directly on the target depth, to the transformed ticket's
             density, in ``<run>/target_imp``.
     """
 
-    source: IMPConfig = dataclasses.field(default_factory=IMPConfig)
+    source: IMPConfig = dataclasses.field(default_factory=default_elastic_source)
     source_run: str | None = None
     level: int | None = None
     target_depth: int = 4
     mapping: str | None = None
     compare: bool = True
 
-    def __post_init__(self) -> None:
-        if isinstance(self.source, dict):
-            self.source = IMPConfig.from_dict(self.source)
-        super().__post_init__()
-
     def validate(self) -> None:
         if not isinstance(self.source, IMPConfig):
-            raise ValueError(f"source must be an IMPConfig or its dict, got "
-                             f"{type(self.source).__name__}")
+            raise ValueError(f"source must be an IMPConfig, got {type(self.source).__name__} "
+                             f"(use ElasticConfig.from_dict for dicts)")
         if self.level is not None:
             check_positive_int(self.level, "level")
+            if self.source_run is None:
+                check_level(self.level, self.source.levels)
         check_positive_int(self.target_depth, "target_depth")
         if self.mapping is not None and not isinstance(self.mapping, str):
             raise ValueError(f"mapping must be a string like '0:0;1:1,2;2:3,4', "
@@ -414,15 +426,17 @@ def target_imp_config(source: IMPConfig, model: nn.Module, target_depth: int, le
                           ablations=[], ablation_levels=None)
 
 
-def _check_same_elastic(saved: Mapping[str, Any], config: ElasticConfig, folder: Path) -> None:
-    """``ValueError`` if ``folder`` holds an Elastic run of a different experiment."""
-    old = ElasticConfig.from_dict(dict(saved))
-    check_same_experiment(old.source.to_dict(), config.source, folder)
-    differ = [k for k in ("source_run", "level", "target_depth", "mapping")
-              if getattr(old, k) != getattr(config, k)]
-    if differ:
-        raise ValueError(f"run folder {str(folder)!r} holds a different Elastic LTH experiment "
-                         f"(fields {differ} differ); use another --out folder")
+#: Fields that may change between an Elastic run and its continuation.
+ELASTIC_RESUMABLE_FIELDS = (*RESUMABLE_FIELDS, "compare")
+KIND = "Elastic LTH experiment"
+
+
+def default_run_dir(config: ElasticConfig, root: str | Path = "runs/elastic") -> Path:
+    """``<root>/<source model>-d<target depth>-<hash of the non-default settings>``."""
+    from sparseprior.engine.experiment import run_name
+
+    prefix = f"{config.source.model}-d{config.target_depth}"
+    return Path(root) / run_name(prefix, config, ignore=ELASTIC_RESUMABLE_FIELDS)
 
 
 def run_elastic(
@@ -437,28 +451,36 @@ def run_elastic(
     Folder: ``config.json``, ``source/`` (the source IMP run, unless ``source_run``),
     ``transformed/`` (the transformed ticket: ``ticket.*`` weights at the rewind step,
     ``masks.*``, training files, ``summary.json``), ``target_imp/`` (IMP on the target depth)
-    and ``summary.json``. Bad mappings or models fail before any training.
+    and ``summary.json``. Bad levels, mappings or models fail before any training; the folder
+    is claimed for the experiment (:meth:`RunDir.claim`; more source levels, ``compare`` and
+    machine settings may differ) and locked while it runs.
     """
-    run = RunDir(run_dir)
-    source_dir = Path(config.source_run) if config.source_run else run.path / "source"
+    source_dir = Path(config.source_run) if config.source_run else Path(run_dir) / "source"
     src_cfg = config.source
     if config.source_run:
         if not (source_dir / "config.json").exists():
             raise ValueError(f"source_run {str(source_dir)!r} is not an IMP run folder "
                              f"(no config.json)")
         src_cfg = IMPConfig.from_json(source_dir / "config.json")
-    level = config.level if config.level is not None else src_cfg.levels
-    if level < 1:
-        raise ValueError(f"level must be >= 1 (a pruned ticket), got {level}")
-    src_cfg = src_cfg.replace(levels=max(level, src_cfg.levels))
+    if src_cfg.levels < 1:
+        raise ValueError(f"the source IMP run has levels={src_cfg.levels}; a ticket needs at "
+                         f"least one pruned level")
+    level = check_level(config.level if config.level is not None else src_cfg.levels,
+                        src_cfg.levels)
     splits = splits if splits is not None else load_splits(src_cfg)
-    probe = build_seeded_model(src_cfg, splits, src_cfg.seed)
+    probe = build_seeded_model(src_cfg, splits, src_cfg.init_seed)
     plan = plan_transform(probe, config.target_depth, config.mapping)  # fail fast
-    effective = config.replace(source=src_cfg)
-    if run.file("config.json").exists():
-        _check_same_elastic(run.read_json("config.json"), effective, run.path)
-    run.write_config(effective)
+    run = RunDir(run_dir)
+    with run.lock():
+        run.claim(config.replace(source=src_cfg), may_differ=ELASTIC_RESUMABLE_FIELDS,
+                  kind=KIND)
+        return _transform_and_compare(config, src_cfg, source_dir, level, plan, run, splits,
+                                      device)
 
+
+def _transform_and_compare(config: ElasticConfig, src_cfg: IMPConfig, source_dir: Path,
+                           level: int, plan: Any, run: RunDir, splits: DatasetSplits,
+                           device: str | torch.device | None) -> ElasticResult:
     run_imp(src_cfg, source_dir, device=device, splits=splits)
     _, model, masks = load_ticket(source_dir, level)
     ticket = transform_ticket(model, masks, config.target_depth, plan.mappings)
@@ -469,7 +491,7 @@ def run_elastic(
             "source_depth": model_depth(model), "mapping": ticket.mapping_text,
             "target_density": ticket.masks.density(), "rewind_step": src_cfg.rewind_step}
     transformed = train_ticket(ticket.model, ticket.masks, splits, train, folder.path,
-                               info=info, keep_checkpoints=src_cfg.keep_checkpoints)
+                               info=info, keep_checkpoints=src_cfg.keep_level_checkpoints)
     transformed.pop("cached", None)
     log.info("elastic ticket depth %d -> %d (%s): density %.4f, test acc %.4f",
              info["source_depth"], config.target_depth, ticket.mapping_text,

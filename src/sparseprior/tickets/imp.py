@@ -33,7 +33,6 @@ layer), the target density and the test accuracy.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import shutil
@@ -59,7 +58,7 @@ from sparseprior.engine import (
     WeightSnapshot,
     latest_checkpoint,
 )
-from sparseprior.engine.experiment import ModelDataConfig
+from sparseprior.engine.experiment import MACHINE_FIELDS, run_name
 from sparseprior.models import build_model_for
 from sparseprior.sparsity import (
     MaskSet,
@@ -70,6 +69,7 @@ from sparseprior.sparsity import (
     select_masks,
     sparsity_stats,
 )
+from sparseprior.workloads import ModelDataConfig
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +115,13 @@ class IMPConfig(ModelDataConfig):
         rewind_step: k, the optimizer step whose weights the survivors are rewound to
             (0 = the original lottery ticket: rewind to the initialisation).
         include_output: also prune the output layer (default: keep it dense, as open_lth).
-        seed: model initialisation and dataset split/subset seed (training order is
-            ``train.seed``).
+        init_seed: model initialisation and dataset split/subset seed (``None``: ``train.seed``,
+            the data order's seed; filled in at construction).
         ablations: controls to run: ``'reinit'`` and/or ``'random'``.
         ablation_levels: the levels (1..levels) that get the controls (``None``: all).
-        keep_checkpoints: keep each level's trainer checkpoints after it finished (they are
-            only needed to resume an interrupted level).
-        train: the training schedule of every level (a :class:`TrainConfig`, or its dict).
+        keep_level_checkpoints: keep each level's trainer checkpoints after it finished (they
+            are only needed to resume an interrupted level).
+        train: the training schedule of every level (a :class:`TrainConfig`).
     """
 
     levels: int = 3
@@ -129,15 +129,15 @@ class IMPConfig(ModelDataConfig):
     scope: str = "global"
     rewind_step: int = 0
     include_output: bool = False
-    seed: int = 0
+    init_seed: int | None = None
     ablations: list[str] = dataclasses.field(default_factory=list)
     ablation_levels: list[int] | None = None
-    keep_checkpoints: bool = False
+    keep_level_checkpoints: bool = False
     train: TrainConfig = dataclasses.field(default_factory=default_imp_train)
 
     def __post_init__(self) -> None:
-        if isinstance(self.train, dict):
-            self.train = TrainConfig.from_dict(self.train)
+        if self.init_seed is None and isinstance(self.train, TrainConfig):
+            self.init_seed = self.train.seed
         super().__post_init__()
 
     def validate(self) -> None:
@@ -147,7 +147,8 @@ class IMPConfig(ModelDataConfig):
                     high_inclusive=False)
         check_choice(self.scope, "scope", SCOPES)
         check_positive_int(self.rewind_step, "rewind_step", allow_zero=True)
-        check_positive_int(self.seed, "seed", allow_zero=True)
+        if self.init_seed is not None:
+            check_positive_int(self.init_seed, "init_seed", allow_zero=True)
         for name in self.ablations:
             check_choice(name, "ablations[i]", ABLATIONS)
         if self.ablation_levels is not None:
@@ -157,8 +158,8 @@ class IMPConfig(ModelDataConfig):
                     raise ValueError(f"ablation_levels has level {level} but the run has only "
                                      f"levels 1..{self.levels}")
         if not isinstance(self.train, TrainConfig):
-            raise ValueError(f"train must be a TrainConfig or its dict, got "
-                             f"{type(self.train).__name__}")
+            raise ValueError(f"train must be a TrainConfig, got {type(self.train).__name__} "
+                             f"(use IMPConfig.from_dict for dicts)")
         self.train.validate()
 
     def density(self, level: int) -> float:
@@ -173,38 +174,17 @@ class IMPConfig(ModelDataConfig):
         return sorted(set(levels)) if levels is not None else list(range(1, self.levels + 1))
 
 
-#: Fields that may change between a run and its continuation (the rest must match).
-_RESUMABLE_FIELDS = ("levels", "ablations", "ablation_levels", "keep_checkpoints")
-_RESUMABLE_TRAIN_FIELDS = ("device", "progress", "num_threads", "num_workers", "log_every",
-                           "eval_batch_size", "checkpoint_every", "keep_checkpoints")
+#: Fields that may change between a run and its continuation (more levels or controls, machine
+#: settings); every other field must match the folder's ``config.json``.
+RESUMABLE_FIELDS = ("levels", "ablations", "ablation_levels", "keep_level_checkpoints",
+                    *MACHINE_FIELDS)
+KIND = "IMP experiment"
 
 
-def _identity(config: IMPConfig) -> dict[str, Any]:
-    data = json.loads(config.to_json())  # tuples -> lists, as saved
-    for key in _RESUMABLE_FIELDS:
-        data.pop(key, None)
-    for key in _RESUMABLE_TRAIN_FIELDS:
-        data["train"].pop(key, None)
-    return data
-
-
-def check_same_experiment(saved: Mapping[str, Any], config: IMPConfig, folder: Path) -> None:
-    """Raise ``ValueError`` if ``folder`` holds a run of a different experiment than ``config``.
-
-    Only the number of levels, the controls and machine settings (device, threads, ...) may
-    change between a run and its continuation.
-    """
-    old = _identity(IMPConfig.from_dict(dict(saved)))
-    new = _identity(config)
-    differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if "train" in differ:
-        differ.remove("train")
-        differ += [f"train.{k}" for k in sorted(set(old["train"]) | set(new["train"]))
-                   if old["train"].get(k) != new["train"].get(k)]
-    if differ:
-        raise ValueError(f"run folder {str(folder)!r} holds a different IMP experiment "
-                         f"(fields {differ} differ); use another --out folder or the same "
-                         f"settings")
+def default_run_dir(config: IMPConfig, root: str | Path = "runs/imp") -> Path:
+    """``<root>/<model>-<hash>``: the hash covers the non-default settings except
+    :data:`RESUMABLE_FIELDS`, so more levels continue the same folder."""
+    return Path(root) / run_name(config.model, config, ignore=RESUMABLE_FIELDS)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -427,15 +407,7 @@ def load_imp_result(run_dir: str | Path) -> IMPResult:
 
 def load_splits(config: IMPConfig) -> DatasetSplits:
     """The dataset of ``config`` (``subset``, ``val_size`` and ``seed`` applied)."""
-    return config.load_splits(config.seed)
-
-
-def _prepare_run(config: IMPConfig, run_dir: Path) -> RunDir:
-    run = RunDir(run_dir)
-    if run.file("config.json").exists():
-        check_same_experiment(run.read_json("config.json"), config, run_dir)
-    run.write_config(config)
-    return run
+    return config.load_splits(config.init_seed)
 
 
 def _train_dense(config: IMPConfig, splits: DatasetSplits, run: RunDir
@@ -461,14 +433,14 @@ def _train_dense(config: IMPConfig, splits: DatasetSplits, run: RunDir
         save_safetensors_checkpoint(rewind_path, state, {"rewind_step": config.rewind_step},
                                     kind=WEIGHTS_KIND)
 
-    model = build_seeded_model(config, splits, config.seed)
+    model = build_seeded_model(config, splits, config.init_seed)
     names = prunable_names(model, config.include_output)
-    info = {"level": 0, "variant": "imp", "target_density": 1.0, "init_seed": config.seed,
+    info = {"level": 0, "variant": "imp", "target_density": 1.0, "init_seed": config.init_seed,
             "rewind_step": config.rewind_step}
     summary = train_ticket(model, None, splits, config.train, level_dir(run.path, 0),
                            info=info, names=names, callbacks=[snapshot],
                            before_summary=keep_rewind,
-                           keep_checkpoints=config.keep_checkpoints)
+                           keep_checkpoints=config.keep_level_checkpoints)
     return summary, load_weights(rewind_path)
 
 
@@ -483,12 +455,12 @@ def _imp_level(config: IMPConfig, splits: DatasetSplits, run: RunDir, level: int
         trained = load_weights(prev / "final")
         active = MaskSet.load(prev / "masks")
         masks = prune_by_magnitude(trained, active, config.density(level), config.scope)
-    model = build_seeded_model(config, splits, config.seed)
+    model = build_seeded_model(config, splits, config.init_seed)
     rewind_(model, rewind_state, masks)
     info = {"level": level, "variant": "imp", "target_density": config.density(level),
-            "init_seed": config.seed, "rewind_step": config.rewind_step}
+            "init_seed": config.init_seed, "rewind_step": config.rewind_step}
     summary = train_ticket(model, masks, splits, config.train, folder, info=info,
-                           keep_checkpoints=config.keep_checkpoints)
+                           keep_checkpoints=config.keep_level_checkpoints)
     return summary, masks
 
 
@@ -500,20 +472,20 @@ def _control(config: IMPConfig, splits: DatasetSplits, run: RunDir, level: int, 
                             "target_density": config.density(level),
                             "rewind_step": config.rewind_step}
     if name == "reinit":
-        seed = config.seed + REINIT_SEED_OFFSET + level
+        seed = config.init_seed + REINIT_SEED_OFFSET + level
         model = build_seeded_model(config, splits, seed)
         masks = imp_masks.clone()
         masks.apply_(model)
         info["init_seed"] = seed
     else:
-        seed = config.seed + RANDOM_MASK_SEED_OFFSET + level
+        seed = config.init_seed + RANDOM_MASK_SEED_OFFSET + level
         masks = matched_random_masks(imp_masks, seed)
-        model = build_seeded_model(config, splits, config.seed)
+        model = build_seeded_model(config, splits, config.init_seed)
         rewind_(model, rewind_state, masks)
-        info.update(init_seed=config.seed, mask_seed=seed)
+        info.update(init_seed=config.init_seed, mask_seed=seed)
     return train_ticket(model, masks, splits, config.train,
                         level_dir(run.path, level) / name, info=info,
-                        keep_checkpoints=config.keep_checkpoints)
+                        keep_checkpoints=config.keep_level_checkpoints)
 
 
 def _log_summary(summary: dict[str, Any], levels: int) -> None:
@@ -536,9 +508,10 @@ def run_imp(
 
     Args:
         config: the experiment.
-        run_dir: the run folder; finished levels/controls in it are skipped, an interrupted
-            one resumes from its checkpoint. A folder holding a different experiment is a
-            ``ValueError``.
+        run_dir: the run folder, claimed for ``config`` first (:meth:`RunDir.claim`; only
+            :data:`RESUMABLE_FIELDS` may differ, else ``ValueError``) and locked while the
+            run goes on; finished levels/controls in it are skipped, an interrupted one resumes
+            from its checkpoint.
         device: overrides ``config.train.device`` (``'cpu'``, ``'cuda'``, a ``torch.device``).
         splits: the data, if already loaded (default: :func:`load_splits`).
 
@@ -548,7 +521,14 @@ def run_imp(
     if device is not None:
         config = config.replace(train=config.train.replace(device=str(device)))
     run_dir = Path(run_dir)
-    run = _prepare_run(config, run_dir)
+    run = RunDir(run_dir)
+    with run.lock():
+        run.claim(config, may_differ=RESUMABLE_FIELDS, kind=KIND)
+        return _run_levels(config, run, splits)
+
+
+def _run_levels(config: IMPConfig, run: RunDir, splits: DatasetSplits | None) -> IMPResult:
+    run_dir = run.path
     splits = splits if splits is not None else load_splits(config)
     run.write_json(MODEL_FILE, {"input_shape": list(splits.input_shape),
                                 "num_classes": splits.num_classes})
@@ -588,7 +568,7 @@ def load_ticket(run_dir: str | Path, level: int | None = None
                          f"{sorted(done)}")
     shape = RunDir(run_dir).read_json(MODEL_FILE)
     model = build_seeded_model(config, _DataShape(tuple(shape["input_shape"]),
-                                                  int(shape["num_classes"])), config.seed)
+                                                  int(shape["num_classes"])), config.init_seed)
     masks = MaskSet.load(level_dir(run_dir, level) / "masks", model)
     rewind_(model, load_weights(run_dir / REWIND_FILE), masks)
     return config, model, masks
