@@ -58,7 +58,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["FitConfig", "FitResult", "LEARNED_SOLVERS", "LearnedSolver", "TUNED_FILE",
            "check_memory", "describe_problem", "fit_solver", "load_problem", "make_problem",
-           "problem_memory_bytes", "register_solver", "tuned_hyperparameters", "write_problem"]
+           "problem_memory_bytes", "register_solver", "tuned_hyperparameters", "unregister_solver",
+           "write_problem"]
 
 KINDS = ("trained", "tuned")
 TUNED_FILE = Path(__file__).with_name("hyperlista_tuned.json")
@@ -148,6 +149,13 @@ def register_solver(name: str, cls: type[UnrolledSolver], *, kind: str,
     LEARNED_SOLVERS.register(name, spec, replace=replace)
     SOLVERS[name] = cls            # build_solver / load_solver find it by name
     return spec
+
+
+def unregister_solver(name: str) -> None:
+    """Forget a registered solver (tests, notebooks); unknown names are ignored."""
+    if name in LEARNED_SOLVERS:
+        LEARNED_SOLVERS.unregister(name)
+        SOLVERS.pop(name, None)
 
 
 # --------------------------------------------------------------------------------------------
