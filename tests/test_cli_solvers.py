@@ -28,7 +28,7 @@ def test_bench_iters_zero_is_refused(cli):
 
 def test_cs_dct_refuses_a_different_atom_count(cli):
     line = one_line_error(cli, ["solvers", "cs", "--dictionary", "dct", "--n-atoms", "100"])
-    assert "exactly d = 256 atoms, got 100" in line
+    assert "dct dictionary of 16x16 patches has exactly d = 256 atoms, got 100" in line
 
 
 def test_cs_refuses_a_non_image_file(cli, tmp_path):

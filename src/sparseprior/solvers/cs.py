@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +33,20 @@ import numpy as np
 import torch
 
 from sparseprior.common.config import Config
+from sparseprior.common.registry import Registry
 from sparseprior.common.results import format_table
 from sparseprior.common.runs import RunDir
 from sparseprior.common.seeding import make_generator
-from sparseprior.common.validation import check_choice, check_positive_int
+from sparseprior.common.validation import check_positive_int
 from sparseprior.solvers.fit import LEARNED_SOLVERS, FitConfig, fit_solver
 from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BUNDLED_IMAGES", "CSConfig", "PatchProblem", "assemble_patches", "dct_dictionary",
-           "extract_patches", "learn_dictionary", "load_image", "load_images", "omp_codes", "psnr",
-           "random_patches", "run_cs", "sensing_matrix"]
+__all__ = ["BUNDLED_IMAGES", "CSConfig", "DICTIONARIES", "DictionarySpec", "PatchProblem",
+           "assemble_patches", "dct_dictionary", "extract_patches", "learn_dictionary",
+           "load_image", "load_images", "mbdl_dictionary", "omp_codes", "psnr", "random_patches",
+           "run_cs", "sensing_matrix"]
 
 #: scikit-image images shipped inside the package (none of them downloads).
 BUNDLED_IMAGES = ("astronaut", "camera", "coins", "moon", "page", "text", "coffee", "chelsea",
@@ -168,25 +170,24 @@ def dct_dictionary(size: int = 16) -> np.ndarray:
     return np.kron(C, C).T                        # columns: 2-D atoms (row-major patches)
 
 
-def learn_dictionary(patches: np.ndarray, n_atoms: int = 256, *, method: str = "mbdl",
-                     alpha: float = 0.1, max_iter: int = 5, seed: int = 0) -> np.ndarray:
-    """Dictionary (d, n_atoms) with unit-norm columns; column 0 is the constant atom.
+@dataclasses.dataclass(frozen=True)
+class DictionarySpec:
+    """``build(patches (N, d), n_atoms, *, alpha, max_iter, seed) -> D (d, n_atoms)``;
+    ``square``: the dictionary has exactly d atoms (a basis)."""
 
-    ``"mbdl"``: scikit-learn's MiniBatchDictionaryLearning (``n_atoms - 1`` atoms, sparsity
-    weight ``alpha``, ``max_iter`` passes) on mean-removed patches. ``"dct"``: the 2-D DCT
-    basis (needs ``n_atoms == d``; ``patches`` only give d).
-    """
-    check_choice(method, "method", ("mbdl", "dct"))
-    patches = np.asarray(patches, dtype=np.float64)
+    build: Callable[..., np.ndarray]
+    square: bool = False
+
+
+#: Dictionaries by name.
+DICTIONARIES: Registry[DictionarySpec] = Registry("dictionary")
+
+
+def mbdl_dictionary(patches: np.ndarray, n_atoms: int, *, alpha: float = 0.1,
+                    max_iter: int = 5, seed: int = 0) -> np.ndarray:
+    """scikit-learn's MiniBatchDictionaryLearning (``n_atoms - 1`` atoms, sparsity weight
+    ``alpha``, ``max_iter`` passes) on mean-removed patches, plus the constant atom."""
     d = patches.shape[1]
-    size = int(round(math.sqrt(d)))
-    if size * size != d:
-        raise ValueError(f"patches must be square (d = size^2), got d = {d}")
-    if method == "dct":
-        if n_atoms != d:
-            raise ValueError(f"the DCT dictionary has exactly d = {d} atoms, got n_atoms = "
-                             f"{n_atoms}")
-        return dct_dictionary(size)
     check_positive_int(n_atoms, "n_atoms")
     if n_atoms < 2:
         raise ValueError(f"n_atoms must be >= 2 (a DC atom plus learned ones), got {n_atoms}")
@@ -201,6 +202,33 @@ def learn_dictionary(patches: np.ndarray, n_atoms: int = 256, *, method: str = "
     norms = np.linalg.norm(D, axis=0)
     D[:, norms < 1e-12] = np.random.RandomState(seed).randn(d, int((norms < 1e-12).sum()))
     return D / np.linalg.norm(D, axis=0, keepdims=True)
+
+
+def _dct(patches: np.ndarray, n_atoms: int, **_: Any) -> np.ndarray:
+    """The 2-D DCT basis (needs ``n_atoms == d``; ``patches`` only give d)."""
+    d = patches.shape[1]
+    if n_atoms != d:
+        raise ValueError(f"the DCT dictionary has exactly d = {d} atoms, got n_atoms = "
+                         f"{n_atoms}")
+    return dct_dictionary(int(round(math.sqrt(d))))
+
+
+DICTIONARIES.register("mbdl", DictionarySpec(mbdl_dictionary))
+DICTIONARIES.register("dct", DictionarySpec(_dct, square=True))
+
+
+def learn_dictionary(patches: np.ndarray, n_atoms: int = 256, *, method: str = "mbdl",
+                     alpha: float = 0.1, max_iter: int = 5, seed: int = 0) -> np.ndarray:
+    """Dictionary (d, n_atoms) with unit-norm columns; column 0 is the constant atom.
+
+    ``method``: a name of :data:`DICTIONARIES` ("mbdl": learned; "dct": the 2-D DCT basis).
+    """
+    build = DICTIONARIES.get(method).build
+    patches = np.asarray(patches, dtype=np.float64)
+    d = patches.shape[1]
+    if int(round(math.sqrt(d))) ** 2 != d:
+        raise ValueError(f"patches must be square (d = size^2), got d = {d}")
+    return build(patches, n_atoms, alpha=alpha, max_iter=max_iter, seed=seed)
 
 
 def sensing_matrix(rate: float, d: int, seed: int = 0) -> np.ndarray:
@@ -283,7 +311,7 @@ class CSConfig(Config):
         rate: sampling rate M/d in (0, 1].
         size: patch side in pixels (d = size^2).
         n_atoms: dictionary atoms (None: d; the DCT dictionary has exactly d).
-        dictionary: mbdl (MiniBatchDictionaryLearning) or dct.
+        dictionary: a name of DICTIONARIES: mbdl (MiniBatchDictionaryLearning) or dct.
         n_train: random training patches.
         n_val: random validation patches.
         n_nonzero: OMP sparsity of the training codes.
@@ -314,13 +342,14 @@ class CSConfig(Config):
         sensing_matrix(self.rate, 1)                       # validates the rate
         for key in ("size", "n_train", "n_val", "n_nonzero", "dict_iter", "fista_iters"):
             check_positive_int(getattr(self, key), key)
-        check_choice(self.dictionary, "dictionary", ("mbdl", "dct"))
+        square = DICTIONARIES.get(self.dictionary).square
         d = self.size * self.size
         if self.n_atoms is not None:
             check_positive_int(self.n_atoms, "n_atoms")
-            if self.dictionary == "dct" and self.n_atoms != d:
-                raise ValueError(f"n_atoms: the DCT dictionary of {self.size}x{self.size} "
-                                 f"patches has exactly d = {d} atoms, got {self.n_atoms}")
+            if square and self.n_atoms != d:
+                raise ValueError(f"n_atoms: the {self.dictionary} dictionary of {self.size}x"
+                                 f"{self.size} patches has exactly d = {d} atoms, got "
+                                 f"{self.n_atoms}")
         self.lams, self.models = tuple(self.lams), tuple(self.models)
         if not self.lams or any(not (lam > 0) for lam in self.lams):
             raise ValueError(f"lams must be positive, got {self.lams!r}")
