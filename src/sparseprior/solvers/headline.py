@@ -134,6 +134,7 @@ class HeadlineConfig(Config):
                                  f"{LEARNED_SOLVERS.help()}")
         if self.max_train_steps is not None:
             check_positive_int(self.max_train_steps, "max_train_steps")
+        fit_config(self, "default")                   # validates the budget and the grid
         if not self.lams or any(not (lam > 0 and math.isfinite(lam)) for lam in self.lams):
             raise ValueError(f"lams must be positive numbers, got {self.lams!r}")
         for key in ("num_layers", "ista_iters", "fista_iters", "n_wall", "grid_rounds", "m",
