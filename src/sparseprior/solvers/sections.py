@@ -30,15 +30,15 @@ LAYER_TOLERANCE_DB = 1.0
 
 def quick_config():
     """The quick section: the default problem, 250 test samples; LISTA-CPSS and ALISTA trained
-    with the ``quick`` presets capped at 40 optimizer steps per stage (3 stages per layer,
-    early stopping by steps), HyperLISTA from the committed tuned setting refined by a
-    27-point grid; ISTA 2000 / FISTA 1000 iterations over 4 lambdas; wall-clock race on 1000
-    problems."""
+    with the ``quick`` presets (at most 80/30/30 and 40/15/15 optimizer steps in the 3 stages
+    of each layer, early stopping by steps), HyperLISTA from the committed tuned setting
+    refined by a 27-point grid; ISTA 2000 / FISTA 1000 iterations over 4 lambdas; wall-clock
+    race on 1000 problems."""
     from sparseprior.solvers.headline import HeadlineConfig
 
     return HeadlineConfig(problems=("default",), models=("LISTA-CPSS", "ALISTA", "HyperLISTA"),
                           lams=(0.05, 0.01, 0.002, 0.0005), ista_iters=2000, fista_iters=1000,
-                          n_eval=250, n_wall=1000, budget="quick", max_train_steps=40,
+                          n_eval=250, n_wall=1000, budget="quick",
                           grid_factors=(0.7, 1.0, 1.4), grid_rounds=1, grid_val_samples=250)
 
 
