@@ -118,6 +118,12 @@ def test_config_file_reruns_a_fit(cli, tmp_path):
     assert "tuned HyperLISTA (3 layers)" in out
     problem = json.loads((tmp_path / "run" / "problem.json").read_text())
     assert (problem["m"], problem["n"], problem["seed"]) == (10, 20, 2)
+    saved = json.loads((tmp_path / "run" / "fit.json").read_text())
+    assert saved["fit"]["grid_rounds"] == 1 and saved["fit"]["num_layers"] == 3
+    code, out, err = cli(["solvers", "train", "--config", str(tmp_path / "run" / "fit.json"),
+                          "--out", str(tmp_path / "rerun"), "--device", "cpu"])
+    assert code == 0, err
+    assert json.loads((tmp_path / "rerun" / "fit.json").read_text()) == saved
 
 
 def test_commands_are_thin():

@@ -265,10 +265,12 @@ def run_fit(run: RunDir, config: FitRun, *, problem_file: str | Path | None = No
             resume: bool = True, device: torch.device | str = "cpu",
             progress: bool | None = None) -> dict[str, Any]:
     """Fit ``config.solver`` into ``run`` (resumable), evaluate it on the test set; writes
-    ``problem.json``, ``model.safetensors`` and ``test_metrics.json``; returns the metrics
+    ``fit.json`` (rerun with ``solvers train --config fit.json``), ``problem.json``,
+    ``model.safetensors`` and ``test_metrics.json``; returns the metrics
     with ``kind``, ``seconds`` and ``checkpoint``."""
     problem = make_problem(config.problem, problem_file)
     run.write_json("problem.json", problem.config.to_dict())
+    run.write_json("fit.json", config.replace(problem=problem.config).to_dict())
     fitted = fit_solver(config.solver, problem, config.fit, device=device, run_dir=run,
                         resume=resume, progress=progress)
     metrics = evaluate_solver(fitted.model, problem, device)
