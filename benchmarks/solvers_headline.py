@@ -11,7 +11,7 @@
 ``W/headline/<problem>`` (``--no-wall``: without the wall-clock race); ``race`` runs the
 wall-clock race for every benchmarked problem one after the other (so no other process
 shares the device while it is timed); ``summarize`` writes ``W/headline/summary.{json,md}``.
-The same results come from ``sparseprior solvers bench --suite headline --checkpoints W/ckpt``.
+The same results come from ``sparseprior solvers headline --checkpoints W/ckpt``.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def bench(args: argparse.Namespace) -> None:
                             num_layers=args.layers, ista_iters=args.ista_iters,
                             fista_iters=args.fista_iters, n_eval=args.n_eval,
                             n_wall=args.n_wall, m=args.m, n=args.n, budget=args.budget,
-                            max_train_seconds=args.max_train_seconds,
+                            max_train_steps=args.max_train_steps,
                             wall_clock=not args.no_wall)
     start = time.perf_counter()
     data = run_headline_problem(RunDir(Path(args.out) / "headline" / args.problem),
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fista-iters", type=int, default=2000)
     parser.add_argument("--n-eval", type=int, default=None)
     parser.add_argument("--n-wall", type=int, default=10_000)
-    parser.add_argument("--max-train-seconds", type=float, default=None)
+    parser.add_argument("--max-train-steps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--no-wall", action="store_true")
     parser.add_argument("--m", type=int, default=250)

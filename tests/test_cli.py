@@ -33,7 +33,7 @@ def test_console_script_entry_point():
 def test_train_eval_and_mismatched_checkpoint(cli, tmp_path):
     out = tmp_path / "run"
     small = ["--m", "10", "--n", "20", "--seed", "1"]
-    code, text, _ = cli(["solvers", "train", "--model", "LISTA-CP", "--layers", "2",
+    code, text, _ = cli(["solvers", "train", "--solver", "LISTA-CP", "--num-layers", "2",
                           "--budget", "quick", "--out", str(out), "--device", "cpu", *small])
     assert code == 0 and "test NMSE at layer 2" in text
     ckpt = out / "model.safetensors"

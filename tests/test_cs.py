@@ -89,7 +89,8 @@ def test_pipeline_end_to_end(tmp_path):
                       (load_image("camera")[200:264, 200:264] * 255).astype(np.uint8))
     config = CSConfig(rate=0.5, size=8, n_atoms=64, dictionary="dct", n_train=600, n_val=100,
                       n_nonzero=8, fista_iters=100, lams=(0.01, 0.002),
-                      models=("ALISTA", "HyperLISTA"), max_train_seconds=3.0, num_layers=6)
+                      models=("ALISTA", "HyperLISTA"),
+                      fit=CSConfig().fit.replace(num_layers=6, max_stage_steps=20))
     data = run_cs(RunDir(tmp_path / "run"), config, train_images=train_dir,
                   test_images=test_dir)
     scores = {" ".join(row["solver"].split()[:2]): row["camera PSNR"] for row in data["rows"]}

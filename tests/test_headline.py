@@ -18,7 +18,7 @@ from sparseprior.solvers.unrolled import HyperLISTA
 
 TINY = {"m": 30, "n": 60, "n_eval": 64, "n_wall": 200, "ista_iters": 100, "fista_iters": 80,
         "lams": (0.05, 0.01, 0.002), "grid_factors": (0.5, 1.0, 2.0), "grid_rounds": 1,
-        "max_train_seconds": 1.0, "models": ("ALISTA", "HyperLISTA")}
+        "max_train_steps": 10, "models": ("ALISTA", "HyperLISTA")}
 
 
 @pytest.fixture(scope="module")
@@ -70,16 +70,16 @@ def test_cli_headline_reuses_checkpoints(cli, headline, tmp_path):
     for suffix in (".safetensors", ".json"):
         src = out / "snr20" / "checkpoints" / f"HyperLISTA{suffix}"
         (ck / src.name).write_bytes(src.read_bytes())
-    code, stdout, err = cli(["solvers", "bench", "--suite", "headline", "--problems", "default",
+    code, stdout, err = cli(["solvers", "headline", "--problems", "default",
                              "--models", "HyperLISTA", "--m", "30", "--n", "60", "--n-eval",
-                             "32", "--n-wall", "100", "--ista-iters", "50", "--iters", "40",
+                             "32", "--n-wall", "100", "--ista-iters", "50", "--fista-iters", "40",
                              "--checkpoints", str(tmp_path / "ck"), "--out",
                              str(tmp_path / "run"), "--device", "cpu"])
     assert code == 0, err
     data = json.loads((tmp_path / "run" / "default" / "headline.json").read_text())
     assert data["learned"]["HyperLISTA"]["source"].endswith("HyperLISTA.safetensors")
     assert "HyperLISTA" in stdout
-    code, _, err = cli(["solvers", "bench", "--suite", "headline", "--problems", "nope"])
+    code, _, err = cli(["solvers", "headline", "--problems", "nope"])
     assert code == 2 and "unknown headline problem 'nope'" in err
 
 

@@ -60,7 +60,8 @@ def test_bad_config(problem):
 
 
 def test_cli_tune(cli, tmp_path):
-    code, out, err = cli(["solvers", "tune", "--trials", "5", "--layers", "4", "--m", "30",
+    code, out, err = cli(["solvers", "tune", "--tuning-n-trials", "5", "--tuning-num-layers", "4",
+                          "--m", "30",
                           "--n", "60", "--seed", "3", "--out", str(tmp_path / "t"),
                           "--device", "cpu"])
     assert code == 0, err

@@ -56,7 +56,7 @@ LEFT=$(( TOTAL - $(elapsed) - 40 ))
 for P in $PROBLEMS; do
   timeout "$LEFT" $PY benchmarks/solvers_headline.py bench --problem "$P" --out "$W" \
     --device "$DEVICE" --models "$BENCH_MODELS" $SIZE $BENCH_ARGS \
-    --max-train-seconds 5 --no-wall > "$W/bench-$P.log" 2>&1 &
+    --max-train-steps 20 --no-wall > "$W/bench-$P.log" 2>&1 &
 done
 wait
 for P in $PROBLEMS; do cat "$W/bench-$P.log" >> "$LOG"; done

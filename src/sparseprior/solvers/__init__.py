@@ -2,10 +2,13 @@
 
 ::
 
-    from sparseprior.solvers import ProblemConfig, SparseRecoveryProblem, build_solver
+    from sparseprior.solvers import FitConfig, ProblemConfig, SparseRecoveryProblem, fit_solver
     prob = SparseRecoveryProblem.generate(ProblemConfig())
-    model = build_solver("LISTA-CPSS", prob.A, num_layers=16)
-    train_staged(model, prob, BUDGETS["quick"])
+    fitted = fit_solver("LISTA-CPSS", prob, FitConfig(budget="quick"))   # trained
+    fitted = fit_solver("HyperLISTA", prob)                               # tuned
+    fitted.model, fitted.kind, fitted.info["val_nmse_db"]
+
+A new learned solver is one class plus :func:`register_solver` (docs/extending.md).
 """
 
 from sparseprior.solvers.classic import (
@@ -15,6 +18,14 @@ from sparseprior.solvers.classic import (
     lasso_objective,
     soft_threshold,
     support_oracle_ls,
+)
+from sparseprior.solvers.fit import (
+    LEARNED_SOLVERS,
+    FitConfig,
+    FitResult,
+    LearnedSolver,
+    fit_solver,
+    register_solver,
 )
 from sparseprior.solvers.metrics import (
     nmse_db,
@@ -43,9 +54,10 @@ from sparseprior.solvers.unrolled import (
 )
 
 __all__ = [
-    "BUDGETS", "LISTA", "LISTA_CP", "LISTA_CPSS", "LISTA_SS", "SOLVERS", "ClassicResult",
-    "ProblemConfig", "SparseRecoveryProblem", "StagedTrainingConfig", "TiLISTA",
-    "TrainingResult", "UnrolledSolver", "build_solver", "fista", "ista", "lasso_objective",
-    "load_solver", "nmse_db", "nmse_db_per_step", "per_sample_nmse_db", "save_solver",
-    "soft_threshold", "support_oracle_ls", "support_recovery", "train_staged",
+    "BUDGETS", "LEARNED_SOLVERS", "LISTA", "LISTA_CP", "LISTA_CPSS", "LISTA_SS", "SOLVERS",
+    "ClassicResult", "FitConfig", "FitResult", "LearnedSolver", "ProblemConfig",
+    "SparseRecoveryProblem", "StagedTrainingConfig", "TiLISTA", "TrainingResult",
+    "UnrolledSolver", "build_solver", "fista", "fit_solver", "ista", "lasso_objective",
+    "load_solver", "nmse_db", "nmse_db_per_step", "per_sample_nmse_db", "register_solver",
+    "save_solver", "soft_threshold", "support_oracle_ls", "support_recovery", "train_staged",
 ]

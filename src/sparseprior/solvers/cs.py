@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +33,28 @@ import numpy as np
 import torch
 
 from sparseprior.common.config import Config
+from sparseprior.common.registry import Registry
 from sparseprior.common.results import format_table
 from sparseprior.common.runs import RunDir
 from sparseprior.common.seeding import make_generator
-from sparseprior.common.validation import check_choice, check_positive_int
+from sparseprior.common.validation import check_positive_int
+from sparseprior.solvers.fit import LEARNED_SOLVERS, FitConfig, fit_solver
 from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BUNDLED_IMAGES", "CSConfig", "PatchProblem", "assemble_patches", "dct_dictionary",
-           "extract_patches", "learn_dictionary", "load_image", "load_images", "omp_codes", "psnr",
-           "random_patches", "run_cs", "sensing_matrix"]
+__all__ = ["BUNDLED_IMAGES", "CSConfig", "DICTIONARIES", "DictionarySpec", "PatchProblem",
+           "assemble_patches", "dct_dictionary", "extract_patches", "learn_dictionary",
+           "load_image", "load_images", "mbdl_dictionary", "omp_codes", "psnr", "random_patches",
+           "run_cs", "sensing_matrix"]
 
 #: scikit-image images shipped inside the package (none of them downloads).
 BUNDLED_IMAGES = ("astronaut", "camera", "coins", "moon", "page", "text", "coffee", "chelsea",
                   "rocket", "brick", "grass", "gravel", "clock", "immunohistochemistry",
                   "hubble_deep_field")
+#: The default training / test images of :func:`run_cs` (disjoint).
+TRAIN_IMAGES = ("astronaut", "coffee", "chelsea", "rocket", "brick", "grass")
+TEST_IMAGES = ("camera", "coins", "moon")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
@@ -80,11 +86,20 @@ def load_image(name: str | Path) -> np.ndarray:
     if not path.is_file():
         raise ValueError(f"image {str(name)!r} is neither a bundled image "
                          f"({', '.join(BUNDLED_IMAGES)}) nor an existing file")
-    return _to_gray(skimage.io.imread(path), str(path))
+    try:
+        image = skimage.io.imread(path)
+    except Exception as err:  # imageio/PIL raise many types for non-image files
+        raise ValueError(f"image {str(path)!r} is not a readable image file "
+                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+                         ) from None
+    return _to_gray(np.asarray(image), str(path))
 
 
 def load_images(names: Sequence[str | Path] | str | Path) -> dict[str, np.ndarray]:
-    """Images by name: a sequence of bundled names/files, or one folder of image files."""
+    """Images by name: a sequence of bundled names/files, a comma-separated string of them, or
+    one folder of image files."""
+    if isinstance(names, str) and "," in names:
+        names = [n.strip() for n in names.split(",") if n.strip()]
     if isinstance(names, (str, Path)) and Path(names).is_dir():
         files = sorted(p for p in Path(names).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
@@ -155,25 +170,24 @@ def dct_dictionary(size: int = 16) -> np.ndarray:
     return np.kron(C, C).T                        # columns: 2-D atoms (row-major patches)
 
 
-def learn_dictionary(patches: np.ndarray, n_atoms: int = 256, *, method: str = "mbdl",
-                     alpha: float = 0.1, max_iter: int = 5, seed: int = 0) -> np.ndarray:
-    """Dictionary (d, n_atoms) with unit-norm columns; column 0 is the constant atom.
+@dataclasses.dataclass(frozen=True)
+class DictionarySpec:
+    """``build(patches (N, d), n_atoms, *, alpha, max_iter, seed) -> D (d, n_atoms)``;
+    ``square``: the dictionary has exactly d atoms (a basis)."""
 
-    ``"mbdl"``: scikit-learn's MiniBatchDictionaryLearning (``n_atoms - 1`` atoms, sparsity
-    weight ``alpha``, ``max_iter`` passes) on mean-removed patches. ``"dct"``: the 2-D DCT
-    basis (needs ``n_atoms == d``; ``patches`` only give d).
-    """
-    check_choice(method, "method", ("mbdl", "dct"))
-    patches = np.asarray(patches, dtype=np.float64)
+    build: Callable[..., np.ndarray]
+    square: bool = False
+
+
+#: Dictionaries by name.
+DICTIONARIES: Registry[DictionarySpec] = Registry("dictionary")
+
+
+def mbdl_dictionary(patches: np.ndarray, n_atoms: int, *, alpha: float = 0.1,
+                    max_iter: int = 5, seed: int = 0) -> np.ndarray:
+    """scikit-learn's MiniBatchDictionaryLearning (``n_atoms - 1`` atoms, sparsity weight
+    ``alpha``, ``max_iter`` passes) on mean-removed patches, plus the constant atom."""
     d = patches.shape[1]
-    size = int(round(math.sqrt(d)))
-    if size * size != d:
-        raise ValueError(f"patches must be square (d = size^2), got d = {d}")
-    if method == "dct":
-        if n_atoms != d:
-            raise ValueError(f"the DCT dictionary has exactly d = {d} atoms, got n_atoms = "
-                             f"{n_atoms}")
-        return dct_dictionary(size)
     check_positive_int(n_atoms, "n_atoms")
     if n_atoms < 2:
         raise ValueError(f"n_atoms must be >= 2 (a DC atom plus learned ones), got {n_atoms}")
@@ -188,6 +202,33 @@ def learn_dictionary(patches: np.ndarray, n_atoms: int = 256, *, method: str = "
     norms = np.linalg.norm(D, axis=0)
     D[:, norms < 1e-12] = np.random.RandomState(seed).randn(d, int((norms < 1e-12).sum()))
     return D / np.linalg.norm(D, axis=0, keepdims=True)
+
+
+def _dct(patches: np.ndarray, n_atoms: int, **_: Any) -> np.ndarray:
+    """The 2-D DCT basis (needs ``n_atoms == d``; ``patches`` only give d)."""
+    d = patches.shape[1]
+    if n_atoms != d:
+        raise ValueError(f"the DCT dictionary has exactly d = {d} atoms, got n_atoms = "
+                         f"{n_atoms}")
+    return dct_dictionary(int(round(math.sqrt(d))))
+
+
+DICTIONARIES.register("mbdl", DictionarySpec(mbdl_dictionary))
+DICTIONARIES.register("dct", DictionarySpec(_dct, square=True))
+
+
+def learn_dictionary(patches: np.ndarray, n_atoms: int = 256, *, method: str = "mbdl",
+                     alpha: float = 0.1, max_iter: int = 5, seed: int = 0) -> np.ndarray:
+    """Dictionary (d, n_atoms) with unit-norm columns; column 0 is the constant atom.
+
+    ``method``: a name of :data:`DICTIONARIES` ("mbdl": learned; "dct": the 2-D DCT basis).
+    """
+    build = DICTIONARIES.get(method).build
+    patches = np.asarray(patches, dtype=np.float64)
+    d = patches.shape[1]
+    if int(round(math.sqrt(d))) ** 2 != d:
+        raise ValueError(f"patches must be square (d = size^2), got d = {d}")
+    return build(patches, n_atoms, alpha=alpha, max_iter=max_iter, seed=seed)
 
 
 def sensing_matrix(rate: float, d: int, seed: int = 0) -> np.ndarray:
@@ -255,19 +296,37 @@ class PatchProblem(SparseRecoveryProblem):
 # --------------------------------------------------------------------------------------------
 # The experiment
 # --------------------------------------------------------------------------------------------
+def _cs_fit() -> FitConfig:
+    """Fitting defaults for image patches: HyperLISTA's shipped setting was tuned on Gaussian
+    A, so its grid spans 0.1x-30x; 500 validation patches score the search."""
+    return FitConfig(grid_factors=(0.1, 0.3, 1.0, 3.0, 10.0, 30.0), grid_rounds=2,
+                     val_samples=500)
+
+
 @dataclasses.dataclass
 class CSConfig(Config):
-    """rate: sampling rate M/d in (0, 1]. size: patch side. n_atoms: dictionary size.
-    dictionary: "mbdl" or "dct". n_train / n_val: random training / validation patches.
-    n_nonzero: OMP sparsity of the training codes. dict_iter: MBDL passes. lams: FISTA's
-    lambda grid (tuned on validation patches); fista_iters: its iterations (FISTA is also
-    reported after ``num_layers`` iterations, the learned solvers' depth). models: learned
-    solvers ("ALISTA", "HyperLISTA", "LISTA-CPSS", ...); budget: their staged-training preset;
-    max_train_seconds: time budget per trained solver. num_layers: T. seed: everything random."""
+    """Compressive sensing of image patches (see the module docstring).
+
+    Attributes:
+        rate: sampling rate M/d in (0, 1].
+        size: patch side in pixels (d = size^2).
+        n_atoms: dictionary atoms (None: d; the DCT dictionary has exactly d).
+        dictionary: a name of DICTIONARIES: mbdl (MiniBatchDictionaryLearning) or dct.
+        n_train: random training patches.
+        n_val: random validation patches.
+        n_nonzero: OMP sparsity of the training codes.
+        dict_iter: MBDL passes.
+        lams: FISTA's lambda grid (tuned on validation patches).
+        fista_iters: FISTA iterations (FISTA is also reported after num_layers iterations,
+            the learned solvers' depth).
+        models: learned solvers (comma-separated names).
+        fit: how the learned solvers are trained or tuned.
+        seed: seeds everything random.
+    """
 
     rate: float = 0.5
     size: int = 16
-    n_atoms: int = 256
+    n_atoms: int | None = None
     dictionary: str = "mbdl"
     n_train: int = 8000
     n_val: int = 1000
@@ -276,20 +335,31 @@ class CSConfig(Config):
     lams: tuple[float, ...] = (0.2, 0.1, 0.05, 0.02, 0.01, 0.005)
     fista_iters: int = 500
     models: tuple[str, ...] = ("LISTA-CPSS", "ALISTA", "HyperLISTA")
-    budget: str = "quick"
-    max_train_seconds: float | None = None
-    num_layers: int = 16
+    fit: FitConfig = dataclasses.field(default_factory=_cs_fit)
     seed: int = 0
 
     def validate(self) -> None:
         sensing_matrix(self.rate, 1)                       # validates the rate
-        for key in ("size", "n_atoms", "n_train", "n_val", "n_nonzero", "dict_iter",
-                    "fista_iters", "num_layers"):
+        for key in ("size", "n_train", "n_val", "n_nonzero", "dict_iter", "fista_iters"):
             check_positive_int(getattr(self, key), key)
-        check_choice(self.dictionary, "dictionary", ("mbdl", "dct"))
+        square = DICTIONARIES.get(self.dictionary).square
+        d = self.size * self.size
+        if self.n_atoms is not None:
+            check_positive_int(self.n_atoms, "n_atoms")
+            if square and self.n_atoms != d:
+                raise ValueError(f"n_atoms: the {self.dictionary} dictionary of {self.size}x"
+                                 f"{self.size} patches has exactly d = {d} atoms, got "
+                                 f"{self.n_atoms}")
         self.lams, self.models = tuple(self.lams), tuple(self.models)
         if not self.lams or any(not (lam > 0) for lam in self.lams):
             raise ValueError(f"lams must be positive, got {self.lams!r}")
+        for name in self.models:
+            LEARNED_SOLVERS.get(name)
+
+    @property
+    def atoms(self) -> int:
+        """Dictionary atoms actually used."""
+        return self.size * self.size if self.n_atoms is None else self.n_atoms
 
 
 def build_patch_problem(train_images: dict[str, np.ndarray], config: CSConfig
@@ -301,7 +371,7 @@ def build_patch_problem(train_images: dict[str, np.ndarray], config: CSConfig
     rng = np.random.RandomState(config.seed)
     pool = pool[rng.permutation(len(pool))]
     train, val = pool[:config.n_train], pool[config.n_train:]
-    n_atoms = size * size if config.dictionary == "dct" else config.n_atoms
+    n_atoms = config.atoms
     D = learn_dictionary(train[:min(len(train), 10_000)], n_atoms, method=config.dictionary,
                          max_iter=config.dict_iter, seed=config.seed)
     Phi = sensing_matrix(config.rate, size * size, config.seed + 1)
@@ -331,16 +401,12 @@ def _tune_fista_lambda(problem: PatchProblem, config: CSConfig) -> tuple[float, 
 
 
 def run_cs(run: RunDir, config: CSConfig | None = None, *,
-           train_images: Sequence[str | Path] | str | Path = ("astronaut", "coffee", "chelsea",
-                                                              "rocket", "brick", "grass"),
-           test_images: Sequence[str | Path] | str | Path = ("camera", "coins", "moon"),
+           train_images: Sequence[str | Path] | str | Path = TRAIN_IMAGES,
+           test_images: Sequence[str | Path] | str | Path = TEST_IMAGES,
            device: torch.device | str = "cpu") -> dict[str, Any]:
     """Run the pipeline (module docstring); write ``cs.json``, ``table.md`` and a figure."""
     from sparseprior.solvers.classic import fista
-    from sparseprior.solvers.headline import tuned_hyperparameters
-    from sparseprior.solvers.training import budget_for, train_staged
-    from sparseprior.solvers.tuning import grid_search_hyperlista
-    from sparseprior.solvers.unrolled import HyperLISTA, build_solver, save_solver
+    from sparseprior.solvers.unrolled import save_solver
 
     config = config or CSConfig()
     start = time.perf_counter()
@@ -353,31 +419,18 @@ def run_cs(run: RunDir, config: CSConfig | None = None, *,
     problem = build_patch_problem(train, config)
     setup_s = time.perf_counter() - start
     lam, lam_scores = _tune_fista_lambda(problem, config)
+    T = config.fit.num_layers
     solvers: dict[str, Any] = {
         f"FISTA ({config.fista_iters} it, lambda={lam:g})":
             lambda y: fista(problem.A, y, lam, max_iter=config.fista_iters).x,
-        f"FISTA ({config.num_layers} it, lambda={lam:g})":
-            lambda y: fista(problem.A, y, lam, max_iter=config.num_layers).x}
+        f"FISTA ({T} it, lambda={lam:g})": lambda y: fista(problem.A, y, lam, max_iter=T).x}
     info: dict[str, Any] = {}
     for name in config.models:
-        t0 = time.perf_counter()
-        if name == "HyperLISTA":
-            res = grid_search_hyperlista(problem, tuned_hyperparameters(),
-                                         factors=(0.1, 0.3, 1.0, 3.0, 10.0, 30.0), rounds=2,
-                                         num_layers=config.num_layers, val_samples=500)
-            info["HyperLISTA-grid"] = {"best": res.best, "val_nmse_db": res.best_nmse_db}
-            model = HyperLISTA(problem.A, num_layers=config.num_layers, **res.best)
-        else:
-            model = build_solver(name, problem.A, num_layers=config.num_layers)
-            train_cfg = budget_for(name, config.budget)
-            if config.max_train_seconds is not None:
-                train_cfg = train_cfg.replace(max_seconds=config.max_train_seconds)
-            train_staged(model, problem, train_cfg, device=device, progress=False)
-        model = model.cpu().eval()
+        fitted = fit_solver(name, problem, config.fit, device=device)
+        model = fitted.model.cpu().eval()
         save_solver(model, run.path / "checkpoints" / name)
-        info[name] = {"fit_seconds": time.perf_counter() - t0, "n_params": model.n_params}
-        solvers[f"{name} ({config.num_layers} layers)"] = (
-            lambda y, model=model: model(y)[-1])
+        info[name] = {"kind": fitted.kind, **fitted.info}
+        solvers[f"{name} ({T} layers)"] = lambda y, model=model: model(y)[-1]
     rows, recon = [], {}
     for solver_name, solve in solvers.items():
         row: dict[str, Any] = {"solver": solver_name}

@@ -1,5 +1,6 @@
 """Solver experiments: classic baselines over a lambda grid, learned-solver evaluation, the
-benchmark table/plot (the ``reproduce`` section is :func:`.headline.solvers_section`).
+benchmark table/plot, and the runners behind ``sparseprior solvers train/eval/bench`` (the
+``reproduce`` section is :func:`.sections.solvers_section`).
 
 All NMSE figures are on the problem's fixed 1000-sample test set (GUIDE.md definition).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,16 +18,20 @@ from typing import Any
 
 import torch
 
+from sparseprior.common.config import Config
 from sparseprior.common.results import format_table
 from sparseprior.common.runs import RunDir
+from sparseprior.common.validation import check_positive_int
 from sparseprior.solvers.classic import fista, ista, support_oracle_ls
+from sparseprior.solvers.fit import LEARNED_SOLVERS, FitConfig, fit_solver, make_problem
 from sparseprior.solvers.metrics import (
     nmse_db,
     nmse_db_per_step,
     per_sample_nmse_db,
     support_recovery,
 )
-from sparseprior.solvers.problems import SparseRecoveryProblem
+from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem
+from sparseprior.solvers.tuning import TuningConfig
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +148,35 @@ def plot_nmse(path: Path, learned: dict[str, list[float]], sweep: ClassicSweep,
 
 
 @dataclasses.dataclass
+class BenchConfig(Config):
+    """The LISTA-family benchmark on one problem.
+
+    Attributes:
+        models: learned solvers (comma-separated names).
+        fit: how the learned solvers are trained or tuned.
+        lams: the lambda grid of ISTA/FISTA.
+        iters: ISTA/FISTA iterations.
+        problem: the generated problem (ignored when a problem is given).
+    """
+
+    models: tuple[str, ...] = LISTA_FAMILY
+    fit: FitConfig = dataclasses.field(default_factory=FitConfig)
+    lams: tuple[float, ...] = DEFAULT_LAMS
+    iters: int = 1000
+    problem: ProblemConfig = dataclasses.field(default_factory=ProblemConfig)
+
+    def validate(self) -> None:
+        self.models, self.lams = tuple(self.models), tuple(float(v) for v in self.lams)
+        if not self.models:
+            raise ValueError("models must name at least one learned solver")
+        for name in self.models:
+            LEARNED_SOLVERS.get(name)
+        if not self.lams or any(not (math.isfinite(v) and v > 0) for v in self.lams):
+            raise ValueError(f"lams must be positive numbers, got {self.lams!r}")
+        check_positive_int(self.iters, "iters")
+
+
+@dataclasses.dataclass
 class BenchmarkResult:
     learned: dict[str, dict[str, Any]]
     sweep: ClassicSweep
@@ -150,21 +185,17 @@ class BenchmarkResult:
     classic_rows: list[dict[str, Any]]
 
 
-def run_benchmark(run: RunDir, problem: SparseRecoveryProblem, models: Sequence[str],
-                  *, budget: str = "quick", num_layers: int = 16,
-                  lams: Sequence[float] = DEFAULT_LAMS, max_iter: int = 1000,
-                  device: torch.device | str = "cpu", progress: bool | None = None,
+def run_benchmark(run: RunDir, problem: SparseRecoveryProblem, config: BenchConfig | None = None,
+                  *, device: torch.device | str = "cpu", progress: bool | None = None,
                   checkpoints: Path | None = None) -> BenchmarkResult:
-    """Train (or load from ``checkpoints``) each model, run the classic sweep, write
-    ``benchmark.json``, ``table.md`` and ``nmse_vs_layer.png`` into ``run``."""
-    from sparseprior.solvers.training import budget_for, train_staged
-    from sparseprior.solvers.unrolled import build_solver, load_solver, save_solver
+    """Fit (:func:`~.fit.fit_solver`) or load from ``checkpoints`` each model, run the classic
+    sweep, write ``benchmark.json``, ``table.md`` and ``nmse_vs_layer.png`` into ``run``."""
+    from sparseprior.solvers.unrolled import load_solver, save_solver
 
-    run.write_json("config.json", {"problem": problem.config.to_dict(), "models": list(models),
-                                   "budget": budget, "num_layers": num_layers,
-                                   "lams": list(lams), "max_iter": max_iter})
+    config = config or BenchConfig()
+    run.write_json("config.json", {**config.to_dict(), "problem": problem.config.to_dict()})
     learned: dict[str, dict[str, Any]] = {}
-    for name in models:
+    for name in config.models:
         ckpt = (checkpoints or run.path / "checkpoints") / f"{name}.safetensors"
         if ckpt.exists():
             model = load_solver(ckpt, A=problem.A)
@@ -172,23 +203,22 @@ def run_benchmark(run: RunDir, problem: SparseRecoveryProblem, models: Sequence[
                 "train_seconds")
             log.info("loaded %s from %s", name, ckpt)
         else:
-            model = build_solver(name, problem.A, num_layers=num_layers)
-            result = train_staged(model, problem, budget_for(name, budget),
-                                  run_dir=run.path / "training" / name, device=device,
-                                  progress=progress)
-            seconds = result.total_wall_s
+            fitted = fit_solver(name, problem, config.fit, device=device,
+                                run_dir=run.path / "training" / name, progress=progress)
+            model, seconds = fitted.model, fitted.info["seconds"]
             save_solver(model, run.path / "checkpoints" / f"{name}.safetensors",
-                        meta={"train_seconds": seconds, "budget": budget})
+                        meta={"train_seconds": seconds, "budget": config.fit.budget})
         metrics = evaluate_solver(model, problem, device)
         metrics["train_seconds"] = seconds
         metrics["n_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         learned[name] = metrics
         run.write_json("learned.json", learned)  # survive an interruption
-    sweep = classic_sweep(problem, lams, max_iter=max_iter, device=device)
+    sweep = classic_sweep(problem, config.lams, max_iter=config.iters, device=device)
     floor = oracle_floor(problem)
     rows = []
     for name, m in learned.items():
-        row: dict[str, Any] = {"solver": name, "params": m["n_params"]}
+        row: dict[str, Any] = {"solver": name, "kind": LEARNED_SOLVERS.get(name).kind,
+                               "params": m["n_params"]}
         row.update({f"L{t}": m["nmse_db"][t - 1] for t in (1, 2, 4, 8, 12, 16)
                     if t <= len(m["nmse_db"])})
         row[f"median sample L{len(m['nmse_db'])}"] = m["median_sample_nmse_db"]
@@ -207,3 +237,85 @@ def run_benchmark(run: RunDir, problem: SparseRecoveryProblem, models: Sequence[
               sweep, f"NMSE on the test set, {problem!r}",
               floor if problem.config.snr_db is not None else None)
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# Runners behind ``sparseprior solvers train / eval``
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class FitRun(Config):
+    """Fit one learned solver on one problem.
+
+    Attributes:
+        solver: the learned solver to train or tune.
+        fit: how it is trained or tuned.
+        problem: the generated problem (ignored when a problem file is given).
+    """
+
+    solver: str = dataclasses.field(default="LISTA-CPSS", metadata={
+        "help": f"the learned solver to train or tune: {LEARNED_SOLVERS.help()}."})
+    fit: FitConfig = dataclasses.field(default_factory=FitConfig)
+    problem: ProblemConfig = dataclasses.field(default_factory=ProblemConfig)
+
+    def validate(self) -> None:
+        LEARNED_SOLVERS.get(self.solver)
+
+
+def run_fit(run: RunDir, config: FitRun, *, problem_file: str | Path | None = None,
+            resume: bool = True, device: torch.device | str = "cpu",
+            progress: bool | None = None) -> dict[str, Any]:
+    """Fit ``config.solver`` into ``run`` (resumable), evaluate it on the test set; writes
+    ``fit.json`` (rerun with ``solvers train --config fit.json``), ``problem.json``,
+    ``model.safetensors`` and ``test_metrics.json``; returns the metrics
+    with ``kind``, ``seconds`` and ``checkpoint``."""
+    problem = make_problem(config.problem, problem_file)
+    run.write_json("problem.json", problem.config.to_dict())
+    run.write_json("fit.json", config.replace(problem=problem.config).to_dict())
+    fitted = fit_solver(config.solver, problem, config.fit, device=device, run_dir=run,
+                        resume=resume, progress=progress)
+    metrics = evaluate_solver(fitted.model, problem, device)
+    run.write_json("test_metrics.json", metrics)
+    return {**metrics, "kind": fitted.kind, "seconds": fitted.info["seconds"],
+            "checkpoint": str(run.file("model.safetensors"))}
+
+
+def run_eval(checkpoint: str | Path, problem: ProblemConfig | None = None, *,
+             problem_file: str | Path | None = None,
+             device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Per-layer test NMSE(dB) and support recovery of a saved solver on a problem."""
+    from sparseprior.solvers.unrolled import load_solver
+
+    prob = make_problem(problem, problem_file)
+    return evaluate_solver(load_solver(checkpoint, A=prob.A), prob, device)
+
+
+@dataclasses.dataclass
+class TuneRun(Config):
+    """Tune HyperLISTA with Optuna on one problem.
+
+    Attributes:
+        tuning: the Optuna search.
+        problem: the generated problem (ignored when a problem file is given).
+        study_name: the study's name in the storage (an existing study is resumed).
+    """
+
+    tuning: TuningConfig = dataclasses.field(default_factory=TuningConfig)
+    problem: ProblemConfig = dataclasses.field(default_factory=ProblemConfig)
+    study_name: str = "hyperlista"
+
+
+def run_tune(run: RunDir, config: TuneRun, *, storage: str | None = None,
+             problem_file: str | Path | None = None,
+             device: torch.device | str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """Optuna search (:func:`~.tuning.tune_hyperlista`) into ``run``, then the test metrics
+    of the best solver (``test_metrics.json``). ``storage``: an Optuna URL (default SQLite in
+    ``run``; its password never reaches files or logs). Returns (TuningResult, metrics)."""
+    from sparseprior.solvers.tuning import tune_hyperlista
+    from sparseprior.solvers.unrolled import load_solver
+
+    problem = make_problem(config.problem, problem_file)
+    res = tune_hyperlista(problem, config.tuning, run_dir=run, storage=storage,
+                          study_name=config.study_name, device=device)
+    metrics = evaluate_solver(load_solver(res.model_path, A=problem.A), problem, device)
+    run.write_json("test_metrics.json", metrics)
+    return res, metrics

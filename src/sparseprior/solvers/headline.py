@@ -16,10 +16,11 @@ For each problem of the suite (default noiseless; SNR 40/30/20 dB; condition num
   and FISTA's best NMSE within its iteration cap, so every solver reaches it.
 
 Learned solvers come from ``checkpoints/<problem>/<solver>.safetensors`` when present;
-otherwise they are trained here with the staged schedule (``budget``), and HyperLISTA is tuned
-with the Optuna-free grid search around the committed tuned setting
-(``hyperlista_tuned.json``). Results: ``<out>/<problem>/headline.json``, ``table.md``, a plot,
-and a summary over all problems (``summary.json``, ``summary.md``).
+otherwise they are fitted here by :func:`~.fit.fit_solver`: trained solvers with the staged
+schedule (``budget``), tuned ones (HyperLISTA) by the Optuna-free grid search around the
+committed tuned setting (``hyperlista_tuned.json``). Results:
+``<out>/<problem>/headline.json``, ``table.md``, a plot, and a summary over all problems
+(``summary.json``, ``summary.md``).
 """
 
 from __future__ import annotations
@@ -36,11 +37,17 @@ from typing import Any
 import torch
 
 from sparseprior.common.config import Config
-from sparseprior.common.results import Section, format_table
+from sparseprior.common.results import format_table
 from sparseprior.common.runs import RunDir
 from sparseprior.common.validation import check_positive_int
 from sparseprior.solvers.classic import fista, ista, support_oracle_ls
 from sparseprior.solvers.experiments import ClassicSweep, iterations_to_reach, plot_nmse
+from sparseprior.solvers.fit import (
+    LEARNED_SOLVERS,
+    FitConfig,
+    fit_solver,
+    tuned_hyperparameters,
+)
 from sparseprior.solvers.metrics import (
     nmse_db,
     nmse_db_per_step,
@@ -48,12 +55,12 @@ from sparseprior.solvers.metrics import (
     per_sample_nmse_db,
 )
 from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem
-from sparseprior.solvers.unrolled import HyperLISTA, UnrolledSolver, load_solver, save_solver
+from sparseprior.solvers.unrolled import UnrolledSolver, load_solver, save_solver
 
 log = logging.getLogger(__name__)
 
 __all__ = ["HEADLINE_PROBLEMS", "HeadlineConfig", "LEARNED", "add_wall_clock", "get_solver",
-           "run_headline", "solvers_section",
+           "fit_config", "run_headline",
            "run_headline_problem", "summarize_headline", "tuned_hyperparameters"]
 
 #: Problem name -> ProblemConfig fields (everything else default: m=250, n=500, p=0.1).
@@ -67,21 +74,33 @@ HEADLINE_PROBLEMS: dict[str, dict[str, float]] = {
 }
 LEARNED = ("LISTA", "LISTA-CPSS", "ALISTA", "HyperLISTA")
 CLASSIC = ("ISTA", "FISTA", "FISTA-cont")
-TUNED_FILE = Path(__file__).with_name("hyperlista_tuned.json")
 
 
 @dataclasses.dataclass
 class HeadlineConfig(Config):
-    """problems: names from :data:`HEADLINE_PROBLEMS`. models: learned solvers. num_layers: T.
-    lams: the LASSO weights tried by every classic solver. ista_iters, fista_iters: iteration
-    caps (FISTA-cont shares ``fista_iters``). continuation: FISTA-cont's factor per iteration.
-    n_eval: test samples used (None: the whole test set). n_wall: problems in the wall-clock
-    race. budget: staged-training preset for solvers without a checkpoint; max_train_seconds:
-    a time budget per trained solver (None: none). grid_factors, grid_rounds,
-    grid_val_samples: HyperLISTA's grid search (validation samples used; None: all).
-    wall_clock: run the wall-clock race (else later with :func:`add_wall_clock`). seed:
-    seeds the wall-clock problems. m, n: problem size (the suite's is 250 x 500; smaller sizes
-    are for smoke tests)."""
+    """The headline benchmark (module docstring).
+
+    Attributes:
+        problems: problems of the suite (default, snr40, snr30, snr20, kappa5, kappa30).
+        models: learned solvers.
+        num_layers: unrolled layers T.
+        lams: the LASSO weights tried by every classic solver.
+        ista_iters: ISTA's iteration cap.
+        fista_iters: FISTA's iteration cap (FISTA-cont shares it).
+        continuation: FISTA-cont's factor per iteration, in (0, 1).
+        n_eval: test samples used (None: the whole test set).
+        n_wall: problems in the wall-clock race.
+        budget: staged-training preset for solvers without a checkpoint.
+        max_train_steps: cap on the optimizer steps of every training stage (None: the
+            preset's).
+        grid_factors: HyperLISTA's grid search: factors around the committed setting.
+        grid_rounds: HyperLISTA's grid search: rounds.
+        grid_val_samples: HyperLISTA's grid search: validation samples used (None: all).
+        wall_clock: run the wall-clock race (else later with add_wall_clock).
+        seed: seeds the wall-clock problems.
+        m: measurements (the suite's is 250; smaller sizes are for smoke tests).
+        n: signal size (the suite's is 500).
+    """
 
     problems: tuple[str, ...] = tuple(HEADLINE_PROBLEMS)
     models: tuple[str, ...] = LEARNED
@@ -93,7 +112,7 @@ class HeadlineConfig(Config):
     n_eval: int | None = None
     n_wall: int = 10_000
     budget: str = "quick"
-    max_train_seconds: float | None = None
+    max_train_steps: int | None = None
     grid_factors: tuple[float, ...] = (0.5, 0.7, 1.0, 1.4, 2.0)
     grid_rounds: int = 2
     grid_val_samples: int | None = None
@@ -109,11 +128,13 @@ class HeadlineConfig(Config):
             if name not in HEADLINE_PROBLEMS:
                 raise ValueError(f"unknown headline problem {name!r}; choose from "
                                  f"{list(HEADLINE_PROBLEMS)}")
-        from sparseprior.solvers.unrolled import SOLVERS
-
         for name in self.models:
-            if name not in SOLVERS:
-                raise ValueError(f"unknown solver {name!r}; choose from {sorted(SOLVERS)}")
+            if name not in LEARNED_SOLVERS:
+                raise ValueError(f"unknown solver {name!r}; choose from "
+                                 f"{LEARNED_SOLVERS.help()}")
+        if self.max_train_steps is not None:
+            check_positive_int(self.max_train_steps, "max_train_steps")
+        fit_config(self, "default")                   # validates the budget and the grid
         if not self.lams or any(not (lam > 0 and math.isfinite(lam)) for lam in self.lams):
             raise ValueError(f"lams must be positive numbers, got {self.lams!r}")
         for key in ("num_layers", "ista_iters", "fista_iters", "n_wall", "grid_rounds", "m",
@@ -123,17 +144,6 @@ class HeadlineConfig(Config):
             check_positive_int(self.n_eval, "n_eval")
         if not 0.0 < self.continuation < 1.0:
             raise ValueError(f"continuation must be in (0, 1), got {self.continuation!r}")
-
-
-def tuned_hyperparameters(problem: str = "default") -> dict[str, float]:
-    """HyperLISTA hyperparameters tuned with Optuna on the default problem (committed in
-    ``hyperlista_tuned.json``); the class defaults if the file is missing."""
-    if TUNED_FILE.is_file():
-        data = json.loads(TUNED_FILE.read_text())
-        entry = data.get(problem) or data.get("default")
-        if entry:
-            return {k: float(entry[k]) for k in HyperLISTA.HYPERPARAMETERS}
-    return dict(HyperLISTA.DEFAULTS)
 
 
 def _dense_cut(problem: SparseRecoveryProblem) -> int:
@@ -150,39 +160,30 @@ def _sync(device: torch.device) -> None:
 def get_solver(name: str, problem: SparseRecoveryProblem, problem_name: str,
                config: HeadlineConfig, run: RunDir, checkpoints: Path | None,
                device: torch.device) -> tuple[UnrolledSolver, dict[str, Any]]:
-    """Load ``checkpoints/<problem_name>/<name>.safetensors``, or train/tune the solver (and
-    save it to ``run/checkpoints``). Returns (model, info) with info["source"] and seconds."""
-    from sparseprior.solvers.training import budget_for, train_staged
-    from sparseprior.solvers.tuning import grid_search_hyperlista
-    from sparseprior.solvers.unrolled import build_solver
-
+    """Load ``checkpoints/<problem_name>/<name>.safetensors``, or fit the solver with
+    :func:`~.fit.fit_solver` (and save it to ``run/checkpoints``). Returns (model, info) with
+    info["source"], info["kind"] and seconds."""
     ckpt = None if checkpoints is None else checkpoints / problem_name / f"{name}.safetensors"
+    kind = LEARNED_SOLVERS.get(name).kind
     if ckpt is not None and ckpt.is_file():
         meta = json.loads(ckpt.with_suffix(".json").read_text()).get("meta", {})
         return (load_solver(ckpt, A=problem.A, device=device),
-                {"source": str(ckpt), "seconds": meta.get("train_seconds"),
+                {"source": str(ckpt), "kind": kind, "seconds": meta.get("train_seconds"),
                  "val_nmse_db": meta.get("val_nmse_db")})
-    start = time.perf_counter()
-    if name == "HyperLISTA":
-        res = grid_search_hyperlista(problem, tuned_hyperparameters(problem_name),
-                                     factors=config.grid_factors, rounds=config.grid_rounds,
-                                     num_layers=config.num_layers,
-                                     val_samples=config.grid_val_samples, device=device)
-        model = HyperLISTA(problem.A, num_layers=config.num_layers, **res.best).to(device)
-        info = {"source": "grid search", "trials": res.n_trials,
-                "val_nmse_db": res.best_nmse_db}
-    else:
-        model = build_solver(name, problem.A, num_layers=config.num_layers)
-        train_cfg = budget_for(name, config.budget)
-        if config.max_train_seconds is not None:
-            train_cfg = train_cfg.replace(max_seconds=config.max_train_seconds)
-        result = train_staged(model, problem, train_cfg, device=device, progress=False)
-        info = {"source": f"trained ({config.budget})", "val_nmse_db": result.val_nmse_db[-1]}
-    info["seconds"] = time.perf_counter() - start
-    save_solver(model, run.path / "checkpoints" / f"{name}.safetensors",
+    fitted = fit_solver(name, problem, fit_config(config, problem_name), device=device)
+    info = {**fitted.info, "kind": fitted.kind}
+    save_solver(fitted.model, run.path / "checkpoints" / f"{name}.safetensors",
                 meta={"train_seconds": info["seconds"], "val_nmse_db": info["val_nmse_db"],
                       "source": info["source"]})
-    return model, info
+    return fitted.model, info
+
+
+def fit_config(config: HeadlineConfig, problem_name: str) -> FitConfig:
+    """The :class:`~.fit.FitConfig` of a headline run (budgets in steps and grid points)."""
+    return FitConfig(budget=config.budget, num_layers=config.num_layers,
+                     max_stage_steps=config.max_train_steps, grid_factors=config.grid_factors,
+                     grid_rounds=config.grid_rounds, val_samples=config.grid_val_samples,
+                     tuned_from=problem_name)
 
 
 def _classic_traces(problem: SparseRecoveryProblem, x: torch.Tensor, y: torch.Tensor,
@@ -453,38 +454,3 @@ def headline_names(problems: str | Sequence[str]) -> tuple[str, ...]:
             raise ValueError(f"unknown headline problem {n!r}; choose from "
                              f"{list(HEADLINE_PROBLEMS)}")
     return tuple(names)
-
-
-def solvers_section(run: RunDir, mode: str, device: torch.device) -> Section:
-    """``reproduce`` section: the headline benchmark.
-
-    quick: the default problem only, on 250 test samples; LISTA-CPSS and ALISTA trained for
-    at most 45 s each (``quick`` presets), HyperLISTA from the committed Optuna-tuned setting
-    refined by a 27-point grid; ISTA 2000 / FISTA 1000 iterations over 4 lambdas; wall-clock
-    race on 1000 problems. full: the whole suite with the ``cpu`` training budget (hours).
-    """
-    if mode == "quick":
-        config = HeadlineConfig(problems=("default",), models=("LISTA-CPSS", "ALISTA",
-                                                               "HyperLISTA"),
-                                lams=(0.05, 0.01, 0.002, 0.0005), ista_iters=2000,
-                                fista_iters=1000, n_eval=250, n_wall=1000, budget="quick",
-                                max_train_seconds=45.0, grid_factors=(0.7, 1.0, 1.4),
-                                grid_rounds=1, grid_val_samples=250)
-    else:
-        config = HeadlineConfig(budget="cpu")
-    rows = run_headline(run.path, config, device=device)
-    data = json.loads((run.path / config.problems[0] / "headline.json").read_text())
-    wall = data["wall_clock"]
-    notes = [
-        f"Mode {mode}: problems {list(config.problems)}, {data['n_eval']} test samples, "
-        f"training budget '{config.budget}'"
-        + (f" capped at {config.max_train_seconds:g} s per solver" if config.max_train_seconds
-           else "") + ". NMSE(dB) is one set-level ratio; the median per-sample NMSE is beside.",
-        "'X iters': iterations ISTA / FISTA / FISTA with continuation need (best lambda of "
-        f"{list(config.lams)}) to reach what the solver reaches at layer {config.num_layers}.",
-        f"'wall x': time of FISTA / the learned solver to solve {wall['n_problems']} problems "
-        f"to the same target, side by side on {wall['device']} ({wall['threads']} threads).",
-    ]
-    return Section("Learned sparse solvers: the headline benchmark", rows=rows,
-                   plots=[f"{config.problems[0]}/nmse_vs_layer.png"], notes=notes,
-                   data={"summary": rows, "wall_clock": wall})

@@ -8,13 +8,16 @@ with N(0, 1) values, noiseless.
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as st_save
 
+from sparseprior.common.checkpoint import atomic_write_bytes
 from sparseprior.common.config import Config
 from sparseprior.common.seeding import make_generator
 from sparseprior.common.validation import as_float_tensor, check_positive_int, check_range
@@ -25,7 +28,18 @@ _VAL_OFFSET, _TEST_OFFSET = 1_000_003, 2_000_003
 
 @dataclasses.dataclass
 class ProblemConfig(Config):
-    """Problem description. ``snr_db=None`` is noiseless; ``kappa=None`` keeps A Gaussian."""
+    """Problem description.
+
+    Attributes:
+        m: measurements (rows of A).
+        n: signal size (columns of A).
+        p: Bernoulli probability of a non-zero in x*.
+        snr_db: noise SNR in dB (None: noiseless).
+        kappa: condition number of A (None: Gaussian A).
+        seed: seed of A and of the fixed validation/test sets.
+        n_val: fixed validation samples.
+        n_test: fixed test samples.
+    """
 
     m: int = 250
     n: int = 500
@@ -191,16 +205,17 @@ class SparseRecoveryProblem:
         xt, yt = self.test_set()
         arrays = {"A": self.A, "x_val": xv, "y_val": yv, "x_test": xt, "y_test": yt}
         config_json = self.config.to_json()
-        path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".npz":
-            np.savez(path, config=np.array(config_json),
+            buffer = io.BytesIO()
+            np.savez(buffer, config=np.array(config_json),
                      **{k: v.numpy() for k, v in arrays.items()})
+            data = buffer.getvalue()
         elif path.suffix == ".safetensors":
-            save_file({k: v.contiguous() for k, v in arrays.items()}, str(path),
-                      metadata={"config": config_json})
+            data = st_save({k: v.contiguous() for k, v in arrays.items()},
+                           metadata={"config": config_json})
         else:
             raise ValueError(f"problem file must end in .npz or .safetensors, got {path.name!r}")
-        return path
+        return atomic_write_bytes(path, data)
 
     @classmethod
     def load(cls, path: str | Path) -> SparseRecoveryProblem:

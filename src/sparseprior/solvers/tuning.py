@@ -26,6 +26,7 @@ import dataclasses
 import itertools
 import logging
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,8 @@ from sparseprior.solvers.unrolled import HyperLISTA, save_solver
 log = logging.getLogger(__name__)
 
 __all__ = ["SEARCH_SPACE", "TuningConfig", "TuningResult", "evaluate_hyperparameters",
-           "fit_hyperlista", "grid_search_hyperlista", "tune_hyperlista"]
+           "fit_hyperlista", "grid_search_hyperlista", "mask_storage_url", "open_study",
+           "tune_hyperlista"]
 
 #: Log-uniform search ranges of the three hyperparameters.
 SEARCH_SPACE: dict[str, tuple[float, float]] = {
@@ -58,11 +60,17 @@ WORST_DB = 50.0  # objective value for diverged settings (NaN/inf estimates)
 
 @dataclasses.dataclass
 class TuningConfig(Config):
-    """n_trials: total trials of the study (a resumed study runs only the missing ones).
-    timeout_s: stop this session after that many seconds (None: no limit). sampler: "tpe",
-    "random" or "grid" (grid: ``grid_points`` log-spaced values per hyperparameter over
-    :data:`SEARCH_SPACE`). num_layers: T of the tuned solver. val_samples: use the first
-    ``val_samples`` validation samples (None: all). seed: the sampler's seed."""
+    """Optuna search of HyperLISTA's hyperparameters.
+
+    Attributes:
+        n_trials: total trials of the study (a resumed study runs only the missing ones).
+        timeout_s: stop this session after that many seconds (None: no limit).
+        sampler: tpe, random or grid.
+        num_layers: T of the tuned solver.
+        val_samples: use the first val_samples validation samples (None: all).
+        grid_points: grid sampler: log-spaced values per hyperparameter over SEARCH_SPACE.
+        seed: the sampler's seed.
+    """
 
     n_trials: int = 100
     timeout_s: float | None = 300.0
@@ -146,6 +154,28 @@ def _default_storage(run: RunDir | None) -> str:
     return f"sqlite:///{(run.path / 'study.db').resolve()}"
 
 
+def mask_storage_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (``user:***@host``), for files and logs."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def open_study(storage: str, study_name: str, sampler: Any) -> Any:
+    """Create or load the Optuna study; any storage failure (bad URL, missing driver,
+    unreachable or unwritable database) becomes one ``ValueError`` without the password."""
+    import optuna
+
+    try:
+        return optuna.create_study(study_name=study_name, storage=storage,
+                                   direction="minimize", sampler=sampler, load_if_exists=True)
+    except Exception as err:  # SQLAlchemy, drivers and Optuna raise many types here
+        text = (str(err).strip().splitlines() or [""])[0]
+        password = re.search(r"://[^:/@]*:([^@/]*)@", storage)
+        if password and password.group(1):
+            text = text.replace(password.group(1), "***")
+        raise ValueError(f"storage {mask_storage_url(storage)!r}: cannot open Optuna study "
+                         f"{study_name!r} ({type(err).__name__}: {text})") from None
+
+
 def _sampler(config: TuningConfig) -> Any:
     import optuna
 
@@ -191,8 +221,7 @@ def tune_hyperlista(problem: SparseRecoveryProblem, config: TuningConfig | None 
     x, y = _validation(problem, config.val_samples, dev)
     default_value = evaluate_hyperparameters(model, HyperLISTA.DEFAULTS, x, y)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=study_name, storage=storage, direction="minimize",
-                                sampler=_sampler(config), load_if_exists=True)
+    study = open_study(storage, study_name, _sampler(config))
     study.set_user_attr("problem", problem.config.to_dict())
     study.set_user_attr("num_layers", config.num_layers)
     if not study.trials:
@@ -200,7 +229,8 @@ def tune_hyperlista(problem: SparseRecoveryProblem, config: TuningConfig | None 
     done = sum(t.state.is_finished() for t in study.trials)
     todo = max(config.n_trials - done, 0)
     if run is not None:
-        run.write_json("config.json", {"tuning": config.to_dict(), "storage": storage,
+        run.write_json("config.json", {"tuning": config.to_dict(),
+                                       "storage": mask_storage_url(storage),
                                        "study_name": study_name,
                                        "problem": problem.config.to_dict()})
 
@@ -226,7 +256,8 @@ def tune_hyperlista(problem: SparseRecoveryProblem, config: TuningConfig | None 
     best = {k: float(study.best_params[k]) for k in HyperLISTA.HYPERPARAMETERS}
     result = TuningResult(best=best, best_nmse_db=float(study.best_value),
                           default_nmse_db=default_value, n_trials=len(study.trials),
-                          seconds=seconds, storage=storage, study_name=study_name,
+                          seconds=seconds, storage=mask_storage_url(storage),
+                          study_name=study_name,
                           trials=trials)
     log.info("HyperLISTA tuning: %d trials, best %.2f dB (defaults %.2f dB) in %.1f s",
              result.n_trials, result.best_nmse_db, default_value, seconds)
