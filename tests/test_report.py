@@ -64,3 +64,10 @@ def test_report_opens_with_claims_meta_and_flags(tmp_path, toy_sections, capsys)
 def test_unknown_section_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="section"):
         reproduce(tmp_path / "r", only=["nope"])
+
+
+def test_a_report_folder_of_another_mode_is_refused(tmp_path, toy_sections):
+    reproduce(tmp_path / "r", only=["toy_a"])
+    reproduce(tmp_path / "r", only=["toy_b"])          # other sections: same report folder
+    with pytest.raises(ValueError, match="mode"):
+        reproduce(tmp_path / "r", mode="full", only=["toy_a"])

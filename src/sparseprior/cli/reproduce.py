@@ -11,7 +11,8 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 def reproduce(
-    out: Path = typer.Option(Path("runs/reproduce"), help="Run folder for the report."),
+    out: Path = typer.Option(None, help="Run folder for the report (default: runs/reproduce, "
+                             "or runs/reproduce-full in full mode)."),
     mode: str = typer.Option("quick", help="'quick' (< 10 min on 2 CPU cores) or 'full'."),
     only: list[str] = typer.Option(None, help="Run only these sections (repeatable); see "
                                    "`sparseprior reproduce --list`."),

@@ -97,7 +97,12 @@ def _summary(report: Report, path: Path) -> None:
     _echo(f"report: {path}")
 
 
-def reproduce(out: str | Path = "runs/reproduce", mode: str = "quick",
+def default_out(mode: str) -> Path:
+    """``runs/reproduce`` for quick mode, ``runs/reproduce-<mode>`` otherwise."""
+    return Path("runs/reproduce") if mode == "quick" else Path(f"runs/reproduce-{mode}")
+
+
+def reproduce(out: str | Path | None = None, mode: str = "quick",
               only: list[str] | None = None, device: torch.device | None = None) -> Path:
     """Run the selected sections (all by default) and write the report; return its HTML path.
 
@@ -111,8 +116,9 @@ def reproduce(out: str | Path = "runs/reproduce", mode: str = "quick",
     for name in names:
         check_choice(name, "section", tuple(specs))
     device = device or torch.device("cpu")
-    run = RunDir(out)
-    run.write_json("config.json", {"mode": mode, "sections": names, "device": str(device)})
+    run = RunDir(default_out(mode) if out is None else out)
+    run.claim({"mode": mode, "sections": names, "device": str(device)},
+              may_differ=("sections", "device"), kind=f"report (of another mode than {mode!r})")
     report = Report(f"sparseprior reproduce ({mode})", run, mode=mode,
                     meta=run_metadata(mode, str(device)))
     start = time.perf_counter()
