@@ -463,3 +463,23 @@ def test_functional_chain_refuses_residual_networks():
 
     model = build_model("resnet20", width=0.25)
     assert functional_chain(model, model.example_input(2)) is None
+
+
+def test_bad_architecture_descriptions_are_value_errors():
+    from sparseprior.compress import build_from_architecture, describe_architecture
+
+    arch = describe_architecture(build_model("lenet5"), "lenet5", {})
+    mutations = {"KeyError: 'in'": lambda a: a["layers"]["features.0"].pop("in"),
+                 "unknown layer type 'Nope'":
+                     lambda a: a["layers"]["features.0"].__setitem__("type", "Nope"),
+                 "not a module": lambda a: a["layers"].__setitem__("x.y", {"type": "Linear",
+                                                                          "in": 1, "out": 1,
+                                                                          "bias": True}),
+                 "quant must be a mapping":
+                     lambda a: a["layers"]["features.0"].__setitem__("quant", 3)}
+    for match, mutate in mutations.items():
+        bad = copy.deepcopy(arch)
+        mutate(bad)
+        with pytest.raises(ValueError, match=match):
+            build_from_architecture(bad)
+    assert type(build_from_architecture(arch)).__name__ == "LeNet5"

@@ -58,7 +58,11 @@ def _make(spec: Mapping[str, Any]) -> nn.Module:
     if kind not in LAYER_TYPES:
         raise ValueError(f"unknown layer type {kind!r} in the architecture; registered: "
                          f"{', '.join(LAYER_TYPES)}")
-    return LAYER_TYPES.get(kind).build(spec)
+    try:
+        return LAYER_TYPES.get(kind).build(spec)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"invalid {kind} layer in the architecture ({type(err).__name__}: "
+                         f"{err})") from None
 
 
 def build_from_architecture(arch: Mapping[str, Any]) -> nn.Module:
@@ -72,10 +76,16 @@ def build_from_architecture(arch: Mapping[str, Any]) -> nn.Module:
     model = build_model(arch["model"], **build)
     for name, spec in arch["layers"].items():  # named_modules order: parents first
         if name:
-            model.set_submodule(name, _make(spec))
+            try:
+                model.set_submodule(name, _make(spec))
+            except AttributeError:
+                raise ValueError(f"architecture layer {name!r} is not a module of "
+                                 f"{arch['model']!r}") from None
         quant = spec.get("quant")
         if quant is not None:
-            quantize_(model, QuantSpec.from_dict(quant), names=[name])
+            if not isinstance(quant, Mapping):
+                raise ValueError(f"layer {name!r}: quant must be a mapping, got {quant!r}")
+            quantize_(model, QuantSpec.from_dict(dict(quant)), names=[name])
     return model.eval()
 
 
