@@ -25,6 +25,7 @@ class Inner(Config):
 
     lr: float = 0.1
     milestones: list[int] = dataclasses.field(default_factory=list)
+    limit: int | None = 5
 
     def validate(self) -> None:
         if not self.lr > 0:
@@ -115,3 +116,13 @@ def test_clashing_flattened_options_are_refused():
 
     with pytest.raises(TypeError, match="clash"):
         config_options(cfg=Twice, flatten=("a", "b"))(lambda cfg: None)
+
+
+def test_optional_fields_accept_none_and_typed_values():
+    seen: list = []
+    app = _app(seen)
+    assert CliRunner().invoke(app, ["run", "--inner-limit", "none"]).exit_code == 0
+    assert CliRunner().invoke(app, ["run", "--inner-limit", "7"]).exit_code == 0
+    assert [c.inner.limit for c, _ in seen] == [None, 7]
+    result = CliRunner().invoke(app, ["run", "--inner-limit", "x"])
+    assert isinstance(result.exception, ValueError) and "int or 'none'" in str(result.exception)
