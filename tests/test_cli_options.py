@@ -126,3 +126,23 @@ def test_optional_fields_accept_none_and_typed_values():
     assert [c.inner.limit for c, _ in seen] == [None, 7]
     result = CliRunner().invoke(app, ["run", "--inner-limit", "x"])
     assert isinstance(result.exception, ValueError) and "int or 'none'" in str(result.exception)
+
+
+def test_several_configs_get_prefixes_and_a_nested_file():
+    seen: list = []
+    app = typer.Typer()
+
+    @app.command()
+    @config_options(a=Inner, b=Outer)
+    def both(a: Inner, b: Outer) -> None:
+        seen.append((a, b))
+
+    @app.command()
+    def other() -> None:
+        pass
+
+    result = CliRunner().invoke(app, ["both", "--a-lr", "0.3", "--b-inner-lr", "0.7",
+                                      "--b-name", "z"])
+    assert result.exit_code == 0, result.output
+    a, b = seen[0]
+    assert a.lr == 0.3 and b.inner.lr == 0.7 and b.name == "z"

@@ -213,8 +213,10 @@ def load_config_file(path: Path) -> dict[str, Any]:
 
 
 def build_config(cls: type[Config], options: list[FieldOption], given: dict[str, Any],
-                 file_data: dict[str, Any] | None = None) -> Config:
-    """Defaults <- ``file_data`` <- options the user typed; validated by ``cls``."""
+                 file_data: dict[str, Any] | None = None, strip: int = 0) -> Config:
+    """Defaults <- ``file_data`` <- options the user typed; validated by ``cls``.
+
+    ``strip`` drops that many leading path parts (the command's parameter-name prefix)."""
     default = _default_instance(cls)
     data = default.to_dict() if default is not None else {}
     data = _merge(data, file_data or {})
@@ -222,10 +224,11 @@ def build_config(cls: type[Config], options: list[FieldOption], given: dict[str,
         raw = given.get(opt.param)
         if raw is None:
             continue
+        path = opt.path[strip:]
         node = data
-        for key in opt.path[:-1]:
+        for key in path[:-1]:
             node = node.setdefault(key, {})
-        node[opt.path[-1]] = _parse(opt, raw)
+        node[path[-1]] = _parse(opt, raw)
     return cls.from_dict(data)
 
 
@@ -266,7 +269,8 @@ def config_options(flatten: tuple[str, ...] = (),
             built = {}
             for name, cls in configs.items():
                 part = file_data.get(name, {}) if several else file_data
-                built[name] = build_config(cls, generated[name], kwargs, part)
+                built[name] = build_config(cls, generated[name], kwargs, part,
+                                           strip=1 if several else 0)
             rest = {p.name: kwargs[p.name] for p in own}
             return fn(**built, **rest)
 

@@ -380,7 +380,8 @@ def add_wall_clock(run: RunDir, checkpoints: Path | None, device: torch.device |
     the solvers from ``checkpoints/<problem>/`` or ``run/checkpoints``; updates the files."""
     device = torch.device(device)
     data = run.read_json("headline.json")
-    config = HeadlineConfig.from_dict(data["config"])
+    config = HeadlineConfig.from_dict({k: v for k, v in data["config"].items()
+                                       if k != "max_train_seconds"})   # runs before 2026-11
     problem = SparseRecoveryProblem.generate(ProblemConfig(**data["problem_config"]))
     models = {}
     for name in data["learned"]:
