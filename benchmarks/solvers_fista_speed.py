@@ -4,7 +4,9 @@ The reference is what a sceptical expert would write: precompute M = I - A^T A /
 b = A^T y / L, then per iteration one ``addmm``, one ``softshrink`` and the momentum update
 (two variants: the axpy form ``x + c (x - x_prev)`` and a single ``lerp``). Both sides include
 their set-up (L, M, b) and run the same number of iterations on the same (batch, m) input.
-Rounds are interleaved in a shuffled order; the report gives the median and the spread
+Rounds are interleaved in a shuffled order; times are process CPU time by default (with one
+thread it is the compute actually spent, robust to a shared machine; ``--clock wall`` for
+wall time); the report gives the median and the spread
 (10th-90th percentile) of the per-round ratio ours / fastest reference.
 
     OMP_NUM_THREADS=1 python benchmarks/solvers_fista_speed.py --rounds 21 --out runs/fista-speed
@@ -50,10 +52,10 @@ def reference_fista(A: torch.Tensor, y: torch.Tensor, lam: float, iters: int,
     return x
 
 
-def _time(fn: Callable[[], torch.Tensor]) -> float:
-    start = time.perf_counter()
+def _time(fn: Callable[[], torch.Tensor], clock: Callable[[], float]) -> float:
+    start = clock()
     fn()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -65,6 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rounds", type=int, default=21)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lam", type=float, default=1e-4)
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="cpu: process CPU time (robust on a shared machine; 1 thread); wall")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -84,13 +88,14 @@ def main(argv: list[str] | None = None) -> dict:
     }
     for fn in cases.values():   # warm-up
         fn()
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     times: dict[str, list[float]] = {k: [] for k in cases}
     rng = random.Random(0)
     for _ in range(args.rounds):
         order = list(cases)
         rng.shuffle(order)
         for key in order:
-            times[key].append(_time(cases[key]))
+            times[key].append(_time(cases[key], clock))
     ref = [min(a, b) for a, b in zip(times["ref (axpy)"], times["ref (lerp)"], strict=True)]
     rows = []
     for key, ts in times.items():
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "ratio vs fastest ref (median)": statistics.median(ratios),
                      "p10": q[0], "p90": q[-1]})
     print(f"{args.m}x{args.n}, batch {args.batch}, {K} iterations, {args.rounds} interleaved "
-          f"rounds, {args.threads} thread(s); max rel. difference FISTA vs reference "
+          f"rounds, {args.threads} thread(s), {args.clock} clock; max rel. difference FISTA vs reference "
           f"{agree:.1e}")
     print(f"{'solver':<15}{'ms/iter':>10}{'ratio':>8}{'p10':>8}{'p90':>8}")
     for r in rows:
