@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
                      "ratio vs fastest ref (median)": statistics.median(ratios),
                      "p10": q[0], "p90": q[-1]})
     print(f"{args.m}x{args.n}, batch {args.batch}, {K} iterations, {args.rounds} interleaved "
-          f"rounds, {args.threads} thread(s), {args.clock} clock; max rel. difference FISTA vs reference "
-          f"{agree:.1e}")
+          f"rounds, {args.threads} thread(s), {args.clock} clock; max rel. difference FISTA "
+          f"vs reference {agree:.1e}")
     print(f"{'solver':<15}{'ms/iter':>10}{'ratio':>8}{'p10':>8}{'p90':>8}")
     for r in rows:
         print(f"{r['solver']:<15}{r['ms/iter (median)']:>10.3f}"
