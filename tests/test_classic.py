@@ -116,3 +116,47 @@ def test_per_sample_nmse_is_robust_to_one_bad_sample():
     assert float(per.median()) == pytest.approx(-40.0, abs=1e-4)
     assert nmse_db(x_hat, x) > 10.0
     assert torch.isnan(per_sample_nmse_db(torch.zeros(1, 3), torch.zeros(1, 3))).all()
+
+
+@pytest.mark.parametrize("solver", ["FISTA-cont", "FISTA-restart"])
+def test_named_baselines_reach_lasso_solution(small, solver):
+    from sparseprior.solvers.classic import CLASSIC_SOLVERS
+
+    A, _, y = small
+    lam = 0.01
+    res = CLASSIC_SOLVERS.get(solver)(A, y, lam, max_iter=20000, tol=1e-12)
+    assert _kkt_violation(A, y, res.x, lam) < 1e-6
+    assert _kkt_violation(A, y, CLASSIC_SOLVERS.get(solver)(A, y, lam, max_iter=3).x,
+                          lam) > 1e-3
+
+
+def test_gram_and_factored_forward_steps_agree():
+    from sparseprior.solvers.classic import _GradientStep, lipschitz_constant
+
+    gen = torch.Generator().manual_seed(0)
+    for m, n in ((40, 60), (20, 60)):          # n <= 2m: Gram form; n > 2m: factored form
+        A = torch.randn(m, n, generator=gen, dtype=torch.float64)
+        y = torch.randn(5, m, generator=gen, dtype=torch.float64)
+        z = torch.randn(5, n, generator=gen, dtype=torch.float64)
+        L = lipschitz_constant(A)
+        step = _GradientStep(A, y, L)
+        assert step.gram == (n <= 2 * m)
+        torch.testing.assert_close(step(z), z - (z @ A.T - y) @ A / L)
+
+
+def test_continuation_starts_per_sample_and_restart_helps(small):
+    A, x, y = small
+    lam = 1e-3
+    # one iteration at lambda_0 = max|A^T y_b| of each sample keeps every sample at zero
+    assert fista(A, y, lam, max_iter=1, continuation=0.9).x.abs().max() < 1e-12
+    cont = fista(A, y, lam, max_iter=150, continuation=0.9, x_true=x).nmse_db[-1]
+    plain = fista(A, y, lam, max_iter=150, x_true=x).nmse_db[-1]
+    assert cont < plain - 3.0
+    with pytest.raises(ValueError, match="continuation"):
+        fista(A, y, lam, continuation=1.5)
+    lam = 0.01
+    opt = fista(A, y, lam, max_iter=20000, tol=1e-13).x
+    f_star = float(lasso_objective(A, y, opt, lam).mean())
+    gap = {r: float(lasso_objective(A, y, fista(A, y, lam, max_iter=300, restart=r).x,
+                                    lam).mean()) - f_star for r in (False, True)}
+    assert gap[True] < 1e-3 * gap[False]

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from sparseprior.common.runs import RunDir
-from sparseprior.solvers.classic import fista
+from sparseprior.solvers.classic import CLASSIC_SOLVERS, fista
+from sparseprior.solvers.experiments import iterations_to_reach
 from sparseprior.solvers.headline import (
     HeadlineConfig,
     add_wall_clock,
@@ -18,7 +19,7 @@ from sparseprior.solvers.unrolled import HyperLISTA
 
 TINY = {"m": 30, "n": 60, "n_eval": 64, "n_wall": 200, "ista_iters": 100, "fista_iters": 80,
         "lams": (0.05, 0.01, 0.002), "grid_factors": (0.5, 1.0, 2.0), "grid_rounds": 1,
-        "max_train_steps": 10, "models": ("ALISTA", "HyperLISTA")}
+        "max_train_steps": 10, "models": ("ALISTA", "HyperLISTA"), "lam_min": 1e-4}
 
 
 @pytest.fixture(scope="module")
@@ -33,24 +34,36 @@ def test_results_are_consistent(headline):
     assert [(r["problem"], r["solver"]) for r in rows] == [("snr20", "ALISTA"),
                                                            ("snr20", "HyperLISTA")]
     data = json.loads((out / "snr20" / "headline.json").read_text())
+    assert data["classic_split"] == "validation"
+    prob = SparseRecoveryProblem.generate(ProblemConfig(m=30, n=60, snr_db=20.0))
+    x, y = (t[:64] for t in prob.test_set())
     for name, info in data["learned"].items():
         final = info["nmse_db"][-1]
         assert len(info["nmse_db"]) == 16 and info["median_sample_nmse_db"] <= 0
-        for solver in ("ISTA", "FISTA", "FISTA-cont"):
+        assert info["strongest"] in (None, "FISTA", "FISTA-cont", "FISTA-restart")
+        for solver in ("ISTA", "FISTA", "FISTA-cont", "FISTA-restart"):
             reach = info["reach"][solver]
-            traces = data["classic"][solver]
-            if reach["reached"]:      # the first iterate at the target, for the best lambda
-                trace = traces[str(reach["lambda"])]
-                k = reach["iters"]
-                assert trace[k - 1] <= final + 1e-3
+            traces = data["classic"][solver]          # validation traces
+            if reach["setting"] is not None:          # the setting fastest on validation
+                k = reach["val_iters"]
+                assert traces[reach["setting"]][k - 1] <= final + 1e-3
                 assert all(min(t[:k - 1], default=1e9) > final - 1e-3 for t in traces.values())
+                # ... and its iterations are counted again on the test set
+                kwargs = ({"factor": reach["continuation"]} if solver == "FISTA-cont" else {})
+                test = CLASSIC_SOLVERS.get(solver)(prob.A, y, reach["lam"], x_true=x,
+                                                   max_iter=reach["cap"], **kwargs).nmse_db
+                assert reach["iters"] == iterations_to_reach(test, final)
             else:
                 assert all(min(t) > final - 1e-3 for t in traces.values())
                 assert reach["label"] == f"> {len(next(iter(traces.values())))}"
         wall = data["wall_clock"]["solvers"][name]
-        assert wall["target_db"] >= final - 1e-9 and wall["seconds"] > 0
-        assert wall["speedup_vs_FISTA"] == pytest.approx(wall["FISTA"]["seconds"]
-                                                        / wall["seconds"])
+        assert wall["target_db"] == pytest.approx(final) and wall["seconds"] > 0
+        if "baseline" in wall:
+            assert wall["speedup_vs_strongest"] == pytest.approx(wall["baseline"]["seconds"]
+                                                                 / wall["seconds"])
+    # the lambda grid was extended below the given one until the bias floor cleared every
+    # reachable target (or lam_min stopped it)
+    assert data["lams_used"][:3] == [0.05, 0.01, 0.002]
     assert data["oracle_floor_db"] < min(i["nmse_db"][-1] for i in data["learned"].values())
     assert (out / "summary.md").is_file() and (out / "snr20" / "nmse_vs_layer.png").is_file()
     assert (out / "snr20" / "checkpoints" / "HyperLISTA.safetensors").is_file()
@@ -88,8 +101,8 @@ def test_config_validation_and_tuned_file():
         HeadlineConfig(problems=("default", "snr10"))
     with pytest.raises(ValueError, match="unknown solver"):
         HeadlineConfig(models=("ISTA",))
-    with pytest.raises(ValueError, match="continuation"):
-        HeadlineConfig(continuation=1.0)
+    with pytest.raises(ValueError, match="continuations"):
+        HeadlineConfig(continuations=(1.0,))
     assert set(tuned_hyperparameters()) == set(HyperLISTA.HYPERPARAMETERS)
 
 

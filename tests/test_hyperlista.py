@@ -42,7 +42,7 @@ def test_inference_reads_only_y(problem):
     assert not torch.allclose(x1, x2)
 
 
-def reference(A, y, T, c_beta, c_theta, c_ss):
+def reference(A, y, T, c_beta, c_theta, c_ss, theta_scale=1.0, beta_scale=1.0):
     """Straightforward per-sample loop of the HyperLISTA update."""
     W = analytic_weight(A).double()
     A = A.double()
@@ -57,10 +57,10 @@ def reference(A, y, T, c_beta, c_theta, c_ss):
         for _ in range(T):
             r = yb - A @ x
             u = (pinv @ r).abs().sum()
-            theta = c_theta * u
+            theta = c_theta * theta_scale * u
             p = min(max(c_ss * math.log(u0 / u), 0.0), 1.0)
             k = math.floor(p * n + 1e-6)
-            beta = c_beta * int((x != 0).sum())
+            beta = c_beta * beta_scale * int((x != 0).sum())
             z = x + W.T @ r
             mag = z.abs()
             keep = torch.zeros(n, dtype=torch.bool)
@@ -74,13 +74,60 @@ def reference(A, y, T, c_beta, c_theta, c_ss):
     return torch.stack(outs, dim=1)          # (T, batch, n)
 
 
-def test_matches_the_per_sample_reference(problem):
+@pytest.mark.parametrize("rule", ["scale-free", "legacy"])
+def test_matches_the_per_sample_reference(problem, rule):
     _, y = problem.sample(6, 1)
-    hp = {"c_beta": 0.01, "c_theta": 0.01, "c_ss": 0.8}
-    model = HyperLISTA(problem.A, num_layers=6, **hp)
+    hp = ({"c_beta": 0.01, "c_theta": 0.01, "c_ss": 0.8} if rule == "legacy"
+          else {"c_beta": 0.3, "c_theta": 3.0, "c_ss": 0.8})
+    model = HyperLISTA(problem.A, num_layers=6, rule=rule, **hp)
     with torch.no_grad():
         got = torch.stack(model(y)).double()
-    torch.testing.assert_close(got, reference(problem.A, y, 6, **hp), atol=2e-4, rtol=1e-3)
+    ref = reference(problem.A, y, 6, **hp, theta_scale=model.theta_scale,
+                    beta_scale=model.beta_scale)
+    torch.testing.assert_close(got, ref, atol=2e-4, rtol=1e-3)
+
+
+def test_scale_free_rule_normalises_by_crosstalk_and_m(problem):
+    from sparseprior.solvers.unrolled import interference_rms
+
+    model = HyperLISTA(problem.A)
+    W = analytic_weight(problem.A)
+    G = W.double().T @ problem.A.double()
+    off = G[~torch.eye(G.shape[0], dtype=torch.bool)]
+    assert interference_rms(W, problem.A) == pytest.approx(float(off.pow(2).mean().sqrt()))
+    assert model.theta_scale == pytest.approx(
+        interference_rms(W, problem.A) * math.sqrt(math.pi / (2 * problem.m)))
+    assert model.beta_scale == pytest.approx(1.0 / problem.m)
+    legacy = HyperLISTA(problem.A, rule="legacy")
+    assert (legacy.theta_scale, legacy.beta_scale) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="rule must be one of"):
+        HyperLISTA(problem.A, rule="paper")
+
+
+def test_checkpoint_without_rule_loads_as_legacy(problem, tmp_path):
+    import json
+
+    model = HyperLISTA(problem.A, num_layers=4, rule="legacy", c_theta=0.01)
+    save_solver(model, tmp_path / "old")
+    meta = tmp_path / "old.json"
+    header = json.loads(meta.read_text())
+    header["config"].pop("rule")
+    meta.write_text(json.dumps(header))
+    loaded = load_solver(tmp_path / "old.safetensors", A=problem.A)
+    assert loaded.rule == "legacy"
+    assert load_solver(tmp_path / "old.safetensors").theta_scale == 1.0
+
+
+def test_calibrate_uses_prior_samples_and_improves_on_them():
+    A = SparseRecoveryProblem.generate(ProblemConfig(m=40, n=80, seed=5)).A
+    start = {"c_beta": 1.0, "c_theta": 8.0, "c_ss": 3.0}       # a poor start
+    model = HyperLISTA.calibrate(A, p=0.1, num_layers=8, samples=64, rounds=1,
+                                 factors=(0.5, 1.0), center=start)
+    info = model.calibration
+    assert info["evaluations"] == 8 and info["samples"] == 64
+    assert info["prior_nmse_db"] < info["shipped_prior_nmse_db"] - 1.0
+    assert model.hyperparameters == pytest.approx(info["best"])
+    assert model.num_layers == 8 and model.rule == "scale-free"
 
 
 def test_instance_adaptive_thresholds_give_scale_equivariance(problem):

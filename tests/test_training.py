@@ -135,7 +135,7 @@ def test_resume_gives_the_same_parameters(problem, tmp_path):
     # A finished run resumes to itself without training; a different config is refused.
     again = train_staged(fresh(), problem, config, run_dir=tmp_path, progress=False)
     assert again.resumed_stages == 9 and again.val_nmse_db == result.val_nmse_db
-    with pytest.raises(ValueError, match="different training config"):
+    with pytest.raises(ValueError, match=r"different staged training run.*training\.seed"):
         train_staged(fresh(), problem, config.replace(seed=6), run_dir=tmp_path, progress=False)
 
 
@@ -173,3 +173,11 @@ def test_warm_start_copies_matching_parameters(problem):
         warm_start_layer(model, 1)
     config = StagedTrainingConfig(max_steps_per_stage=7, max_steps_fine_tune=(5, 3))
     assert [config.max_steps(s) for s in range(3)] == [7, 5, 3]
+
+
+def test_result_reports_steps_and_last_thresholds(problem):
+    model = build_solver("ALISTA", problem.A, num_layers=2)
+    result = train_staged(model, problem, TINY, device="cpu", progress=False)
+    assert result.total_steps == sum(r.steps for r in result.history) > 0
+    assert result.thresholds == [float(layer["theta"]) for layer in model.layers]
+    assert result.to_dict()["total_steps"] == result.total_steps

@@ -58,9 +58,13 @@ def solvers_section(run: RunDir, mode: str, device: torch.device) -> Section:
         f"training budget '{config.budget}' (optimizer steps, not seconds: the figures do not "
         "depend on machine load). NMSE(dB) is one set-level ratio; the median per-sample NMSE "
         "is beside. Quick mode is a fast check, not the measured claims: see docs/results.md.",
-        "'X iters': iterations ISTA / FISTA / FISTA with continuation need (best lambda of "
-        f"{list(config.lams)}) to reach what the solver reaches at layer {config.num_layers}.",
-        f"'wall x': time of FISTA / the learned solver to solve {wall['n_problems']} problems "
+        "'X iters': test-set iterations of ISTA / FISTA / FISTA-cont / FISTA-restart, each with "
+        "the lambda (and continuation schedule) chosen on the validation set to reach the "
+        f"solver's layer-{config.num_layers} NMSE fastest (grid {list(config.lams)}, extended "
+        "downwards until the bias floor is below every target); 'strongest' is the fastest "
+        "FISTA variant on validation.",
+        f"'wall x': time of the strongest baseline / the learned solver to solve "
+        f"{wall['n_problems']} problems "
         f"to the same target, side by side on {wall['device']} ({wall['threads']} threads); "
         "the only timing in this section, so the only figures that vary from run to run.",
     ]
@@ -125,9 +129,13 @@ def headline_claims(data: dict[str, Any], mode: str, layers: int) -> list[Claim]
             "solvers.hyperlista_nmse", f"HyperLISTA (3 tuned hyperparameters) reaches <= -55 "
             f"dB at layer {layers}", "<= -55 dB", final, "dB", final <= -55.0,
             seed_figure="-77.7 dB (CPU headline); -80.3 dB (GPU suite)"))
-        claims += [_ratio_claim(learned["HyperLISTA"], "HyperLISTA", solver, target, seed)
-                   for solver, target, seed in (("FISTA", 50, "> 2000 its (> 125x)"),
-                                                ("ISTA", 100, "> 3000 its (> 188x)"))]
+        info = learned["HyperLISTA"]
+        strongest = info.get("strongest")
+        if strongest:
+            claims.append(_ratio_claim(info, "HyperLISTA", strongest, 20,
+                                       "FISTA > 2000 its (> 125x), vs a lambda-biased FISTA",
+                                       key="strongest"))
+        claims.append(_ratio_claim(info, "HyperLISTA", "ISTA", 100, "> 3000 its (> 188x)"))
         claims.append(_wall_claim(data, mode))
     if "ALISTA" in learned:
         final = learned["ALISTA"]["nmse_db"][-1]
@@ -139,14 +147,16 @@ def headline_claims(data: dict[str, Any], mode: str, layers: int) -> list[Claim]
 
 
 def _ratio_claim(info: dict[str, Any], name: str, solver: str, target: float,
-                 seed: str) -> Claim:
+                 seed: str, key: str | None = None) -> Claim:
     reach = info["reach"][solver]
-    claim = f"{solver} needs >= {target}x the layers to match {name}"
-    key = f"solvers.{name.lower()}_vs_{solver.lower()}_iters"
+    who = f"the strongest classic baseline ({solver}, chosen on validation)" \
+        if key == "strongest" else solver
+    claim = f"{who} needs >= {target}x the iterations of {name}'s layers to match it"
+    key = f"solvers.{name.lower()}_vs_{(key or solver).lower()}_iters"
     if reach["reached"]:
         return Claim(key, claim, f">= {target}x", reach["ratio"], "x",
                      reach["ratio"] >= target, seed_figure=seed,
-                     note=f"{reach['iters']} iterations (lambda {reach['lambda']:g})")
+                     note=f"{reach['iters']} iterations (setting {reach.get('setting')})")
     bound = reach["ratio_at_least"]
     return Claim(key, claim, f">= {target}x", None, "x", True if bound >= target else None,
                  seed_figure=seed, note=f"not reached within the cap: ratio > {bound:.0f}x")
@@ -154,11 +164,11 @@ def _ratio_claim(info: dict[str, Any], name: str, solver: str, target: float,
 
 def _wall_claim(data: dict[str, Any], mode: str) -> Claim:
     entry = ((data.get("wall_clock") or {}).get("solvers") or {}).get("HyperLISTA") or {}
-    speedup = entry.get("speedup_vs_FISTA")
+    speedup = entry.get("speedup_vs_strongest")
     decided = mode != "quick" and speedup is not None
-    return Claim("solvers.hyperlista_wall_clock", "HyperLISTA solves problems >= 20x faster "
-                 "than FISTA (wall clock, same target)", ">= 20x", speedup, "x",
-                 (speedup >= 20.0) if decided else None,
+    return Claim("solvers.hyperlista_wall_clock", "HyperLISTA solves problems >= 10x faster "
+                 "than the strongest classic baseline (wall clock, same target)", ">= 10x",
+                 speedup, "x", (speedup >= 10.0) if decided else None,
                  seed_figure="37.3x (CPU, 10,000 problems, one thread)",
                  note="a timing: quick mode (1000 problems, shared machine) does not decide it"
                  if mode == "quick" else "")

@@ -58,10 +58,12 @@ __all__ = [
     "LISTA_SS",
     "SOLVERS",
     "ALISTA",
+    "HYPERLISTA_RULES",
     "HyperLISTA",
     "TiLISTA",
     "UnrolledSolver",
     "build_solver",
+    "interference_rms",
     "load_solver",
     "save_solver",
     "shrink_ss",
@@ -221,6 +223,11 @@ class UnrolledSolver(nn.Module):
         return {"name": self.name, "m": self.m, "n": self.n, "num_layers": self.num_layers,
                 "lam": self.lam, "support_selection": self.support_selection,
                 "ss_step": self.ss_step, "ss_max": self.ss_max}
+
+    @classmethod
+    def upgrade_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """Fill in constructor arguments that older checkpoints did not store (identity)."""
+        return config
 
     def layer_parameters(self, t: int) -> list[nn.Parameter]:
         """Parameters introduced by layer ``t`` (1-based); tied (shared) ones belong to layer 1."""
@@ -423,35 +430,84 @@ def shrink_ss_rows(z: torch.Tensor, theta: torch.Tensor, k: torch.Tensor) -> tor
     return soft_threshold(z, theta * weights)
 
 
+def interference_rms(W: torch.Tensor, A: torch.Tensor) -> float:
+    """mu_2(W, A) = sqrt(mean_{i != j} (w_i^T a_j)^2): the RMS cross-talk of W^T A.
+
+    For an error e = x - x*, entry i of W^T A e off the support is a sum of cross-talk terms
+    with standard deviation about mu_2 ||e||_2: the "noise" a threshold has to remove.
+    """
+    G = W.double().T @ A.double()
+    n = G.shape[0]
+    if n < 2:
+        return 1.0
+    off = G.pow(2).sum() - torch.diagonal(G).pow(2).sum()
+    return float((off / (n * (n - 1))).sqrt())
+
+
+def _scale_free_scales(A: torch.Tensor, W: torch.Tensor) -> tuple[float, float]:
+    """(theta scale, beta scale) of the scale-free rule.
+
+    theta: u = ||A^+ r||_1 = ||P e||_1 (P: projection on A's row space) is about
+    sqrt(2 m / pi) ||e||_2 for a generic error e, so mu_2 sqrt(pi / (2 m)) u estimates the
+    cross-talk RMS mu_2 ||e||_2 and c_theta is a multiple of it, whatever n, m, p or the scale
+    of y. beta: 1/m, so beta_t = c_beta ||x_t||_0 / m depends on the ratio of the current
+    support size to the number of measurements, not on n.
+    """
+    m = A.shape[0]
+    return interference_rms(W, A) * math.sqrt(math.pi / (2.0 * m)), 1.0 / m
+
+
+def _legacy_scales(A: torch.Tensor, W: torch.Tensor) -> tuple[float, float]:
+    """(1, 1): theta_t = c_theta ||A^+ r||_1 and beta_t = c_beta ||x_t||_0 (checkpoints saved
+    before the scale-free rule; the setting does not transfer across n, m)."""
+    return 1.0, 1.0
+
+
+#: HyperLISTA's rules: name -> function (A, W) -> (theta scale, beta scale).
+HYPERLISTA_RULES: dict[str, Any] = {"scale-free": _scale_free_scales,
+                                    "legacy": _legacy_scales}
+
+
 class HyperLISTA(UnrolledSolver):
     """HyperLISTA (Chen, Liu, Wang & Yin, NeurIPS 2021): ALISTA with momentum whose
     per-layer quantities are computed from the current iterate of each sample, from exactly
     three hyperparameters (c_beta, c_theta, c_ss):
 
     * r_t = y - A x_t, u_t = ||A^+ r_t||_1 (per sample), u_0 = ||A^+ y||_1;
-    * threshold theta_t = c_theta * gamma * u_t;
-    * momentum beta_t = c_beta * ||x_t||_0;
+    * threshold theta_t = c_theta * s_theta(A) * gamma * u_t;
+    * momentum beta_t = c_beta * s_beta(A) * ||x_t||_0;
     * support-selection ratio p_t = clip(c_ss * log(u_0 / u_t), 0, 1): the top
       floor(p_t * n) entries by magnitude that exceed theta_t skip the shrinkage;
     * x_{t+1} = eta_ss(x_t + gamma W^T r_t, theta_t, p_t) + beta_t (x_t - x_{t-1}).
 
+    The scales (s_theta, s_beta) come from ``rule`` (:data:`HYPERLISTA_RULES`). The default
+    "scale-free" rule is the paper's mu(A)-style normalisation in an average-case form:
+    s_theta = mu_2(W, A) sqrt(pi / 2m) (so theta_t is c_theta times an estimate of the RMS
+    cross-talk left in W^T A (x_t - x*), see :func:`_scale_free_scales`) and s_beta = 1/m. The
+    rule is invariant to n, m, p and the scale of y, so one setting transfers across problem
+    sizes; "legacy" (s = 1) is the earlier un-normalised rule, kept to load old checkpoints.
+
     W is ALISTA's analytic weight and gamma = 1 (W^T A has a unit diagonal); A^+ is the
     pseudo-inverse. Inference reads only y: nothing here depends on x*. The three
     hyperparameters are ``nn.Parameter`` s (``n_params == 3``) so they can be tuned
-    (:mod:`sparseprior.solvers.tuning`) or trained by backpropagation; the
+    (:mod:`sparseprior.solvers.tuning`, :meth:`calibrate`) or trained by backpropagation; the
     support-selection count is not differentiated through.
     """
 
     name = "HyperLISTA"
     default_support_selection = True
     HYPERPARAMETERS: ClassVar[tuple[str, ...]] = ("c_beta", "c_theta", "c_ss")
-    #: A coarse 4 x 4 x 4 grid optimum on the default problem (-44 dB there); tune for more.
-    DEFAULTS: ClassVar[dict[str, float]] = {"c_beta": 0.005, "c_theta": 0.01, "c_ss": 0.1}
+    #: The shipped setting of the scale-free rule, chosen over a family of problem sizes and
+    #: sparsities (``hyperlista_tuned.json`` holds it with the command that chose it).
+    DEFAULTS: ClassVar[dict[str, float]] = {"c_beta": 1.0, "c_theta": 3.6, "c_ss": 3.0}
 
     def __init__(self, A: torch.Tensor, num_layers: int = 16, lam: float = 0.4, *,
                  c_beta: float | None = None, c_theta: float | None = None,
-                 c_ss: float | None = None, gamma: float = 1.0, **kwargs: Any) -> None:
+                 c_ss: float | None = None, gamma: float = 1.0, rule: str = "scale-free",
+                 **kwargs: Any) -> None:
         super().__init__(A, num_layers, lam, **kwargs)
+        if rule not in HYPERLISTA_RULES:
+            raise ValueError(f"rule must be one of {sorted(HYPERLISTA_RULES)}, got {rule!r}")
         given = {"c_beta": c_beta, "c_theta": c_theta, "c_ss": c_ss}
         for key, value in given.items():
             value = self.DEFAULTS[key] if value is None else float(value)
@@ -461,9 +517,16 @@ class HyperLISTA(UnrolledSolver):
             self.shared[key] = _scalar(value)
         check_range(float(gamma), "gamma", 0.0, low_inclusive=False)
         self.gamma = float(gamma)
+        self.rule = rule
         self.register_buffer("W", analytic_weight(self.A), persistent=False)
         pinv = torch.linalg.pinv(self.A.double()).float()          # (n, m)
         self.register_buffer("A_pinv_T", pinv.T.contiguous(), persistent=False)  # (m, n)
+        self.theta_scale, self.beta_scale = HYPERLISTA_RULES[rule](self.A, self.W)
+
+    @classmethod
+    def upgrade_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """Checkpoints written before ``rule`` existed used the legacy rule."""
+        return {"rule": "legacy", **config}
 
     @property
     def hyperparameters(self) -> dict[str, float]:
@@ -472,7 +535,8 @@ class HyperLISTA(UnrolledSolver):
 
     @property
     def config(self) -> dict[str, Any]:
-        return {**super().config, "gamma": self.gamma, **self.hyperparameters}
+        return {**super().config, "gamma": self.gamma, "rule": self.rule,
+                **self.hyperparameters}
 
     def layer_parameters(self, t: int) -> list[nn.Parameter]:
         self._check_layer(t)
@@ -484,6 +548,8 @@ class HyperLISTA(UnrolledSolver):
         T = self.num_layers if num_layers is None else num_layers
         self._check_layer(T)
         c_beta, c_theta, c_ss = (self.shared[k] for k in self.HYPERPARAMETERS)
+        theta_c = c_theta * (self.theta_scale * self.gamma)
+        beta_c = c_beta * self.beta_scale
         tiny = torch.finfo(y.dtype).tiny
         x = x_prev = y.new_zeros(y.shape[0], self.n)
         u0 = (y @ self.A_pinv_T).abs().sum(dim=1).clamp_min(tiny)
@@ -491,20 +557,34 @@ class HyperLISTA(UnrolledSolver):
         for _ in range(T):
             r = self.residual(x, y)
             u = (r @ self.A_pinv_T).abs().sum(dim=1).clamp_min(tiny)
-            theta = (c_theta * self.gamma * u).unsqueeze(1)
+            theta = (theta_c * u).unsqueeze(1)
             with torch.no_grad():
                 ratio = (c_ss.detach() * torch.log(u0 / u)).clamp(0.0, 1.0)
                 k = torch.floor(ratio * self.n + 1e-6)
                 count = (x.detach() != 0).sum(dim=1, keepdim=True).to(y.dtype)
-            beta = c_beta * count
+            beta = beta_c * count
             z = x + self.gamma * (r @ self.W)
             x, x_prev = shrink_ss_rows(z, theta, k) + beta * (x - x_prev), x
             outputs.append(x)
         return outputs
 
+    @classmethod
+    def calibrate(cls, A: torch.Tensor, *, p: float = 0.1, snr_db: float | None = None,
+                  num_layers: int = 16, **kwargs: Any) -> HyperLISTA:
+        """A HyperLISTA for ``A`` with its 3 hyperparameters tuned on samples drawn from the
+        prior (Bernoulli(p)-Gaussian x*, noise at ``snr_db``), never on the user's data.
+
+        A grid search around the shipped setting (see
+        :func:`sparseprior.solvers.tuning.calibrate_hyperlista` for the budget, given in
+        evaluations, and ``kwargs``); the search record is in ``model.calibration``.
+        """
+        from sparseprior.solvers.tuning import calibrate_hyperlista
+
+        return calibrate_hyperlista(A, p=p, snr_db=snr_db, num_layers=num_layers, **kwargs)
+
     def extra_repr(self) -> str:
         hp = ", ".join(f"{k}={v:.4g}" for k, v in self.hyperparameters.items())
-        return f"{super().extra_repr()}, {hp}"
+        return f"{super().extra_repr()}, rule={self.rule!r}, {hp}"
 
 
 SOLVERS: dict[str, type[UnrolledSolver]] = {
@@ -570,6 +650,6 @@ def load_solver(path: str | Path, A: torch.Tensor | None = None,
             log.warning("load_solver: the given A differs from the one the solver was "
                         "trained with; using the given A")
         tensors["A"] = A
-    model = SOLVERS[name](tensors["A"], **cfg)
+    model = SOLVERS[name](tensors["A"], **SOLVERS[name].upgrade_config(cfg))
     model.load_state_dict(tensors)
     return model.to(dev)

@@ -1,0 +1,168 @@
+"""Does one shipped HyperLISTA setting transfer across a family of problems?
+
+For each problem of the grid (Gaussian A with unit-norm columns, Bernoulli(p)-Gaussian x*):
+
+* shipped HyperLISTA (``HyperLISTA.DEFAULTS``, scale-free rule, 16 layers, no retuning);
+* HyperLISTA calibrated for the problem's A with ``HyperLISTA.calibrate`` (samples drawn from
+  the prior with another seed; no x* of the validation or test set is used);
+* FISTA and FISTA with lambda-continuation (x0.95 per iteration), 1000 iterations each, lambda
+  chosen on the validation set from ``--lams``, NMSE reported on the test set;
+* the support-oracle floor (noisy problems).
+
+Checks (issue 12): shipped beats the best of FISTA@1000 and FISTA-cont@1000; shipped within
+3 dB of calibrated (or both below -60 dB); calibrated within 5 dB of the oracle floor on noisy
+problems. Plus a robustness table: NMSE of HyperLISTA on a problem when one hyperparameter is
+moved by -20/-10/+10/+20 %.
+
+    # reduced grid (this machine, ~10 min when it is idle)
+    OMP_NUM_THREADS=1 python benchmarks/solvers_transfer.py --grid reduced --out runs/transfer
+    # the full family (4 sizes x 3 m/n x 3 p x 4 conditions = 144 problems; hours on 1 thread)
+    OMP_NUM_THREADS=1 python benchmarks/solvers_transfer.py --grid full --samples 500 \
+        --out runs/transfer-full
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sparseprior.solvers.classic import fista, support_oracle_ls
+from sparseprior.solvers.metrics import nmse_db
+from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem
+from sparseprior.solvers.unrolled import HyperLISTA
+
+LAMS = (0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
+CONDITIONS: dict[str, dict[str, float]] = {"noiseless": {}, "kappa100": {"kappa": 100.0},
+                                           "snr40": {"snr_db": 40.0}, "snr20": {"snr_db": 20.0}}
+
+
+def family(grid: str) -> list[dict[str, Any]]:
+    """The problems of ``grid``: "full" (144) or "reduced" (a spread of 8 of them)."""
+    if grid == "full":
+        return [{"m": round(r * n), "n": n, "p": p, **CONDITIONS[c], "label": c}
+                for n, r, p, c in itertools.product((200, 500, 1000, 2000), (0.3, 0.45, 0.6),
+                                                    (0.05, 0.1, 0.15), CONDITIONS)]
+    picks = [(200, 0.5, 0.05, "noiseless"), (200, 0.5, 0.15, "noiseless"),
+             (500, 0.5, 0.1, "noiseless"), (500, 0.3, 0.1, "noiseless"),
+             (500, 0.6, 0.15, "kappa100"), (500, 0.5, 0.1, "snr20"),
+             (1000, 0.45, 0.1, "snr40"), (2000, 0.5, 0.1, "noiseless")]
+    return [{"m": round(r * n), "n": n, "p": p, **CONDITIONS[c], "label": c}
+            for n, r, p, c in picks]
+
+
+def fista_best(A: torch.Tensor, val: tuple, test: tuple, lams: tuple[float, ...], iters: int,
+               continuation: float | None) -> dict[str, float]:
+    """lambda chosen on the validation set (NMSE after ``iters``), NMSE on the test set."""
+    scores = {lam: nmse_db(fista(A, val[1], lam, max_iter=iters,
+                                 continuation=continuation).x, val[0]) for lam in lams}
+    lam = min(scores, key=scores.get)
+    test_db = nmse_db(fista(A, test[1], lam, max_iter=iters, continuation=continuation).x,
+                      test[0])
+    return {"lambda": lam, "val_db": scores[lam], "test_db": test_db,
+            "lambda_at_grid_edge": lam in (lams[0], lams[-1])}
+
+
+@torch.no_grad()
+def hyper_db(model: HyperLISTA, x: torch.Tensor, y: torch.Tensor) -> float:
+    out = model(y)[-1]
+    return nmse_db(out, x) if bool(torch.isfinite(out).all()) else float("inf")
+
+
+def run_problem(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    fields = {k: v for k, v in spec.items() if k != "label"}
+    problem = SparseRecoveryProblem.generate(ProblemConfig(**fields, seed=args.seed,
+                                                           n_val=args.samples,
+                                                           n_test=args.samples))
+    val, test = problem.validation_set(), problem.test_set()
+    A = problem.A
+    start = time.perf_counter()
+    shipped = hyper_db(HyperLISTA(A, num_layers=16), *test)
+    cal_model = HyperLISTA.calibrate(A, p=spec["p"], snr_db=spec.get("snr_db"),
+                                     rounds=args.calib_rounds, seed=args.seed + 17)
+    calibrated = hyper_db(cal_model, *test)
+    fista_plain = fista_best(A, val, test, args.lams, args.iters, None)
+    fista_cont = fista_best(A, val, test, args.lams, args.iters, 0.95)
+    best_fista = min(fista_plain["test_db"], fista_cont["test_db"])
+    noisy = spec.get("snr_db") is not None
+    floor = nmse_db(support_oracle_ls(A, test[1], test[0]), test[0]) if noisy else None
+    row = {"problem": f"{problem.m}x{problem.n} p={spec['p']} {spec['label']}",
+           "shipped_db": shipped, "calibrated_db": calibrated,
+           "calibrated": cal_model.calibration["best"],
+           "calibration_s": cal_model.calibration["seconds"],
+           "fista1000_db": fista_plain["test_db"], "fista_cont1000_db": fista_cont["test_db"],
+           "fista": fista_plain, "fista_cont": fista_cont, "oracle_db": floor,
+           "beats_fista": shipped < best_fista,
+           "near_calibrated": shipped <= calibrated + 3.0 or max(shipped, calibrated) < -60,
+           "near_oracle": (calibrated <= floor + 5.0) if noisy else None,
+           "seconds": time.perf_counter() - start}
+    print(f"{row['problem']:<34} shipped {shipped:8.2f}  calibrated {calibrated:8.2f}  "
+          f"FISTA {fista_plain['test_db']:8.2f}  FISTA-cont {fista_cont['test_db']:8.2f}"
+          + (f"  oracle {floor:7.2f}" if noisy else "")
+          + f"  beats {'yes' if row['beats_fista'] else 'NO'}"
+          f"  ~cal {'yes' if row['near_calibrated'] else 'NO'}", flush=True)
+    return row
+
+
+def robustness(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Test NMSE of the shipped setting with one hyperparameter scaled by 0.8 ... 1.2."""
+    rows = []
+    for fields in ({"m": 250, "n": 500, "p": 0.1}, {"m": 150, "n": 500, "p": 0.1}):
+        problem = SparseRecoveryProblem.generate(ProblemConfig(**fields, n_test=args.samples))
+        x, y = problem.test_set()
+        model = HyperLISTA(problem.A)
+        for key in HyperLISTA.HYPERPARAMETERS:
+            row: dict[str, Any] = {"problem": f"{problem.m}x{problem.n} p={fields['p']}",
+                                   "hyperparameter": key}
+            for f in (0.8, 0.9, 1.0, 1.1, 1.2):
+                hp = dict(HyperLISTA.DEFAULTS)
+                hp[key] *= f
+                for k, v in hp.items():
+                    model.shared[k].data.fill_(v)
+                row[f"x{f:g}"] = hyper_db(model, x, y)
+            rows.append(row)
+            print(" ".join(f"{v:>8.2f}" if isinstance(v, float) else str(v)
+                           for v in row.values()), flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--grid", choices=("reduced", "full"), default="reduced")
+    ap.add_argument("--samples", type=int, default=256, help="validation and test samples")
+    ap.add_argument("--iters", type=int, default=1000)
+    ap.add_argument("--lams", type=lambda s: tuple(float(v) for v in s.split(",")),
+                    default=LAMS)
+    ap.add_argument("--calib-rounds", type=int, default=3)
+    ap.add_argument("--limit", type=int, default=None, help="first N problems of the grid")
+    ap.add_argument("--no-robustness", action="store_true")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    problems = family(args.grid)[:args.limit]
+    rows = [run_problem(spec, args) for spec in problems]
+    robust = [] if args.no_robustness else robustness(args)
+    result = {"command": "python " + " ".join(sys.argv), "shipped": HyperLISTA.DEFAULTS,
+              "rows": rows, "robustness": robust,
+              "all_beat_fista": all(r["beats_fista"] for r in rows),
+              "all_near_calibrated": all(r["near_calibrated"] for r in rows)}
+    print(f"shipped beats best FISTA@1000 on {sum(r['beats_fista'] for r in rows)}/{len(rows)}"
+          f"; within 3 dB of calibrated on {sum(r['near_calibrated'] for r in rows)}/"
+          f"{len(rows)}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "transfer.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
