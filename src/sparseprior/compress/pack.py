@@ -549,6 +549,9 @@ def _check_architecture(arch: Any, records: list[TensorRecord], limits: ReadLimi
     build = {k: tuple(v) if isinstance(v, list) else v for k, v in arch["build"].items()}
     base = schema.meta_build(lambda: build_model(arch["model"], **build),
                              f"the registry model {arch['model']!r}", limits)
+    # the real build starts from the registry model, so it must fit the cap too
+    schema.check_size(base, f"the registry model {arch['model']!r} with these build arguments",
+                      limits)
     model = schema.meta_build(lambda: build_from_architecture(arch), "the architecture", limits)
     schema.check_layers_against_base(model, base)
     schema.check_state_matches(model, records, limits)

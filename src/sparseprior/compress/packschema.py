@@ -491,16 +491,21 @@ def check_architecture_fields(arch: Any, arch_version: int) -> None:
             raise ValueError(f"{where}: layer {_short(name)} must be an object with a 'type'")
 
 
+def check_size(model: nn.Module, what: str, limits: ReadLimits) -> None:
+    """``ValueError`` when the (meta) model holds more than ``limits.max_params`` entries."""
+    total = sum(t.numel() for t in model.state_dict().values())
+    if total > limits.max_params:
+        raise ValueError(f"{what} has {total:,} tensor entries, more than the reader's limit "
+                         f"max_params={limits.max_params:,} (raise it with max_params= or "
+                         f"{ENV_MAX_PARAMS} if you trust this file)")
+
+
 def check_state_matches(model: nn.Module, records: list[TensorRecord], limits: ReadLimits
                         ) -> None:
     """Record names/shapes/dtypes must equal the (meta) model's ``state_dict``, in order, and
     the total size stay under ``limits.max_params``."""
+    check_size(model, "the architecture", limits)
     state = model.state_dict()
-    total = sum(t.numel() for t in state.values())
-    if total > limits.max_params:
-        raise ValueError(f"the architecture has {total:,} tensor entries, more than the "
-                         f"reader's limit max_params={limits.max_params:,} (raise it with "
-                         f"max_params= or {ENV_MAX_PARAMS} if you trust this file)")
     names = [r.name for r in records]
     if names != list(state):
         missing = [n for n in state if n not in set(names)]
