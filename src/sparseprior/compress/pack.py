@@ -65,6 +65,7 @@ import torch
 from torch import Tensor, nn
 
 from sparseprior.common.checkpoint import atomic_write_bytes
+from sparseprior.compress import entropy
 from sparseprior.compress import packschema as schema
 from sparseprior.compress.arch import ARCH_VERSION, build_from_architecture, describe_architecture
 from sparseprior.compress.packschema import ReadLimits, TensorRecord
@@ -77,7 +78,8 @@ from sparseprior.compress.quantize import (
 
 MAGIC = b"SPPK"
 VERSION = 1
-READABLE_VERSIONS = (1,)
+VERSION_V2 = 2
+READABLE_VERSIONS = (1, 2)
 FORMAT = "sparseprior-packed"
 _PREFIX = struct.Struct("<4sHHI")
 FLAG_ZLIB_HEADER = 1
@@ -162,12 +164,17 @@ def encode_positions(mask: np.ndarray, encoding: str = "auto") -> tuple[str, int
     if encoding == "delta" and kind == "bitmap":  # forced delta: pick its best width
         costs = {w: delta_symbols(_gaps(np.flatnonzero(mask)), w) * w for w in range(1, 17)}
         b = min(costs, key=costs.__getitem__)
-    esc = (1 << b) - 1
+    return "delta", b, encode_delta(mask, b)
+
+
+def encode_delta(mask: np.ndarray, bits: int) -> bytes:
+    """The ``bits``-bit delta stream of a flat bool mask (see the module docstring)."""
+    esc = (1 << bits) - 1
     gaps = _gaps(np.flatnonzero(mask))
-    symbols = []
-    for g in gaps.tolist():
-        symbols += [esc] * (g // esc) + [g % esc]
-    return "delta", b, pack_bits(np.asarray(symbols, dtype=np.int64), b)
+    escapes = gaps // esc
+    symbols = np.full(int(escapes.sum()) + gaps.size, esc, dtype=np.int64)
+    symbols[np.cumsum(escapes + 1) - 1] = gaps % esc
+    return pack_bits(symbols, bits)
 
 
 def decode_positions(data: bytes, encoding: str, delta_bits: int, numel: int, nnz: int,
@@ -294,6 +301,125 @@ def _encode_raw(t: Tensor) -> tuple[dict[str, Any], list[bytes]]:
     return {"encoding": "raw", "parts": [["values", len(data)]]}, [data]
 
 
+# --------------------------------------------------------------------------- version 2
+
+
+def _position_options(nonzero: np.ndarray, positions: str) -> list[tuple[str, int, bytes]]:
+    """Candidate ``(kind, delta_bits, bytes)`` position codes of a flat bool mask: the bitmap,
+    the narrowest delta code and the byte-aligned one (8 bits, for the entropy coders)."""
+    options = []
+    if positions in ("auto", "bitmap"):
+        options.append(("bitmap", 0, np.packbits(nonzero.astype(np.uint8),
+                                                 bitorder="little").tobytes()))
+    if positions in ("auto", "delta"):
+        _, b, data = encode_positions(nonzero, "delta")
+        options.append(("delta", b, data))
+        if b != 8:
+            options.append(("delta", 8, encode_delta(nonzero, 8)))
+    return options
+
+
+def _best_of(options: list[tuple[dict[str, Any], bytes]]) -> tuple[dict[str, Any], str, bytes]:
+    """``(fields, coder, stored)`` of the option whose best coding is smallest."""
+    best: tuple[dict[str, Any], str, bytes] | None = None
+    for fields, raw in options:
+        coder, stored = entropy.encode_best(raw)
+        if best is None or len(stored) < len(best[2]):
+            best = (fields, coder, stored)
+    assert best is not None
+    return best
+
+
+def _layouts(values_of: Any, nonzero: np.ndarray, positions: str, value_options: Any
+             ) -> tuple[dict[str, Any], list[tuple[str, str, bytes]]]:
+    """Smallest of storing every entry or only the non-zeros (with the best position code).
+    ``value_options(flat values)`` lists ``(fields, raw bytes)`` candidates for the values.
+    Returns the record fields and ``(part, coder, stored)`` of positions and values."""
+    best: tuple[dict[str, Any], list[tuple[str, str, bytes]]] | None = None
+    layouts: list[tuple[str, int, bytes] | None] = [None] if positions == "auto" else []
+    layouts += _position_options(nonzero, positions)
+    for layout in layouts:
+        fields: dict[str, Any] = {"positions": None}
+        parts: list[tuple[str, str, bytes]] = []
+        if layout is not None:
+            fields.update(positions=layout[0], delta_bits=layout[1])
+            _, coder, stored = _best_of([({}, layout[2])])
+            parts.append(("positions", coder, stored))
+        chosen, coder, stored = _best_of(value_options(values_of(layout is not None)))
+        fields.update(chosen)
+        parts.append(("values", coder, stored))
+        if best is None or sum(len(p[2]) for p in parts) < sum(len(p[2]) for p in best[1]):
+            best = (fields, parts)
+    assert best is not None
+    return best
+
+
+def _encode_codes_v2(t: Tensor, spec: QuantSpec, scale: Tensor | None, positions: str
+                     ) -> tuple[dict[str, Any], list[tuple[str, str, bytes]]]:
+    q = quantize_tensor(t, spec, scale)
+    flat_codes = q.codes.reshape(-1).numpy()
+    nonzero = (q.dequantize() != 0).reshape(-1).numpy()
+    widths = sorted({spec.bits, 8})
+
+    def code_options(codes: np.ndarray) -> list[tuple[dict[str, Any], bytes]]:
+        return [({"code_width": w}, pack_bits(codes, w)) for w in widths]
+
+    fields, parts = _layouts(lambda sparse: flat_codes[nonzero] if sparse else flat_codes,
+                             nonzero, positions, code_options)
+    parts = [("codes" if p == "values" else p, c, d) for p, c, d in parts]
+    scale32 = q.scale.float().numpy().astype("<f4")
+    half = scale32.astype("<f2")
+    exact_half = bool(np.array_equal(half.astype("<f4"), scale32))  # only when lossless
+    scale_raw = half.tobytes() if exact_half else scale32.tobytes()
+    parts.append(("scale", *entropy.encode_best(scale_raw)))
+    if spec.scheme == "uniform" and not spec.symmetric:
+        parts.append(("zero_point", *entropy.encode_best(
+            q.zero_point.numpy().astype(np.uint8).tobytes())))
+    record = {"encoding": "codes", "quant": spec.to_dict(), "nnz": int(nonzero.sum()),
+              "scale_len": int(q.scale.numel()), "scale_dtype": "float16" if exact_half
+              else "float32", **fields}
+    return record, parts
+
+
+def _encode_float_v2(t: Tensor, positions: str
+                     ) -> tuple[dict[str, Any], list[tuple[str, str, bytes]]]:
+    flat = t.detach().float().cpu().reshape(-1).numpy().astype("<f4")
+    nonzero = flat != 0
+    fields, parts = _layouts(lambda sparse: flat[nonzero] if sparse else flat, nonzero,
+                             positions, lambda v: [({}, v.tobytes())])
+    return {"encoding": "float", "nnz": int(nonzero.sum()), **fields}, parts
+
+
+def _encode_raw_v2(t: Tensor) -> tuple[dict[str, Any], list[tuple[str, str, bytes]]]:
+    data = t.detach().cpu().contiguous().numpy().tobytes()
+    return {"encoding": "raw"}, [("values", *entropy.encode_best(data))]
+
+
+def _encode_v2(name: str, t: Tensor, targets: Mapping[str, Any], positions: str
+               ) -> tuple[dict[str, Any], list[bytes]]:
+    if name in targets:
+        record, parts = _encode_codes_v2(t, *targets[name], positions)
+    elif t.dtype == torch.float32:
+        record, parts = _encode_float_v2(t, positions)
+    else:
+        record, parts = _encode_raw_v2(t)
+    record["parts"] = [[p, len(d), c] for p, c, d in parts]
+    return record, [d for _, _, d in parts]
+
+
+def _encode_v1(name: str, t: Tensor, targets: Mapping[str, Any], positions: str
+               ) -> tuple[dict[str, Any], list[bytes]]:
+    if name in targets:
+        spec, scale = targets[name]
+        return _encode_codes(t, spec, scale, positions)
+    if t.dtype == torch.float32:
+        return _encode_float(t, positions)
+    return _encode_raw(t)
+
+
+_ENCODERS = {1: _encode_v1, 2: _encode_v2}
+
+
 def _part_bytes(record: Mapping[str, Any]) -> int:
     return sum(int(part[1]) for part in record["parts"])
 
@@ -363,7 +489,7 @@ def _decode_codes(rec: TensorRecord, parts: Mapping[str, bytes],
     assert spec is not None and rec.scale_len is not None
     mask = _decode_mask(rec, parts)
     if codes is None:
-        codes = unpack_bits(parts["codes"], spec.bits, rec.count)
+        codes = unpack_bits(parts["codes"], rec.code_width, rec.count)
     if codes.size != rec.count or (codes.size and (codes.min() < 0 or
                                                    codes.max() >= 1 << spec.bits)):
         raise ValueError(f"{rec.where}: expected {rec.count} codes in [0, 2^{spec.bits}), "
@@ -399,7 +525,11 @@ _DECODERS = {"raw": _decode_raw, "float": _decode_float, "codes": _decode_codes}
 
 
 def _decode_tensor(rec: TensorRecord, blob: bytes) -> Tensor:
-    parts = _split_parts(rec, blob)
+    stored = _split_parts(rec, blob)
+    bounds = schema.raw_part_sizes(rec)
+    parts = {key: stored[key] if coder == "none" else
+             entropy.decode_part(coder, stored[key], bounds[key][1], f"{rec.where}: part {key!r}")
+             for key, _, coder in rec.parts}
     _check_part_lengths(rec, parts)
     return _DECODERS[rec.encoding](rec, parts)
 
@@ -420,39 +550,37 @@ class PackInfo:
 
 def pack(model: nn.Module, path: str | Path, *, model_name: str,
          build: Mapping[str, Any] | None = None, meta: Mapping[str, Any] | None = None,
-         positions: str = "auto") -> PackInfo:
+         positions: str = "auto", version: int = VERSION_V2) -> PackInfo:
     """Write ``model`` (a registry model ``model_name`` built with ``build``, possibly
     compressed) to a packed file at ``path`` (atomic write).
 
     Quantized tensors are stored as codes (see the module docstring), other floating tensors
     as float32 (dense or non-zeros only), the rest raw. ``positions`` forces the position code
     (``'bitmap'`` or ``'delta'``) for every sparse tensor; ``'auto'`` picks the smaller.
+    ``version=2`` (default) also entropy-codes every part with the smallest of the installed
+    coders (:mod:`~.entropy`); ``version=1`` writes the plain bit-packed format.
     """
     if positions not in POSITION_ENCODINGS:
         raise ValueError(f"positions={positions!r} is not one of {POSITION_ENCODINGS}")
+    if version not in _ENCODERS:
+        raise ValueError(f"version={version!r} is not one of {sorted(_ENCODERS)}")
     arch = describe_architecture(model, model_name, build or {})
     targets = quant_targets(model)
     records, chunks, offset = [], [], 0
     for name, t in model.state_dict().items():
-        if name in targets:
-            spec, scale = targets[name]
-            record, parts = _encode_codes(t, spec, scale, positions)
-        elif t.dtype == torch.float32:
-            record, parts = _encode_float(t, positions)
-        else:
-            record, parts = _encode_raw(t)
+        record, parts = _ENCODERS[version](name, t, targets, positions)
         blob = b"".join(parts)
         record.update(name=name, shape=list(t.shape), dtype=str(t.dtype).replace("torch.", ""),
                       offset=offset, crc32=zlib.crc32(blob))
         records.append(record)
         chunks.append(blob)
         offset += len(blob)
-    header = {"format": FORMAT, "version": VERSION, "architecture": arch,
+    header = {"format": FORMAT, "version": version, "architecture": arch,
               "payload_bytes": offset, "meta": dict(meta or {}), "tensors": records}
-    _self_check(header, VERSION, offset)
+    _self_check(header, version, offset)
     head = zlib.compress(json.dumps(header, separators=(",", ":"), sort_keys=True)
                          .encode("utf-8"), 9)
-    body = _PREFIX.pack(MAGIC, VERSION, FLAG_ZLIB_HEADER, len(head)) + head + b"".join(chunks)
+    body = _PREFIX.pack(MAGIC, version, FLAG_ZLIB_HEADER, len(head)) + head + b"".join(chunks)
     data = body + hashlib.sha256(body).digest()
     path = atomic_write_bytes(path, data)
     return PackInfo(path, os.path.getsize(path), len(head),
@@ -533,7 +661,8 @@ def check_header(header: Any, version: int, payload_bytes: int, limits: ReadLimi
     if not isinstance(tensors, list) or len(tensors) > schema.MAX_TENSORS:
         raise ValueError(f"the header: field 'tensors' must be a list of at most "
                          f"{schema.MAX_TENSORS} records")
-    records = [schema.parse_record(raw, i) for i, raw in enumerate(tensors)]
+    records = [schema.parse_record(raw, i, version, entropy.CODERS.names())
+               for i, raw in enumerate(tensors)]
     schema.check_offsets(records, payload_bytes)
     for rec in records:
         schema.check_part_layout(rec)

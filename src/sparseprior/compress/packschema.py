@@ -187,7 +187,9 @@ class TensorRecord:
     """One checked tensor record of a header (see :mod:`sparseprior.compress.pack`).
 
     ``parts`` are ``(name, stored bytes, coder)``; ``coder`` is ``"none"`` in version 1.
-    ``symbols`` (version 2) maps an entropy-coded part to its number of symbols.
+    ``code_width`` is the bits per stored code (``quant.bits``, or 8 in version 2 when the
+    codes are byte-aligned for an entropy coder); ``scale_dtype`` is ``float32`` or (version 2,
+    when exact) ``float16``.
     """
 
     name: str
@@ -203,7 +205,7 @@ class TensorRecord:
     quant: QuantSpec | None = None
     scale_len: int | None = None
     scale_dtype: str = "float32"
-    symbols: tuple[tuple[str, int], ...] = ()
+    code_width: int = 0
 
     @property
     def numel(self) -> int:
@@ -245,17 +247,20 @@ _EXTRA = {"codes": {"quant", "nnz", "scale_len", "positions"},
           "float": {"nnz", "positions"}, "raw": set()}
 
 
-def parse_record(raw: Any, index: int, coders: tuple[str, ...] = ("none",),
-                 extra_fields: Mapping[str, set[str]] | None = None) -> TensorRecord:
-    """Check one header tensor record (types, ranges, fields allowed for its encoding) and
-    return it typed. ``coders`` are the part coders the format version allows."""
+_V2_EXTRA = {"codes": {"code_width", "scale_dtype"}, "float": set(), "raw": set()}
+
+
+def parse_record(raw: Any, index: int, version: int = 1, coders: tuple[str, ...] = ("none",)
+                 ) -> TensorRecord:
+    """Check one header tensor record (types, ranges, fields allowed for its encoding and
+    format ``version``) and return it typed. ``coders`` are the part coders allowed."""
     where = f"tensor record #{index}"
     if not isinstance(raw, dict):
         raise ValueError(f"{where} must be a JSON object, got {type(raw).__name__}")
     name = check_str(raw.get("name"), "name", where)
     where = f"tensor {name!r}"
     encoding = check_str(raw.get("encoding"), "encoding", where, ENCODINGS)
-    extra = set(_EXTRA[encoding]) | set((extra_fields or {}).get(encoding, set()))
+    extra = set(_EXTRA[encoding]) | (_V2_EXTRA[encoding] if version >= 2 else set())
     optional = frozenset({"delta_bits"}) if "positions" in extra else frozenset()
     check_keys(raw, _COMMON | extra, where, optional)
     shape_raw = raw["shape"]
@@ -292,9 +297,16 @@ def parse_record(raw: Any, index: int, coders: tuple[str, ...] = ("none",),
         fields["quant"] = spec
         expect = expected_scale_len(shape, spec)
         fields["scale_len"] = check_int(raw["scale_len"], "scale_len", expect, expect, where)
-    for key in (extra_fields or {}).get(encoding, set()):
-        fields[key] = raw[key]
-    parts = _parse_parts(raw["parts"], where, coders)
+        fields["code_width"] = spec.bits
+        if version >= 2:
+            width = check_int(raw["code_width"], "code_width", spec.bits, 8, where)
+            if width not in (spec.bits, 8):
+                raise ValueError(f"{where}: field 'code_width' must be {spec.bits} or 8, got "
+                                 f"{width}")
+            fields["code_width"] = width
+            fields["scale_dtype"] = check_str(raw["scale_dtype"], "scale_dtype", where,
+                                              ("float32", "float16"))
+    parts = _parse_parts(raw["parts"], where, coders if version >= 2 else ("none",))
     return TensorRecord(name=name, shape=shape, dtype=dtype, encoding=encoding, offset=offset,
                         parts=parts, crc32=crc, **fields)
 
@@ -305,7 +317,7 @@ def _parse_parts(raw: Any, where: str, coders: tuple[str, ...]
         raise ValueError(f"{where}: field 'parts' must be a list of at most 8 parts, got "
                          f"{_short(raw)}")
     parts = []
-    width = 2 if coders == ("none",) else 3
+    width = 2 if coders == ("none",) else 3  # version 1: [name, bytes]; 2: [name, bytes, coder]
     for item in raw:
         if not isinstance(item, list) or len(item) != width:
             raise ValueError(f"{where}: each part must be a list of {width} items, got "
@@ -342,7 +354,7 @@ def raw_part_sizes(rec: TensorRecord) -> dict[str, tuple[int, int]]:
         sizes["positions"] = ((rec.nnz * b + 7) // 8, (most * b + 7) // 8)
     if rec.encoding == "codes":
         assert rec.quant is not None and rec.scale_len is not None
-        n = (count * rec.quant.bits + 7) // 8
+        n = (count * rec.code_width + 7) // 8
         sizes["codes"] = (n, n)
         width = 2 if rec.scale_dtype == "float16" else 4
         sizes["scale"] = (width * rec.scale_len, width * rec.scale_len)
