@@ -11,6 +11,8 @@ Coders (registry :data:`CODERS`):
 * ``none``: the bytes as they are;
 * ``zlib`` / ``lzma`` (standard library), ``zstd`` (``zstandard``), ``brotli`` (``brotli``):
   general-purpose byte compressors at their strongest settings;
+* ``<coder>-shuffle4`` (lzma, zstd, brotli, ans): the coder applied after regrouping the
+  bytes of 4-byte words by position (float32 scales and biases share exponent bytes);
 * ``ans``: an order-0 model of the part's byte values coded with ``constriction``'s rANS
   (``AnsCoder``). Layout: ``varint n_symbols``, ``varint n_used``, then for each used byte
   value (ascending) ``varint gap from the previous value`` and ``varint count``, then the
@@ -264,6 +266,35 @@ def _ans_decode(data: bytes, max_len: int, where: str) -> bytes:
 CODERS.register("ans", Coder(_ans_encode, _ans_decode, _has("constriction"), "constriction"))
 
 
+# --------------------------------------------------------------------------- byte shuffle
+
+
+def _shuffled(base: str) -> Coder:
+    """``base`` applied to the bytes regrouped by position in 4-byte words (all first bytes,
+    then all second bytes, ...): float32 values of similar size share their sign/exponent
+    bytes, which then compress well. Only for whole 4-byte words."""
+    inner = CODERS.get(base)
+
+    def encode(data: bytes) -> bytes:
+        if len(data) % 4:
+            raise ValueError("byte shuffle needs whole 4-byte words")
+        planes = np.frombuffer(data, dtype=np.uint8).reshape(-1, 4).T
+        return inner.encode(np.ascontiguousarray(planes).tobytes())
+
+    def decode(data: bytes, max_len: int, where: str) -> bytes:
+        out = inner.decode(data, max_len, where)
+        if len(out) % 4:
+            raise ValueError(f"{where}: a byte-shuffled part must be whole 4-byte words")
+        return np.ascontiguousarray(np.frombuffer(out, dtype=np.uint8).reshape(4, -1).T
+                                    ).tobytes()
+
+    return Coder(encode, decode, inner.available, inner.package)
+
+
+for _base in ("lzma", "zstd", "brotli", "ans"):
+    CODERS.register(f"{_base}-shuffle4", _shuffled(_base))
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -276,7 +307,7 @@ def encode_best(data: bytes, coders: tuple[str, ...] | None = None) -> tuple[str
     """``(coder, stored)`` of the smallest encoding of ``data`` (ties: earlier coder)."""
     best = ("none", data)
     for name in coders or available_coders():
-        if name == "none":
+        if name == "none" or (name.endswith("-shuffle4") and len(data) % 4):
             continue
         stored = CODERS.get(name).encode(data)
         if len(stored) < len(best[1]):
