@@ -2,9 +2,10 @@
 
 Each coder turns one part's bytes (bit-packed codes, byte-aligned codes, a bitmap, a delta
 stream, scales, float values) into stored bytes; the packer tries every available coder on
-every part and keeps the smallest, recording its name in the header. Decoding takes the most
-bytes the part may inflate to (known from the header's shape, ``nnz`` and widths) and raises
-``ValueError`` for more, for a stream that does not end exactly, or for a corrupt one.
+every part and keeps the smallest, recording its name in the header (the record's ``coders``,
+one per part). Decoding takes the most bytes the part may inflate to (known from the header's
+shape, ``nnz`` and widths) and raises ``ValueError`` for more, for a stream that does not end
+exactly, or for a corrupt one.
 
 Coders (registry :data:`CODERS`):
 

@@ -403,7 +403,8 @@ def _encode_v2(name: str, t: Tensor, targets: Mapping[str, Any], positions: str
         record, parts = _encode_float_v2(t, positions)
     else:
         record, parts = _encode_raw_v2(t)
-    record["parts"] = [[p, len(d), c] for p, c, d in parts]
+    record["parts"] = [[p, len(d)] for p, _, d in parts]
+    record["coders"] = [c for _, c, _ in parts]
     return record, [d for _, _, d in parts]
 
 

@@ -247,7 +247,8 @@ _EXTRA = {"codes": {"quant", "nnz", "scale_len", "positions"},
           "float": {"nnz", "positions"}, "raw": set()}
 
 
-_V2_EXTRA = {"codes": {"code_width", "scale_dtype"}, "float": set(), "raw": set()}
+_V2_EXTRA = {"codes": {"code_width", "scale_dtype", "coders"}, "float": {"coders"},
+             "raw": {"coders"}}
 
 
 def parse_record(raw: Any, index: int, version: int = 1, coders: tuple[str, ...] = ("none",)
@@ -306,27 +307,32 @@ def parse_record(raw: Any, index: int, version: int = 1, coders: tuple[str, ...]
             fields["code_width"] = width
             fields["scale_dtype"] = check_str(raw["scale_dtype"], "scale_dtype", where,
                                               ("float32", "float16"))
-    parts = _parse_parts(raw["parts"], where, coders if version >= 2 else ("none",))
+    parts = _parse_parts(raw["parts"], raw.get("coders") if version >= 2 else None, where,
+                         coders)
     return TensorRecord(name=name, shape=shape, dtype=dtype, encoding=encoding, offset=offset,
                         parts=parts, crc32=crc, **fields)
 
 
-def _parse_parts(raw: Any, where: str, coders: tuple[str, ...]
+def _parse_parts(raw: Any, coder_names: Any, where: str, coders: tuple[str, ...]
                  ) -> tuple[tuple[str, int, str], ...]:
+    """``parts`` (``[[name, bytes], ...]``) and, from version 2, ``coders`` (one name per
+    part) as ``(name, bytes, coder)``."""
     if not isinstance(raw, list) or len(raw) > 8:
         raise ValueError(f"{where}: field 'parts' must be a list of at most 8 parts, got "
                          f"{_short(raw)}")
+    if coder_names is None:
+        coder_names = ["none"] * len(raw)
+    elif not isinstance(coder_names, list) or len(coder_names) != len(raw):
+        raise ValueError(f"{where}: field 'coders' must list one coder per part, got "
+                         f"{_short(coder_names)}")
     parts = []
-    width = 2 if coders == ("none",) else 3  # version 1: [name, bytes]; 2: [name, bytes, coder]
-    for item in raw:
-        if not isinstance(item, list) or len(item) != width:
-            raise ValueError(f"{where}: each part must be a list of {width} items, got "
+    for item, coder in zip(raw, coder_names, strict=True):
+        if not isinstance(item, list) or len(item) != 2:
+            raise ValueError(f"{where}: each part must be a list [name, bytes], got "
                              f"{_short(item)}")
         part = check_str(item[0], "parts[].name", where, max_len=32)
         length = check_int(item[1], f"parts[{part}].bytes", 0, 2**62, where)
-        coder = check_str(item[2], f"parts[{part}].coder", where, coders) if width == 3 \
-            else "none"
-        parts.append((part, length, coder))
+        parts.append((part, length, check_str(coder, f"coders[{part}]", where, coders)))
     return tuple(parts)
 
 
