@@ -153,7 +153,8 @@ def _brotli_encode(data: bytes) -> bytes:
     import brotli
 
     lgwin = min(24, max(10, (len(data) - 1).bit_length()))
-    return brotli.compress(data, quality=11, lgwin=lgwin)
+    quality = 11 if len(data) <= 4096 else 9  # 11 costs ~1 s per 30 KB part
+    return brotli.compress(data, quality=quality, lgwin=lgwin)
 
 
 def _brotli_decode(data: bytes, max_len: int, where: str) -> bytes:
@@ -304,11 +305,25 @@ def available_coders() -> tuple[str, ...]:
     return tuple(name for name, coder in CODERS.items() if coder.available())
 
 
-def encode_best(data: bytes, coders: tuple[str, ...] | None = None) -> tuple[str, bytes]:
-    """``(coder, stored)`` of the smallest encoding of ``data`` (ties: earlier coder)."""
+#: Parts larger than this only try the fast coders (the slow ones take seconds per part).
+LARGE_PART = 16 * 2**10
+FAST_CODERS = ("ans",)
+
+
+def encode_best(data: bytes, coders: tuple[str, ...] | None = None, *, floats: bool = False
+                ) -> tuple[str, bytes]:
+    """``(coder, stored)`` of the smallest encoding of ``data`` (ties: earlier coder).
+
+    By default every installed coder is tried, the byte-shuffled ones only for ``floats``
+    (float32 words), and only :data:`FAST_CODERS` for parts over :data:`LARGE_PART` bytes.
+    """
+    if coders is None:
+        coders = FAST_CODERS if len(data) > LARGE_PART else available_coders()
     best = ("none", data)
-    for name in coders or available_coders():
-        if name == "none" or (name.endswith("-shuffle4") and len(data) % 4):
+    for name in coders:
+        shuffled = name.endswith("-shuffle4")
+        if name == "none" or (shuffled and (not floats or len(data) % 4)) or \
+                not CODERS.get(name).available():
             continue
         stored = CODERS.get(name).encode(data)
         if len(stored) < len(best[1]):

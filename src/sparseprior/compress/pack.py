@@ -319,19 +319,20 @@ def _position_options(nonzero: np.ndarray, positions: str) -> list[tuple[str, in
     return options
 
 
-def _best_of(options: list[tuple[dict[str, Any], bytes]]) -> tuple[dict[str, Any], str, bytes]:
+def _best_of(options: list[tuple[dict[str, Any], bytes]], floats: bool = False
+             ) -> tuple[dict[str, Any], str, bytes]:
     """``(fields, coder, stored)`` of the option whose best coding is smallest."""
     best: tuple[dict[str, Any], str, bytes] | None = None
     for fields, raw in options:
-        coder, stored = entropy.encode_best(raw)
+        coder, stored = entropy.encode_best(raw, floats=floats)
         if best is None or len(stored) < len(best[2]):
             best = (fields, coder, stored)
     assert best is not None
     return best
 
 
-def _layouts(values_of: Any, nonzero: np.ndarray, positions: str, value_options: Any
-             ) -> tuple[dict[str, Any], list[tuple[str, str, bytes]]]:
+def _layouts(values_of: Any, nonzero: np.ndarray, positions: str, value_options: Any,
+             floats: bool = False) -> tuple[dict[str, Any], list[tuple[str, str, bytes]]]:
     """Smallest of storing every entry or only the non-zeros (with the best position code).
     ``value_options(flat values)`` lists ``(fields, raw bytes)`` candidates for the values.
     Returns the record fields and ``(part, coder, stored)`` of positions and values."""
@@ -345,7 +346,7 @@ def _layouts(values_of: Any, nonzero: np.ndarray, positions: str, value_options:
             fields.update(positions=layout[0], delta_bits=layout[1])
             _, coder, stored = _best_of([({}, layout[2])])
             parts.append(("positions", coder, stored))
-        chosen, coder, stored = _best_of(value_options(values_of(layout is not None)))
+        chosen, coder, stored = _best_of(value_options(values_of(layout is not None)), floats)
         fields.update(chosen)
         parts.append(("values", coder, stored))
         if best is None or sum(len(p[2]) for p in parts) < sum(len(p[2]) for p in best[1]):
@@ -371,7 +372,7 @@ def _encode_codes_v2(t: Tensor, spec: QuantSpec, scale: Tensor | None, positions
     half = scale32.astype("<f2")
     exact_half = bool(np.array_equal(half.astype("<f4"), scale32))  # only when lossless
     scale_raw = half.tobytes() if exact_half else scale32.tobytes()
-    parts.append(("scale", *entropy.encode_best(scale_raw)))
+    parts.append(("scale", *entropy.encode_best(scale_raw, floats=not exact_half)))
     if spec.scheme == "uniform" and not spec.symmetric:
         parts.append(("zero_point", *entropy.encode_best(
             q.zero_point.numpy().astype(np.uint8).tobytes())))
@@ -386,13 +387,14 @@ def _encode_float_v2(t: Tensor, positions: str
     flat = t.detach().float().cpu().reshape(-1).numpy().astype("<f4")
     nonzero = flat != 0
     fields, parts = _layouts(lambda sparse: flat[nonzero] if sparse else flat, nonzero,
-                             positions, lambda v: [({}, v.tobytes())])
+                             positions, lambda v: [({}, v.tobytes())], floats=True)
     return {"encoding": "float", "nnz": int(nonzero.sum()), **fields}, parts
 
 
 def _encode_raw_v2(t: Tensor) -> tuple[dict[str, Any], list[tuple[str, str, bytes]]]:
     data = t.detach().cpu().contiguous().numpy().tobytes()
-    return {"encoding": "raw"}, [("values", *entropy.encode_best(data))]
+    floats = t.dtype.is_floating_point and t.element_size() == 4
+    return {"encoding": "raw"}, [("values", *entropy.encode_best(data, floats=floats))]
 
 
 def _encode_v2(name: str, t: Tensor, targets: Mapping[str, Any], positions: str
