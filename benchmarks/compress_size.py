@@ -9,7 +9,8 @@ QAT), then compares, for the same compressed model:
 * ``xz -9e`` of the fp32 safetensors of the pruned + quantized model;
 * "int8 codes + fp32 scales, xz -9e": every quantized tensor as one int8 code per entry plus
   its float32 scales, every other tensor as float32, concatenated and ``xz -9e``-ed;
-* the packed file, format version 1 (bit-packed) and version 2 (entropy-coded parts);
+* the packed file, format version 1 (bit-packed) and version 2 (entropy-coded parts), and
+  ``xz -9e`` of the version 2 file (does a general compressor still find redundancy?);
 * the entropy bound of codes and positions: for each quantized tensor
   ``nnz * H0(codes of the non-zeros) + log2 C(numel, nnz)`` bits (order-0 entropy of the
   codes, the information in the choice of the support), compared with the bytes version 2
@@ -152,6 +153,7 @@ def main() -> None:
     v2 = pack(model, args.out / "model_v2.sppk", model_name=name, build=build, version=2)
     rows["packed, version 1"] = v1.size
     rows["packed, version 2"] = v2.size
+    rows["xz -9e of the packed version 2 file"] = xz9e(v2.path.read_bytes())
     assert all(torch.equal(a, b) for a, b in zip(unpack(v2.path).state_dict().values(),
                                                  model.state_dict().values(), strict=True))
     bound = entropy_bound(model)
