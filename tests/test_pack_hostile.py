@@ -479,6 +479,8 @@ def test_v2_coders_are_bounded():
 
     data = bytes(range(256)) * 40
     for name in CODERS.names():
+        if not CODERS.get(name).available():  # optional packages (zstandard, brotli, ...)
+            continue
         stored = CODERS.get(name).encode(data)
         assert decode_part(name, stored, len(data), "p") == data
         with pytest.raises(ValueError, match="more than the 10239 bytes"):
