@@ -279,11 +279,14 @@ def test_sparse_4bit_layer_file_near_theoretical_bits(tmp_path):
     assert nnz == 12_000
     theory = theoretical_bits(120_000, nnz, 4, scales=1)
     bitmap = pack(model, tmp_path / "b.sppk", model_name="mlp", build=arch_build,
-                  positions="bitmap")
+                  positions="bitmap", version=1)  # the plain bit-packed layout
     assert theory <= 8 * bitmap.size <= 1.10 * theory
-    auto = pack(model, tmp_path / "a.sppk", model_name="mlp", build=arch_build)
+    auto = pack(model, tmp_path / "a.sppk", model_name="mlp", build=arch_build, version=1)
     assert auto.size <= bitmap.size
     assert torch.equal(unpack(tmp_path / "a.sppk").classifier.weight, model.classifier.weight)
+    coded = pack(model, tmp_path / "c.sppk", model_name="mlp", build=arch_build)  # version 2
+    assert coded.size < auto.size
+    assert torch.equal(unpack(tmp_path / "c.sppk").classifier.weight, model.classifier.weight)
 
 
 @pytest.mark.parametrize("density", [0.0, 0.01, 0.1, 0.5, 1.0])

@@ -9,12 +9,16 @@ Layout (big-endian)::
     4*d bytes   the size of each dimension, unsigned 32-bit
     rest        the data, row-major, big-endian
 
-A file may be gzip-compressed; this is detected from its first two bytes, not its name.
+A file may be gzip-compressed; this is detected from its first two bytes, not its name. A
+gzip file is inflated only as far as its IDX header says the data goes: the header is read
+first, the declared size is checked against ``max_bytes``, and a stream that inflates to more
+than it declares is refused, so a small ``.gz`` cannot become a memory bomb.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -33,19 +37,89 @@ IDX_DTYPES: dict[int, np.dtype] = {
     0x0E: np.dtype(">f8"),
 }
 _GZIP_MAGIC = b"\x1f\x8b"
+#: Default cap on an IDX file's (uncompressed) size: 1 GiB, 20x Fashion-MNIST's training images.
+DEFAULT_MAX_IDX_BYTES = 2**30
 
 
-def _read_bytes(path: Path) -> bytes:
+class _Inflater:
+    """Inflate a gzip stream a given number of bytes at a time (never more)."""
+
+    def __init__(self, raw: bytes, source: str) -> None:
+        self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._tail = raw
+        self._source = source
+        self.out = b""
+
+    def take(self, total: int) -> bytes:
+        """Inflate until ``out`` has ``total`` bytes or the stream ends; return ``out``."""
+        try:
+            while len(self.out) < total and not self._z.eof:
+                chunk = self._z.decompress(self._tail, total - len(self.out))
+                progressed = chunk or len(self._z.unconsumed_tail) < len(self._tail)
+                self._tail = self._z.unconsumed_tail
+                self.out += chunk
+                if not progressed and not self._z.eof:
+                    raise zlib.error("the gzip stream ends early")
+        except zlib.error as err:
+            raise ValueError(f"IDX file {self._source!r} is a corrupt or truncated gzip file "
+                             f"({err}); delete it and get a fresh copy") from None
+        return self.out
+
+    def finish(self) -> None:
+        """The stream must have ended (complete gzip trailer) with nothing after it."""
+        if not self._z.eof or self._z.unused_data:
+            raise ValueError(f"IDX file {self._source!r} is a corrupt or truncated gzip file "
+                             f"(it does not end where its IDX header says); delete it and get "
+                             f"a fresh copy")
+
+
+def _declared_size(head: bytes, source: str) -> int | None:
+    """Total IDX bytes (header + data) its header declares, or ``None`` if ``head`` is too
+    short to tell. Raises for a malformed header."""
+    if len(head) < 4:
+        return None
+    if head[0] or head[1] or head[2] not in IDX_DTYPES or head[3] < 1:
+        parse_idx(head, source)  # raises the precise header error
+    header_len = 4 + 4 * head[3]
+    if len(head) < header_len:
+        return None
+    shape = struct.unpack(f">{head[3]}I", head[4:header_len])
+    return header_len + math.prod(shape) * IDX_DTYPES[head[2]].itemsize
+
+
+def _inflate_idx(raw: bytes, source: str, max_bytes: int) -> bytes:
+    """Inflate a gzipped IDX file to exactly the size its header declares."""
+    stream = _Inflater(raw, source)
+    head = stream.take(4)
+    if len(head) == 4 and head[3] >= 1:
+        head = stream.take(4 + 4 * head[3])
+    total = _declared_size(head, source)
+    if total is None:  # too short for its header: parse_idx says so
+        return stream.out
+    if total > max_bytes:
+        raise ValueError(f"IDX file {source!r} declares {total:,} bytes, more than the limit "
+                         f"max_bytes={max_bytes:,}; refusing to inflate it")
+    data = stream.take(total)
+    if len(data) < total:
+        return data  # truncated: parse_idx reports the missing bytes
+    if len(stream.take(total + 1)) > total:
+        raise ValueError(f"IDX file {source!r} inflates to more than the {total:,} bytes its "
+                         f"header declares; refusing it")
+    stream.finish()
+    return data
+
+
+def _read_bytes(path: Path, max_bytes: int) -> bytes:
     if not path.is_file():
         raise ValueError(f"IDX file {str(path)!r} not found")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"IDX file {str(path)!r} has {size:,} bytes, more than the limit "
+                         f"max_bytes={max_bytes:,}")
     raw = path.read_bytes()
     if raw[:2] != _GZIP_MAGIC:
         return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as err:
-        raise ValueError(f"IDX file {str(path)!r} is a corrupt or truncated gzip file ({err}); "
-                         f"delete it and get a fresh copy") from err
+    return _inflate_idx(raw, str(path), max_bytes)
 
 
 def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
@@ -81,14 +155,18 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
     return array.astype(dtype.newbyteorder("="), copy=True)
 
 
-def read_idx(path: str | Path) -> np.ndarray:
+def read_idx(path: str | Path, *, max_bytes: int = DEFAULT_MAX_IDX_BYTES) -> np.ndarray:
     """Read an IDX file (raw or gzip) into a NumPy array of its declared shape and type.
 
     Example: ``train-images-idx3-ubyte.gz`` gives a ``(60000, 28, 28)`` ``uint8`` array.
-    Raises ``ValueError`` for a missing, truncated or corrupt file.
+    ``max_bytes`` caps the file's uncompressed size (checked from its header before a gzip
+    file is inflated). Raises ``ValueError`` for a missing, truncated, corrupt or too large
+    file.
     """
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
     path = Path(path)
-    return parse_idx(_read_bytes(path), str(path))
+    return parse_idx(_read_bytes(path, max_bytes), str(path))
 
 
 def encode_idx(array: np.ndarray) -> bytes:
