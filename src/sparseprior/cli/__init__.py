@@ -19,6 +19,7 @@ import typer
 
 from sparseprior.cli import compress as compress_cli
 from sparseprior.cli import dst as dst_cli
+from sparseprior.cli import fed as fed_cli
 from sparseprior.cli import solvers as solvers_cli
 from sparseprior.cli import tickets as tickets_cli
 from sparseprior.common.device import resolve_device
@@ -34,6 +35,7 @@ app.add_typer(solvers_cli.app, name="solvers")
 app.add_typer(tickets_cli.app, name="tickets")
 app.add_typer(dst_cli.app, name="dst")
 app.add_typer(compress_cli.app, name="compress")
+app.add_typer(fed_cli.app, name="fed")
 
 
 @app.command()
