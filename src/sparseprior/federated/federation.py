@@ -35,6 +35,17 @@ log = logging.getLogger(__name__)
 
 #: ``reply(client, download_blob, plan) -> upload blob`` or ``None`` (the client failed).
 ReplyFn = Callable[[int, bytes, ClientPlan], "bytes | None"]
+#: ``collect(clients, download_blob, plans) -> [upload blob or None per client]`` (all at once).
+CollectFn = Callable[[list[int], bytes, list[ClientPlan]], "list[bytes | None]"]
+
+
+def sequential(reply: ReplyFn) -> CollectFn:
+    """A ``collect`` function that asks the clients one after another."""
+
+    def collect(clients: list[int], blob: bytes, plans: list[ClientPlan]) -> list[bytes | None]:
+        return [reply(k, blob, p) for k, p in zip(clients, plans, strict=True)]
+
+    return collect
 
 
 def build_seeded_model(config: FedRunConfig, input_shape: Sequence[int], num_classes: int
@@ -168,8 +179,15 @@ class Federation:
 
     # ------------------------------------------------------------------ a round
 
-    def run_round(self, state: ServerState, reply: ReplyFn) -> RoundResult:
-        """Round ``state.round`` (0-based): sample, send, collect, check, aggregate, count."""
+    def run_round(self, state: ServerState, reply: ReplyFn | None = None, *,
+                  collect: CollectFn | None = None) -> RoundResult:
+        """Round ``state.round`` (0-based): sample, send, collect, check, aggregate, count.
+
+        Pass ``reply`` (clients asked one by one) or ``collect`` (all at once).
+        """
+        if (reply is None) == (collect is None):
+            raise TypeError("run_round needs exactly one of reply= or collect=")
+        collect = collect or sequential(reply)
         r = state.round
         clients = self.sample(r)
         down = self.download(state)
@@ -177,11 +195,12 @@ class Federation:
         rejected: dict[str, int] = {}
         failed = 0
         up_bytes: list[int] = []
-        readjust = 0.0
-        for k in clients:
-            plan = self.strategy.plan(r, k)
-            readjust = max(readjust, plan.readjust_fraction)
-            blob = reply(k, down, plan)
+        plans = [self.strategy.plan(r, k) for k in clients]
+        readjust = max(p.readjust_fraction for p in plans)
+        blobs = collect(clients, down, plans)
+        if len(blobs) != len(clients):
+            raise ValueError(f"collect returned {len(blobs)} replies for {len(clients)} clients")
+        for k, blob in zip(clients, blobs, strict=True):
             if blob is None:
                 failed += 1
                 continue
