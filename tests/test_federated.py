@@ -331,3 +331,31 @@ def test_static_and_dense_strategies_keep_their_shape():
     assert static["mask_changes"] == 0 and static["nonzero"] == static["mask_kept"]
     dense = run_federated(tiny(strategy="fedavg", rounds=2), None)
     assert dense["sparsity"] < 0.01
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def test_cli_fed_run_writes_a_run_folder(cli, tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(tiny(rounds=2).to_json())
+    code, out, _ = cli(["fed", "run", "--config", str(cfg), "--strategy", "static",
+                        "--out", str(tmp_path / "r")])
+    assert code in (0, None), out
+    assert "static" in out and (tmp_path / "r" / "summary.json").exists()
+    import json
+
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["strategy"] == "static" and saved["rounds"] == 2
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--per-round", "200"], "more clients per round than there are clients"),
+    (["--split", "dirichlet:0"], "beta must be > 0"),
+    (["--strategy", "fedprox"], "unknown federated strategy 'fedprox'"),
+    (["--split", "shards:3", "--clients", "7"], "per_round"),
+])
+def test_cli_fed_bad_input_is_one_line_exit_2(cli, args, fragment):
+    code, _, err = cli(["fed", "run", *args])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and fragment in lines[0], err

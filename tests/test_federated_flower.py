@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -52,6 +53,19 @@ def _kill_all(procs: list[subprocess.Popen]) -> None:
             p.wait(timeout=10)
 
 
+def _wait_for_port(port: int, procs: list[subprocess.Popen], timeout: float) -> None:
+    """Block until something listens on 127.0.0.1:``port`` (or fail when a process died)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise AssertionError("a Flower process exited early")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"nothing listens on port {port} after {timeout} s")
+
+
 def _env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(PYTHONPATH=SRC + os.pathsep + env.get("PYTHONPATH", ""),
@@ -75,7 +89,7 @@ def test_flower_deployment_matches_the_simulation(tmp_path):
     link = find_free_port()
     (tmp_path / "flwr-home").mkdir()
     (tmp_path / "flwr-home" / "config.toml").write_text(
-        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{link}"\n'
+        f'[superlink]\ndefault = "testlink"\n\n[superlink.testlink]\naddress = "127.0.0.1:{link}"\n'
         f"insecure = true\n")
     logs = {name: open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 (closed in finally)
             for name in ("link", "n0", "n1", "run")}
@@ -85,17 +99,21 @@ def test_flower_deployment_matches_the_simulation(tmp_path):
             [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port",
              str(link), "--disable-runtime-dependency-installation"], cwd=tmp_path, env=env,
             stdout=logs["link"], stderr=subprocess.STDOUT))
+        _wait_for_port(link, procs, 120)
+        node_ports = [find_free_port() for _ in range(2)]
         for i in range(2):
             procs.append(subprocess.Popen(
                 [str(BIN / "flower-supernode"), "--insecure", "--superlink",
-                 f"127.0.0.1:{link}", "--port", str(find_free_port()), "--node-config",
+                 f"127.0.0.1:{link}", "--port", str(node_ports[i]), "--node-config",
                  f"partition-id={i}", "--max-wait-time", "300"], cwd=tmp_path, env=env,
                 stdout=logs[f"n{i}"], stderr=subprocess.STDOUT))
+        for port in node_ports:
+            _wait_for_port(port, procs, 120)
         out = tmp_path / "out"
         run_config = f"config-path='{tmp_path / 'config.json'}' out='{out}' timeout=300.0"
         deadline = time.monotonic() + 420
         while True:  # the SuperLink needs a moment before it accepts runs
-            done = subprocess.run([str(BIN / "flwr"), "run", str(app), "local", "--run-config",
+            done = subprocess.run([str(BIN / "flwr"), "run", str(app), "testlink", "--run-config",
                                    run_config], cwd=tmp_path, env=env, stdout=logs["run"],
                                   stderr=subprocess.STDOUT, timeout=120)
             if done.returncode == 0 or time.monotonic() > deadline - 300:

@@ -78,3 +78,28 @@ def plot(
         histories[f"{folder.name}"] = run.read_metrics()
     for path in plot_runs(histories, out):
         typer.echo(f"saved {path}")
+
+
+@app.command("config")
+@config_options(run=FedRunConfig)
+def write_config(
+    run: FedRunConfig,
+    out: Path = typer.Option(Path("fed-config.json"), help="Where to write the JSON."),
+) -> None:
+    """Write an experiment config (JSON) for `fed run --config` or the Flower ServerApp."""
+    from sparseprior.common.checkpoint import atomic_write_text
+
+    atomic_write_text(out, run.to_json())
+    typer.echo(f"saved {out}")
+
+
+@app.command("flower-app")
+def flower_app(folder: Path = typer.Argument(Path("fed-app"), help="App folder to write.")
+               ) -> None:
+    """Write the Flower App folder for `flwr run` (needs the `fed` extra: flwr>=1.42,<2)."""
+    try:
+        from sparseprior.federated.flower_app import write_app_dir
+    except ImportError as err:
+        raise ValueError(f"Flower is not installed ({err}); pip install 'sparseprior[fed]'"
+                         ) from None
+    typer.echo(f"wrote {write_app_dir(folder)}")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
@@ -158,6 +159,8 @@ def server_main(grid: Grid, context: Context) -> None:
         raise ValueError("run config 'config-path' is empty: pass --run-config "
                          "\"config-path='/path/config.json' out='/path/out'\"")
     config = FedRunConfig.from_json(cfg_path)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     out = RunDir(str(context.run_config.get("out", "runs/fed/flower")))
     timeout = float(context.run_config.get("timeout", 600.0))
     fed = Federation(config)
@@ -188,7 +191,10 @@ _FEDERATIONS: dict[str, Federation] = {}
 def _federation(config_json: str) -> Federation:
     if config_json not in _FEDERATIONS:  # a long-lived ClientApp process reuses its data
         _FEDERATIONS.clear()
-        _FEDERATIONS[config_json] = Federation(FedRunConfig.from_dict(json.loads(config_json)))
+        config = FedRunConfig.from_dict(json.loads(config_json))
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        _FEDERATIONS[config_json] = Federation(config)
     return _FEDERATIONS[config_json]
 
 

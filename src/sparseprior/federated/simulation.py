@@ -132,8 +132,9 @@ def run_federated(
         progress: called with every round record.
 
     Returns:
-        The summary (see :func:`summarize`); ``cached: True`` when read back from a finished
-        folder.
+        The summary (see :func:`summarize`) with the final :class:`ServerState` under
+        ``"state"``; ``cached: True`` (and no state: use :func:`load_final`) when read back
+        from a finished folder.
     """
     if not isinstance(config, FedRunConfig):
         raise TypeError(f"config must be a FedRunConfig, got {type(config).__name__}")
