@@ -70,7 +70,8 @@ def _env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(PYTHONPATH=SRC + os.pathsep + env.get("PYTHONPATH", ""),
                PATH=str(BIN) + os.pathsep + env.get("PATH", ""),
-               FLWR_HOME=str(tmp_path / "flwr-home"), OMP_NUM_THREADS="1")
+               FLWR_HOME=str(tmp_path / "flwr-home"), OMP_NUM_THREADS="1",
+               FLWR_TELEMETRY_ENABLED="0")
     return env
 
 
@@ -111,15 +112,10 @@ def test_flower_deployment_matches_the_simulation(tmp_path):
             _wait_for_port(port, procs, 120)
         out = tmp_path / "out"
         run_config = f"config-path='{tmp_path / 'config.json'}' out='{out}' timeout=300.0"
-        deadline = time.monotonic() + 420
-        while True:  # the SuperLink needs a moment before it accepts runs
-            done = subprocess.run([str(BIN / "flwr"), "run", str(app), "testlink", "--run-config",
-                                   run_config], cwd=tmp_path, env=env, stdout=logs["run"],
-                                  stderr=subprocess.STDOUT, timeout=120)
-            if done.returncode == 0 or time.monotonic() > deadline - 300:
-                break
-            time.sleep(2)
-        assert done.returncode == 0, (tmp_path / "run.log").read_text()[-2000:]
+        deadline = time.monotonic() + 600  # a loaded 2-core machine; ~1 min when idle
+        procs.append(subprocess.Popen(  # `flwr run` returns once the run is started
+            [str(BIN / "flwr"), "run", str(app), "testlink", "--run-config", run_config],
+            cwd=tmp_path, env=env, stdout=logs["run"], stderr=subprocess.STDOUT))
         while not (out / "final.json").exists() and time.monotonic() < deadline:
             time.sleep(1)
         assert (out / "final.json").exists(), "no result from the ServerApp: " + \
@@ -129,13 +125,12 @@ def test_flower_deployment_matches_the_simulation(tmp_path):
         for fh in logs.values():
             fh.close()
     flower = load_final(out)
-    simulated = run_federated(config, None)["state"].weights
-    assert set(flower) == set(simulated)
-    for name, value in simulated.items():
+    state = run_federated(config, None)["state"]
+    assert set(flower) == set(state.weights)
+    for name, value in state.weights.items():
         assert torch.allclose(flower[name], value, atol=1e-5, rtol=1e-4), name
-    # exactly sparse on both engines, same masks
-    for name in ("features.0.weight",):
-        assert torch.equal(flower[name] != 0, value_mask := simulated[name] != 0), value_mask
+    for name, mask in state.masks.items():  # same masks: exactly sparse on both engines
+        assert torch.equal(flower[name] != 0, mask), name
 
 
 @pytest.mark.slow
