@@ -8,8 +8,9 @@ pathological 2-shard and Dirichlet 0.3 splits, 3 seeds; 30 runs)::
 
 Reduced run (what fits a shared 2-core machine)::
 
-    python benchmarks/fed_fashion_mnist.py --out runs/bench-fed-small --rounds 30 \\
-        --clients 20 --per-round 5 --subset 12000 --seeds 0 --test-images 2000
+    python benchmarks/fed_fashion_mnist.py --out runs/bench-fed-small --rounds 10 \\
+        --clients 10 --per-round 4 --subset 2000 --seeds 0 --test-images 1000 \\
+        --eval-every 5 --readjust-every 3 --strategies feddst,fedavg,fedavgm,static
 
 Each run is a resumable ``fed run`` folder ``<out>/<split>/<strategy>-s<seed>`` (a rerun skips
 finished runs). Writes ``<out>/benchmark.json`` (summaries, per-(split, seed) comparisons,
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--subset", type=int, default=None, help="training images (default all)")
     p.add_argument("--test-images", type=int, default=None, help="test images (default all)")
     p.add_argument("--eval-every", type=int, default=10)
+    p.add_argument("--readjust-every", type=int, default=10,
+                   help="FedDST rounds between mask readjustments (scale down with --rounds)")
     p.add_argument("--workers", type=int, default=1, help="parallel runs (1 thread each)")
     args = p.parse_args(argv)
     from sparseprior.federated.experiments import TITLES, claims, compare
@@ -68,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
 
     out = RunDir(args.out)
     overrides = {"rounds": args.rounds, "clients": args.clients, "per_round": args.per_round,
-                 "subset": args.subset, "eval_every": args.eval_every}
+                 "subset": args.subset, "eval_every": args.eval_every,
+                 "readjust_every": args.readjust_every}
     jobs = [{"strategy": s, "split": sp, "seed": int(seed), "overrides": overrides,
              "test_images": args.test_images,
              "folder": str(out.path / sp.replace(":", "") / f"{s}-s{seed}")}
@@ -91,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
                 plot_runs({TITLES[k]: v for k, v in hist.items()},
                           out.path / sp.replace(":", ""),
                           title=f"LeNet-5, Fashion-MNIST, {sp}, seed {seed}")
-    full = (args.rounds, args.clients, args.per_round, args.subset) == (200, 100, 10, None)
+    full = (args.rounds, args.clients, args.per_round, args.subset, args.readjust_every) == \
+        (200, 100, 10, None, 10)
     found = claims(comparisons, decides=full,
                    note="" if full else "reduced grid: reported, not decided")
     rows = [{"split": s["split"], "seed": s["seed"], "strategy": s["strategy"],
