@@ -10,7 +10,8 @@ Reduced run (what fits a shared 2-core machine)::
 
     python benchmarks/fed_fashion_mnist.py --out runs/bench-fed-small --rounds 10 \\
         --clients 10 --per-round 4 --subset 2000 --seeds 0 --test-images 1000 \\
-        --eval-every 5 --readjust-every 3 --strategies feddst,fedavg,fedavgm,static
+        --eval-every 1 --readjust-every 3 --strategies feddst,fedavg,fedavgm,static \\
+        --workers 2
 
 Each run is a resumable ``fed run`` folder ``<out>/<split>/<strategy>-s<seed>`` (a rerun skips
 finished runs). Writes ``<out>/benchmark.json`` (summaries, per-(split, seed) comparisons,
