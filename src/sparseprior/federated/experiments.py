@@ -31,9 +31,9 @@ TITLES = {"feddst": "FedDST", "feddst-noadj": "FedDST (no readjust)", "fedavg": 
 
 def grid_config(strategy: str, split: str, seed: int, **overrides: Any) -> FedRunConfig:
     """The issue's setting: LeNet-5 on Fashion-MNIST, K=100, C=10, E=2, 200 rounds, ERK at
-    sparsity 0.8 over all layers (output layer included, as in FedDST), FedDST readjusting every 10 rounds until 80% of the
-    rounds with alpha 0.05 (one local epoch after the readjustment); ``overrides`` replace
-    fields (``local`` may be a dict of TrainConfig fields)."""
+    sparsity 0.8 over all layers (output layer included, as in FedDST), FedDST readjusting
+    every 10 rounds until 80% of the rounds with alpha 0.05 (one local epoch after the
+    readjustment); ``overrides`` replace fields (``local``: a dict of TrainConfig fields)."""
     local = overrides.pop("local", {})
     base = FedRunConfig(strategy=strategy, split=split, seed=seed, include_output=True,
                         local=default_local_train().replace(seed=seed, **local))
