@@ -30,6 +30,8 @@ GROUPS: dict[str, tuple[str, str]] = {
     "dst": ("sparseprior.cli.dst", "Dynamic sparse training: SET, RigL, GraNet, static."),
     "compress": ("sparseprior.cli.compress", "Compression: prune, quantize, factorize, pack, "
                  "measure."),
+    "fed": ("sparseprior.cli.fed", "Federated dynamic sparse training: FedDST, FedAvg(M), "
+            "static ERK masks; Flower apps."),
     "reproduce": ("sparseprior.cli.reproduce", "Run the headline experiments and write the "
                   "report (report.html, report.md, results.json)."),
 }
