@@ -100,3 +100,15 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         ServedModel.from_packed(tmp_path / "c.sppk")
     with pytest.raises(ValueError, match="atol"):
         served.check(build_model("mlp", **BUILD))
+
+
+@pytest.mark.skipif("csc" not in available_kernels(), reason="needs numba")
+def test_csc_background_shift_is_exact(tmp_path):
+    path = packed_mlp(tmp_path, QuantSpec(4, "uniform", "channel", True))
+    x = inputs(3)
+    x[x == 0] = -0.8  # a standardised blank pixel: the most frequent input value
+    served = ServedModel.from_packed(path, batch_size=3, example=x, kernels=["csc"], rounds=1)
+    with torch.inference_mode():
+        ref = unpack(path)(x)
+    assert float((served(x) - ref).abs().max()) <= 1e-4
+    assert float((served(x[:1]) - ref[:1]).abs().max()) <= 1e-4

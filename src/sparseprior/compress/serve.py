@@ -15,7 +15,10 @@ Kernels (registry :data:`KERNELS`; the ``numba`` ones need the optional ``numba`
 * ``csr`` (numba): row-wise gather-dot over the codes (batch 1) / row-wise axpy over the batch.
 * ``csc`` (numba): column-wise scatter that *skips zero activations* (ReLU outputs, blank
   pixels): an input column is visited only when its activation is non-zero (batch 1) or
-  non-zero for at least one example of the batch.
+  non-zero for at least one example of the batch. When most inputs of the planning example
+  share one non-zero value ``c`` (the background of standardised images), the kernel computes
+  ``W x = W (x - c) + c W 1`` so that the background is skipped too (``c W 1`` folded into the
+  bias once).
 
 Activations flow *feature-major*, ``(features, batch)`` contiguous float32, so the batch is the
 inner, vectorisable loop of the sparse kernels; the input is transposed once on entry and the
@@ -90,7 +93,8 @@ class SparseLinear:
 
 
 def layer_codes(weight: Tensor, spec: QuantSpec | None) -> tuple[np.ndarray, np.ndarray]:
-    """``(codes, scale)`` with ``codes * scale[:, None] == weight`` bit for bit.
+    """``(codes, scale)`` with ``codes * scale`` (one scale per output channel, dim 0) equal
+    to ``weight`` bit for bit; ``codes`` has the weight's shape.
 
     Quantized weights (``spec`` given) are re-quantized (decoded weights are fixed points of
     quantization, so this returns the file's codes); the integer value ``code - zero_point`` is
@@ -104,16 +108,17 @@ def layer_codes(weight: Tensor, spec: QuantSpec | None) -> tuple[np.ndarray, np.
         return w.numpy().copy(), ones
     q = quantize_tensor(w, spec)
     scale = q.scale.float().reshape(-1).expand(rows) if q.scale.numel() == 1 else q.scale.float()
+    col = scale.reshape(-1, *([1] * (w.dim() - 1)))
     if spec.scheme == "uniform":
         zp = q.zero_point.to(torch.int32).reshape(-1)
         zp = zp.expand(rows) if zp.numel() == 1 else zp
-        ints = q.codes.to(torch.int32) - zp[:, None]
-        values = ints.float() * scale[:, None]
+        ints = q.codes.to(torch.int32) - zp.reshape(col.shape)
+        values = ints.float() * col
         dtype = np.int8 if int(ints.abs().max()) <= 127 else np.int16
         codes = ints.numpy().astype(dtype)
     else:
-        codes_f = q.dequantize() / scale[:, None]  # +-2^e or 0: exact division
-        values = codes_f * scale[:, None]
+        codes_f = q.dequantize() / col  # +-2^e or 0: exact division
+        values = codes_f * col
         codes = codes_f.numpy().astype(np.float32)
     if not torch.equal(values, w):
         return w.numpy().copy(), ones
@@ -161,9 +166,10 @@ def chain_layers(model: nn.Module, where: str = "model") -> list[SparseLinear]:
 
 # --------------------------------------------------------------------------- kernels
 
-KERNELS: Registry[Callable[[SparseLinear], Kernel]] = Registry("serve kernel")
-"""Kernel name -> ``prepare(layer) -> kernel``; ``prepare`` raises ``RuntimeError`` when the
-kernel is unavailable here (e.g. no numba)."""
+KERNELS: Registry[Callable[[SparseLinear, np.ndarray], Kernel]] = Registry("serve kernel")
+"""Kernel name -> ``prepare(layer, example) -> kernel`` (``example``: the layer's feature-major
+planning input ``(in, B)``); ``prepare`` raises ``RuntimeError`` when the kernel is unavailable
+here (e.g. no numba)."""
 
 
 def _torch_out(y: Tensor, relu: bool) -> np.ndarray:
@@ -171,7 +177,7 @@ def _torch_out(y: Tensor, relu: bool) -> np.ndarray:
 
 
 @KERNELS.register("dense")
-def _prepare_dense(layer: SparseLinear) -> Kernel:
+def _prepare_dense(layer: SparseLinear, example: np.ndarray) -> Kernel:
     w, b = layer.weight.contiguous(), layer.bias.reshape(-1, 1).contiguous()
 
     def run(h: np.ndarray) -> np.ndarray:
@@ -180,7 +186,7 @@ def _prepare_dense(layer: SparseLinear) -> Kernel:
 
 
 @KERNELS.register("torch-csr")
-def _prepare_torch_csr(layer: SparseLinear) -> Kernel:
+def _prepare_torch_csr(layer: SparseLinear, example: np.ndarray) -> Kernel:
     import warnings
 
     with warnings.catch_warnings():
@@ -274,7 +280,7 @@ def _jit_kernels() -> dict[str, Any]:
 
 
 @KERNELS.register("csr")
-def _prepare_csr(layer: SparseLinear) -> Kernel:
+def _prepare_csr(layer: SparseLinear, example: np.ndarray) -> Kernel:
     jit = _jit_kernels()
     ptr, idx, val = _compressed(layer.codes, "row")
     scale, bias, relu = layer.scale, layer.bias.numpy().astype(np.float32), layer.relu
@@ -287,11 +293,29 @@ def _prepare_csr(layer: SparseLinear) -> Kernel:
 
 
 @KERNELS.register("csc")
-def _prepare_csc(layer: SparseLinear) -> Kernel:
+def _prepare_csc(layer: SparseLinear, example: np.ndarray) -> Kernel:
     fn = _jit_kernels()["csc"]
     ptr, idx, val = _compressed(layer.codes, "col")
-    scale, bias, relu = layer.scale, layer.bias.numpy().astype(np.float32), layer.relu
-    return lambda h: fn(ptr, idx, val, scale, bias, h, relu)
+    scale, relu = layer.scale, layer.relu
+    shift = background_value(example)
+    bias64 = layer.bias.double().numpy()
+    if shift != 0.0:  # W x = W (x - c) + c * W 1: the background folded into the bias
+        bias64 = bias64 + shift * scale.astype(np.float64) * layer.codes.astype(np.float64).sum(1)
+    bias = bias64.astype(np.float32)
+    if shift == 0.0:
+        return lambda h: fn(ptr, idx, val, scale, bias, h, relu)
+    c = np.float32(shift)
+    return lambda h: fn(ptr, idx, val, scale, bias, h - c, relu)
+
+
+def background_value(example: np.ndarray, min_share: float = 0.25) -> float:
+    """The most frequent value of ``example`` when it is non-zero and at least ``min_share``
+    of the entries (e.g. the standardised blank pixel), else 0."""
+    values, counts = np.unique(example, return_counts=True)
+    top = int(np.argmax(counts))
+    if values[top] != 0 and counts[top] >= min_share * example.size:
+        return float(values[top])
+    return 0.0
 
 
 def available_kernels() -> tuple[str, ...]:
@@ -385,8 +409,8 @@ class ServedModel:
         chosen: dict[str, Kernel] = {}
         plan: list[LayerPlan] = []
         for layer in layers:
-            prepared = {n: KERNELS.get(n)(layer) for n in names}
-            result = measure_latency({n: (lambda f=f: f(h)) for n, f in prepared.items()},
+            prepared = {n: KERNELS.get(n)(layer, h) for n in names}
+            result = measure_latency({n: (lambda f=f, h=h: f(h)) for n, f in prepared.items()},
                                      rounds=rounds, calls=max(3, 100 // batch_size), warmup=2)
             best = min(result.median_ms, key=result.median_ms.__getitem__)
             plan.append(LayerPlan(layer.name, layer.shape, layer.nnz, best,
