@@ -64,13 +64,14 @@ def ratio_stats(base: list[float], cand: list[float]) -> dict[str, float]:
 def bench_batch(path: Path, batch: int, test_x: torch.Tensor, rounds: int, plan_rounds: int
                 ) -> dict:
     x = test_x[:batch].reshape(batch, -1).contiguous()
+    x_img = test_x[:batch].contiguous()  # ONNX Runtime takes the model's own input shape
     served = ServedModel.from_packed(path, batch_size=batch, example=test_x[:max(batch, 64)],
                                      rounds=plan_rounds)
     decoded = served.reference
     chain = bare_chain(served)
     session = ort_session(export_onnx(decoded, test_x[:1]))
     runners = {"served": lambda: served(x), "bare fp32 chain": lambda: chain(x),
-               "ORT fp32": lambda: ort_run(session, x), "decoded module": lambda: decoded(x)}
+               "ORT fp32": lambda: ort_run(session, x_img), "decoded module": lambda: decoded(x)}
     lat = measure_latency(runners, rounds=rounds, calls=max(3, 200 // batch), warmup=5)
     t = lat.times_ms
     return {"batch": batch, "plan": served.plan_rows(),

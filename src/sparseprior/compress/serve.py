@@ -238,16 +238,15 @@ def _jit_kernels() -> dict[str, Any]:
         n, batch = ptr.size - 1, x.shape[1]
         y = np.zeros((n, batch), np.float32)
         for r in range(n):
-            row = y[r]
             for k in range(ptr[r], ptr[r + 1]):
                 w = np.float32(val[k])
-                src = x[idx[k]]
+                j = idx[k]
                 for b in range(batch):
-                    row[b] += w * src[b]
+                    y[r, b] += w * x[j, b]
             s, c = scale[r], bias[r]
             for b in range(batch):
-                v = row[b] * s + c
-                row[b] = v if (v > 0 or not relu) else np.float32(0.0)
+                v = y[r, b] * s + c
+                y[r, b] = v if (v > 0 or not relu) else np.float32(0.0)
         return y
 
     @jit
@@ -255,19 +254,18 @@ def _jit_kernels() -> dict[str, Any]:
         n, batch = bias.size, x.shape[1]
         y = np.zeros((n, batch), np.float32)
         for j in range(x.shape[0]):
-            src = x[j]
             live = False
             for b in range(batch):
-                if src[b] != 0:
+                if x[j, b] != 0:
                     live = True
                     break
             if not live:
                 continue
             for k in range(ptr[j], ptr[j + 1]):
                 w = np.float32(val[k])
-                row = y[idx[k]]
+                r = idx[k]
                 for b in range(batch):
-                    row[b] += w * src[b]
+                    y[r, b] += w * x[j, b]
         for r in range(n):
             s, c = scale[r], bias[r]
             for b in range(batch):
@@ -419,16 +417,19 @@ class ServedModel:
             h = np.ascontiguousarray(prepared["dense" if "dense" in prepared else best](h))
         return cls(layers, chosen, plan, batch_size, reference)
 
-    def _check_input(self, x: Any) -> Tensor:
+    def _check_input(self, x: Any) -> np.ndarray:
+        """``x`` as a ``(B, in)`` float32 numpy view (copied only when needed)."""
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor of shape (batch, ...), got "
                             f"{type(x).__name__}")
-        if x.dim() < 2 or x[0].numel() != self.in_features:
+        if x.dim() < 2 or math.prod(x.shape[1:]) != self.in_features:
             raise ValueError(f"x must have shape (batch, ...) with {self.in_features} values "
                              f"per example, got {tuple(x.shape)}")
         if not x.dtype.is_floating_point:
             raise ValueError(f"x must be a floating tensor, got dtype {x.dtype}")
-        return x
+        if x.dtype != torch.float32 or x.device.type != "cpu" or x.requires_grad:
+            x = x.detach().to("cpu", torch.float32)
+        return x.numpy().reshape(x.shape[0], self.in_features)
 
     def forward_features(self, h: np.ndarray) -> np.ndarray:
         """Feature-major ``(in, B)`` float32 -> ``(out, B)``: the served chain, no checks."""
@@ -438,11 +439,11 @@ class ServedModel:
 
     def __call__(self, x: Tensor) -> Tensor:
         """``(B, *input_shape)`` float -> logits ``(B, out_features)`` (float32, CPU)."""
-        x = self._check_input(x)
-        flat = x.detach().reshape(x.shape[0], -1).float().cpu()
-        h = flat.numpy().reshape(-1, 1) if x.shape[0] == 1 else \
-            np.ascontiguousarray(flat.numpy().T)
-        out = self.forward_features(h)
+        flat = self._check_input(x)
+        batch = flat.shape[0]
+        if batch == 1:  # (1, in) and (in, 1) share their memory layout
+            return torch.from_numpy(self.forward_features(flat.reshape(-1, 1)).reshape(1, -1))
+        out = self.forward_features(np.ascontiguousarray(flat.T))
         return torch.from_numpy(np.ascontiguousarray(out.T))
 
     def check(self, against: nn.Module | None = None, x: Tensor | None = None, *,
