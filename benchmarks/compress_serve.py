@@ -32,27 +32,16 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from sparseprior.common.results import format_table  # noqa: E402
 from sparseprior.compress.export import export_onnx, ort_run, ort_session  # noqa: E402
 from sparseprior.compress.latency import measure_latency  # noqa: E402
-from sparseprior.compress.serve import ServedModel, available_kernels  # noqa: E402
+from sparseprior.compress.serve import (  # noqa: E402
+    ServedModel,
+    available_kernels,
+    bare_dense_chain,
+)
 from sparseprior.data import load_dataset  # noqa: E402
-
-
-def bare_chain(served: ServedModel):
-    """The bare functional fp32 dense chain of the decoded weights: ``(B, in) -> (B, out)``."""
-    params = [(layer.weight.contiguous(), layer.bias.contiguous(), layer.relu)
-              for layer in served.layers]
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        for w, b, relu in params:
-            x = F.linear(x, w, b)
-            if relu:
-                x = F.relu(x)
-        return x
-    return run
 
 
 def ratio_stats(base: list[float], cand: list[float]) -> dict[str, float]:
@@ -68,7 +57,7 @@ def bench_batch(path: Path, batch: int, test_x: torch.Tensor, rounds: int, plan_
     served = ServedModel.from_packed(path, batch_size=batch, example=test_x[:max(batch, 64)],
                                      rounds=plan_rounds)
     decoded = served.reference
-    chain = bare_chain(served)
+    chain = bare_dense_chain(served.layers)
     session = ort_session(export_onnx(decoded, test_x[:1]))
     runners = {"served": lambda: served(x), "bare fp32 chain": lambda: chain(x),
                "ORT fp32": lambda: ort_run(session, x_img), "decoded module": lambda: decoded(x)}

@@ -112,3 +112,33 @@ def test_csc_background_shift_is_exact(tmp_path):
         ref = unpack(path)(x)
     assert float((served(x) - ref).abs().max()) <= 1e-4
     assert float((served(x[:1]) - ref[:1]).abs().max()) <= 1e-4
+
+
+def test_cli_serve_and_finetune_commands(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from sparseprior.cli.compress_edge import finetune, serve
+
+    app = typer.Typer()
+    app.command("serve")(serve)
+    app.command("finetune")(finetune)
+    path = packed_mlp(tmp_path, QuantSpec(4, "uniform", "channel", True))
+    res = CliRunner().invoke(app, ["serve", str(path), "--batch", "2", "--plan-rounds", "1",
+                                   "--rounds", "3", "--kernels", "dense,torch-csr",
+                                   "--out", str(tmp_path / "s.json")])
+    assert res.exit_code == 0, res.output
+    assert "features.0" in res.output and "bare fp32 dense chain" in res.output
+    assert (tmp_path / "s.json").is_file()
+    digits = {"hidden": [16], "in_channels": 1, "num_classes": 10, "input_size": 8}
+    torch.manual_seed(0)
+    small = build_model("mlp", **digits)
+    quantize_(small, QuantSpec(4, "uniform", "channel", True))
+    freeze_quantized_(small)
+    pack(small, tmp_path / "d.sppk", model_name="mlp", build=digits)
+    res = CliRunner().invoke(app, ["finetune", str(tmp_path / "d.sppk"), "--out",
+                                   str(tmp_path / "f.sppk"), "--dataset", "digits",
+                                   "--subset", "64",
+                                   "--tune-epochs", "1", "--shift-rotate", "10"])
+    assert res.exit_code == 0, res.output
+    assert "re-packed" in res.output and (tmp_path / "f.sppk").is_file()

@@ -391,3 +391,44 @@ def shifted(data: Dataset, shift: ShiftConfig, offset: int = 0) -> TensorDataset
     """A ``TensorDataset`` with the images of ``data`` distorted by :func:`shift_images`."""
     x, y = data.tensors  # type: ignore[attr-defined]
     return TensorDataset(shift_images(x, shift, offset), y)
+
+
+@dataclasses.dataclass
+class FinetuneRunConfig(Config):
+    """Fine-tuning a packed model on a registry dataset.
+
+    Attributes:
+        tune: how to fine-tune (:class:`FinetuneConfig`).
+        shift: the distortion applied to train and test images (:class:`ShiftConfig`).
+        distort: apply ``shift`` (false: fine-tune on the undistorted data).
+        dataset: fashion-mnist, mnist, digits, ...
+        data_root: dataset folder (default: the dataset's own).
+        subset: use only this many training images.
+    """
+
+    tune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
+    shift: ShiftConfig = dataclasses.field(default_factory=ShiftConfig)
+    distort: bool = True
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
+    subset: int | None = None
+
+    def validate(self) -> None:
+        self.tune.validate()
+        self.shift.validate()
+        if self.subset is not None:
+            check_positive_int(self.subset, "subset")
+
+
+def finetune_on_dataset(path: str | Path, out: str | Path, run: FinetuneRunConfig
+                        ) -> FinetuneResult:
+    """:func:`finetune_packed` on ``run.dataset``, distorted by ``run.shift`` (train and test
+    alike) when ``run.distort``; accuracies are on the (shifted) test split."""
+    from sparseprior.data import load_dataset
+
+    run.validate()
+    splits = load_dataset(run.dataset, run.data_root, subset=run.subset, seed=run.tune.seed)
+    train, test = splits.train, splits.test
+    if run.distort:
+        train, test = shifted(train, run.shift, 0), shifted(test, run.shift, 1)
+    return finetune_packed(path, train, out, run.tune, test_set=test)

@@ -484,6 +484,46 @@ def _example_input(in_features: int, batch_size: int, example: Tensor | None, se
     return np.ascontiguousarray(flat.numpy().T)
 
 
+def bare_dense_chain(layers: Sequence[SparseLinear]) -> Callable[[Tensor], Tensor]:
+    """The strongest simple fp32 baseline: ``F.linear``/``relu`` on the decoded weights, no
+    module and no checks; ``(B, in)`` -> ``(B, out)``."""
+    import torch.nn.functional as F
+
+    params = [(layer.weight.contiguous(), layer.bias.contiguous(), layer.relu)
+              for layer in layers]
+
+    def run(x: Tensor) -> Tensor:
+        for w, b, relu in params:
+            x = F.linear(x, w, b)
+            if relu:
+                x = F.relu(x)
+        return x
+    return run
+
+
+def speed_report(served: ServedModel, x: Tensor | None = None, *, rounds: int = 50,
+                 seed: int = 0) -> dict[str, Any]:
+    """Served vs the bare fp32 dense chain at ``served.batch_size``, one thread, interleaved:
+    median ms of both and the median and quartiles of the per-round ratio."""
+    import statistics
+
+    if x is None:
+        g = torch.Generator().manual_seed(seed)
+        x = torch.rand(served.batch_size, served.in_features, generator=g)
+    flat = served._check_input(x)
+    xt = torch.from_numpy(np.ascontiguousarray(flat))
+    chain = bare_dense_chain(served.layers)
+    lat = measure_latency({"served": lambda: served(xt), "bare fp32 chain": lambda: chain(xt)},
+                          rounds=check_positive_int(rounds, "rounds"),
+                          calls=max(3, 200 // len(xt)), warmup=5)
+    ratios = [b / s for b, s in zip(lat.times_ms["bare fp32 chain"], lat.times_ms["served"],
+                                    strict=True)]
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {"batch": len(xt), "rounds": rounds, "median_ms": lat.median_ms,
+            "speedup_median": statistics.median(ratios), "speedup_q1": q[0],
+            "speedup_q3": q[2]}
+
+
 def serve_packed(path: str | Path, *, batch_size: int = 1, example: Tensor | None = None,
                  kernels: Sequence[str] | None = None, rounds: int = 15) -> ServedModel:
     """:meth:`ServedModel.from_packed` and its check against the decoded model (1e-4)."""
