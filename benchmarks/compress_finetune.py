@@ -64,7 +64,7 @@ def run_method(job: dict[str, Any]) -> dict[str, Any]:
     shift = ShiftConfig(**job["shift"])
     train, test = shifted_splits(shift, job["subset"], job["seed"])
     config = FinetuneConfig(epochs=job["epochs"], lr=job["lr"], seed=job["seed"],
-                            code_layers=job.get("code_layers", []))
+                            code_layers=job.get("code_layers", []), code_lr=job["code_lr"])
     start = time.time()
     if job["kind"] == "compressed":
         res = finetune_packed(job["packed"], train, job["out"], config, test_set=test)
@@ -96,12 +96,17 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.5)
     parser.add_argument("--code-layers", default="features.0,classifier",
                         help="comma-separated layers whose codes are trained")
+    parser.add_argument("--code-lr", type=float, default=0.05,
+                        help="step size of the latent codes (FinetuneConfig.code_lr)")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated method indices to run (0-3; default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/compress_finetune"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     common = {"shift": {"rotate": args.rotate, "noise": args.noise, "seed": args.seed},
-              "subset": args.subset, "seed": args.seed, "epochs": args.epochs, "lr": args.lr}
+              "subset": args.subset, "seed": args.seed, "epochs": args.epochs, "lr": args.lr,
+              "code_lr": args.code_lr}
     codes = [c for c in args.code_layers.split(",") if c]
     jobs = [
         {"name": "dense (fp32 original, all parameters)", "kind": "dense",
@@ -113,18 +118,21 @@ def main() -> None:
         {"name": "decoded compressed, dense fine-tuning", "kind": "dense",
          "packed": str(args.packed)},
     ]
+    if args.only:
+        jobs = [jobs[int(i)] for i in args.only.split(",")]
     ctx = multiprocessing.get_context("spawn")
     rows = []
     for job in jobs:
         with ctx.Pool(1) as pool:
             rows.append(pool.apply(run_method, ({**common, **job},)))
         print(rows[-1], flush=True)
-    dense_gain = rows[0]["acc after"] - rows[0]["acc before"]
+    dense = [r for r in rows if r["method"].startswith("dense (fp32")]
+    dense_gain = dense[0]["acc after"] - dense[0]["acc before"] if dense else None
     for row in rows:
         gain = row["acc after"] - row["acc before"]
         row["recovery pt"] = round(100 * gain, 2)
         row["vs dense recovery"] = round(gain / dense_gain, 3) if dense_gain else None
-        row["trainable % of dense"] = round(100 * row["trainable"] / rows[0]["total"], 3)
+        row["trainable % of dense"] = round(100 * row["trainable"] / row["total"], 3)
         if row["size before"]:
             row["size change %"] = round(100 * (row["size after"] / row["size before"] - 1), 3)
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}

@@ -62,6 +62,9 @@ class FinetuneConfig(Config):
         train_biases: train biases and normalisation parameters.
         code_layers: layers whose codes are trained by QAT on the fixed grid (symmetric uniform
             codes only), e.g. ["features.0"]; empty: no codes are trained.
+        code_lr: step size of the latent codes, in code units (a code moves one grid step
+            once its latent has moved 0.5); the latent is stored divided by ``code_lr / lr``
+            so that one Adam learning rate serves both.
         seed: seed of the data order.
     """
 
@@ -71,12 +74,14 @@ class FinetuneConfig(Config):
     train_scales: bool = True
     train_biases: bool = True
     code_layers: list[str] = dataclasses.field(default_factory=list)
+    code_lr: float = 0.05
     seed: int = 0
 
     def validate(self) -> None:
         check_positive_int(self.epochs, "epochs")
         check_positive_int(self.batch_size, "batch_size")
         check_range(float(self.lr), "lr", 0.0, None, low_inclusive=False)
+        check_range(float(self.code_lr), "code_lr", 0.0, None, low_inclusive=False)
         if isinstance(self.code_layers, str) or not all(
                 isinstance(n, str) for n in self.code_layers):
             raise ValueError(f"code_layers must be a list of layer names, got "
@@ -100,28 +105,32 @@ class FixedGridWeight(nn.Module):
         scale: ``(C,)`` per output channel or ``(1,)`` per tensor.
         positive: keep the scale positive (asymmetric codes, whose zero point assumes it).
         qmax: largest code magnitude when the codes are trained, else ``None``.
+        gain: the latent codes are ``gain * latent`` (Adam moves ``latent`` by about the
+            learning rate per step, so the codes move by about ``gain * lr``).
     """
 
     def __init__(self, codes: Tensor, scale: Tensor, *, positive: bool, train_scale: bool,
-                 qmax: int | None = None) -> None:
+                 qmax: int | None = None, gain: float = 1.0) -> None:
         super().__init__()
         self.register_buffer("base", codes.detach().float().clone())
         self.scale = nn.Parameter(scale.detach().float().clone(), requires_grad=train_scale)
         self.positive = positive
         self.qmax = qmax
+        self.gain = float(gain)
         if qmax is not None:
             flat = self.base.reshape(-1)
             free = (flat != 0) & (flat.abs() < qmax)  # kept, and not at the grid's end
             self.register_buffer("free_index", torch.nonzero(free).reshape(-1))
-            self.latent = nn.Parameter(flat[self.free_index].clone())
+            self.latent = nn.Parameter(flat[self.free_index].clone() / self.gain)
 
     def codes(self) -> Tensor:
         """The current codes (weight's shape); straight-through gradient to ``latent``."""
         if self.qmax is None:
             return self.base
-        mag = self.latent.detach().abs().round().clamp(1, self.qmax)
-        q = torch.where(self.latent.detach() >= 0, mag, -mag)
-        q = self.latent + (q - self.latent).detach()
+        u = self.latent * self.gain
+        mag = u.detach().abs().round().clamp(1, self.qmax)
+        q = torch.where(u.detach() >= 0, mag, -mag)
+        q = u + (q - u).detach()
         return self.base.reshape(-1).index_put((self.free_index,), q).reshape(self.base.shape)
 
     def forward(self, original: Tensor) -> Tensor:
@@ -149,7 +158,8 @@ def _grid_weight(module: nn.Module, spec: QuantSpec | None, config: FinetuneConf
         qmax = 2 ** (spec.bits - 1) - 1
     positive = spec is not None and spec.scheme == "uniform" and not spec.symmetric
     return FixedGridWeight(torch.from_numpy(codes).float(), scale_t, positive=positive,
-                           train_scale=config.train_scales, qmax=qmax)
+                           train_scale=config.train_scales, qmax=qmax,
+                           gain=config.code_lr / config.lr)
 
 
 def prepare_compressed_(model: nn.Module, config: FinetuneConfig
