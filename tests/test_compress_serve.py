@@ -142,3 +142,24 @@ def test_cli_serve_and_finetune_commands(tmp_path):
                                    "--tune-epochs", "1", "--shift-rotate", "10"])
     assert res.exit_code == 0, res.output
     assert "re-packed" in res.output and (tmp_path / "f.sppk").is_file()
+
+
+@pytest.mark.skipif("csc" not in available_kernels(), reason="needs numba")
+@pytest.mark.parametrize("kernels", [["csr"], ["csc"], ["csr", "csc"]])
+def test_fused_chain_matches_decoded_model(tmp_path, kernels):
+    from sparseprior.compress.serve import fused_chain
+
+    path = packed_mlp(tmp_path, QuantSpec(4, "uniform", "channel", True))
+    x = inputs(3)
+    x[x == 0] = -0.8  # a background value for the csc shift
+    served = ServedModel.from_packed(path, batch_size=3, example=x, kernels=kernels, rounds=1)
+    h = np.ascontiguousarray(x.reshape(3, -1).numpy().T)
+    examples = [h]
+    for run in served._run[:-1]:
+        examples.append(np.ascontiguousarray(run(examples[-1])))
+    served.fused = fused_chain(served.layers, served.plan, examples)
+    assert served.fused is not None and set(served.fused_ms) <= {"layers", "fused"}
+    with torch.inference_mode():
+        ref = unpack(path)(x)
+    assert float((served(x) - ref).abs().max()) <= 1e-4
+    assert float((served(x[:1]) - ref[:1]).abs().max()) <= 1e-4

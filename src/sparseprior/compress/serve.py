@@ -281,7 +281,47 @@ def _jit_kernels() -> dict[str, Any]:
                 y[r, b] = v if (v > 0 or not relu) else np.float32(0.0)
         return y
 
-    _JIT.update(csr_vec=csr_vec, csr_mat=csr_mat, csc=csc_any)
+    @jit
+    def chain(kind, relu, shift, dims, ptr_off, nz_off, row_off, ptr, idx, val, scale, bias,
+              x):  # pragma: no cover - compiled
+        """Every layer in one call: kind 0 = CSR rows, 1 = CSC columns (zero-skipping)."""
+        batch = x.shape[1]
+        h = x
+        for layer in range(kind.size):
+            n_out, n_in = dims[layer, 0], dims[layer, 1]
+            p0, z0, r0 = ptr_off[layer], nz_off[layer], row_off[layer]
+            c = shift[layer]
+            y = np.zeros((n_out, batch), np.float32)
+            if kind[layer] == 0:
+                for r in range(n_out):
+                    for k in range(ptr[p0 + r], ptr[p0 + r + 1]):
+                        w = np.float32(val[z0 + k])
+                        j = idx[z0 + k]
+                        for b in range(batch):
+                            y[r, b] += w * h[j, b]
+            else:
+                for j in range(n_in):
+                    live = False
+                    for b in range(batch):
+                        if h[j, b] != c:
+                            live = True
+                            break
+                    if not live:
+                        continue
+                    for k in range(ptr[p0 + j], ptr[p0 + j + 1]):
+                        w = np.float32(val[z0 + k])
+                        r = idx[z0 + k]
+                        for b in range(batch):
+                            y[r, b] += w * (h[j, b] - c)
+            for r in range(n_out):
+                sc, bb = scale[r0 + r], bias[r0 + r]
+                for b in range(batch):
+                    v = y[r, b] * sc + bb
+                    y[r, b] = v if (v > 0 or not relu[layer]) else np.float32(0.0)
+            h = y
+        return h
+
+    _JIT.update(csr_vec=csr_vec, csr_mat=csr_mat, csc=csc_any, chain=chain)
     return _JIT
 
 
@@ -368,6 +408,40 @@ def _check_kernels(kernels: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(kernels)
 
 
+def fused_chain(layers: Sequence[SparseLinear], plan: Sequence[LayerPlan],
+                examples: Sequence[np.ndarray]) -> Kernel | None:
+    """All layers in ONE compiled call (no Python between layers) when every planned kernel
+    is ``csr`` or ``csc`` and the codes share one dtype; else ``None``. Same arithmetic as the
+    per-layer kernels (CSC layers keep their background shift)."""
+    if numba is None or any(p.kernel not in ("csr", "csc") for p in plan) or \
+            len({layer.codes.dtype for layer in layers}) != 1:
+        return None
+    parts = [_compressed(layer.codes, "row" if p.kernel == "csr" else "col")
+             for layer, p in zip(layers, plan, strict=True)]
+    shifts, biases = [], []
+    for layer, p, h in zip(layers, plan, examples, strict=True):
+        c = background_value(h) if p.kernel == "csc" else 0.0
+        b = layer.bias.double().numpy() + c * layer.scale.astype(np.float64) * \
+            layer.codes.astype(np.float64).sum(1)
+        shifts.append(c)
+        biases.append(b.astype(np.float32))
+    size = [(len(q[0]), len(q[1])) for q in parts]
+    arrays = (np.array([0 if p.kernel == "csr" else 1 for p in plan], np.int64),
+              np.array([layer.relu for layer in layers], np.bool_),
+              np.array(shifts, np.float32),
+              np.array([layer.shape for layer in layers], np.int64),
+              np.cumsum([0] + [n for n, _ in size[:-1]]).astype(np.int64),
+              np.cumsum([0] + [z for _, z in size[:-1]]).astype(np.int64),
+              np.cumsum([0] + [layer.shape[0] for layer in layers[:-1]]).astype(np.int64),
+              np.concatenate([q[0] for q in parts]),
+              np.concatenate([q[1].astype(np.uint32) for q in parts]),
+              np.concatenate([q[2] for q in parts]),
+              np.concatenate([layer.scale for layer in layers]).astype(np.float32),
+              np.concatenate(biases))
+    fn = _jit_kernels()["chain"]
+    return lambda h: fn(*arrays, h)
+
+
 class ServedModel:
     """A packed MLP served from its codes with one measured kernel per layer.
 
@@ -381,6 +455,8 @@ class ServedModel:
                  ) -> None:
         self.layers = layers
         self._run = [kernels[layer.name] for layer in layers]
+        self.fused: Kernel | None = None  # set by from_layers when one call is faster
+        self.fused_ms: dict[str, float] = {}  # measured: per-layer chain vs one fused call
         self.plan = plan
         self.batch_size = batch_size
         self.reference = reference
@@ -412,9 +488,12 @@ class ServedModel:
         rounds = check_positive_int(rounds, "rounds")
         names = _check_kernels(kernels)
         h = _example_input(layers[0].shape[1], batch_size, example, seed)
+        first = h
         chosen: dict[str, Kernel] = {}
         plan: list[LayerPlan] = []
+        inputs: list[np.ndarray] = []
         for layer in layers:
+            inputs.append(h)
             prepared = {n: KERNELS.get(n)(layer, h) for n in names}
             result = measure_latency({n: (lambda f=f, h=h: f(h)) for n, f in prepared.items()},
                                      rounds=rounds, calls=max(3, 100 // batch_size), warmup=2)
@@ -423,7 +502,16 @@ class ServedModel:
                                   dict(result.median_ms)))
             chosen[layer.name] = prepared[best]
             h = np.ascontiguousarray(prepared["dense" if "dense" in prepared else best](h))
-        return cls(layers, chosen, plan, batch_size, reference)
+        served = cls(layers, chosen, plan, batch_size, reference)
+        fused = fused_chain(layers, plan, inputs)
+        if fused is not None:
+            result = measure_latency({"layers": lambda: served.forward_features(first),
+                                      "fused": lambda: fused(first)},
+                                     rounds=rounds, calls=max(3, 100 // batch_size), warmup=2)
+            served.fused_ms = dict(result.median_ms)
+            if result.speedup_over("layers")["fused"] > 1.0:
+                served.fused = fused
+        return served
 
     def _check_input(self, x: Any) -> np.ndarray:
         """``x`` as a ``(B, in)`` float32 numpy view (copied only when needed)."""
@@ -441,6 +529,8 @@ class ServedModel:
 
     def forward_features(self, h: np.ndarray) -> np.ndarray:
         """Feature-major ``(in, B)`` float32 -> ``(out, B)``: the served chain, no checks."""
+        if self.fused is not None:
+            return self.fused(h)
         for run in self._run:
             h = run(h)
         return h
