@@ -539,8 +539,10 @@ class ServedModel:
         """``(B, *input_shape)`` float -> logits ``(B, out_features)`` (float32, CPU)."""
         flat = self._check_input(x)
         batch = flat.shape[0]
-        if batch == 1:  # (1, in) and (in, 1) share their memory layout
-            return torch.from_numpy(self.forward_features(flat.reshape(-1, 1)).reshape(1, -1))
+        if batch == 1:  # (1, in) and (in, 1) share their layout; an owned copy (a view of a
+            # torch tensor's memory makes numba's argument typing measurably slower)
+            return torch.from_numpy(self.forward_features(flat.reshape(-1, 1).copy())
+                                    .reshape(1, -1))
         out = self.forward_features(np.ascontiguousarray(flat.T))
         return torch.from_numpy(np.ascontiguousarray(out.T))
 
