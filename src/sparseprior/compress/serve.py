@@ -1,0 +1,633 @@
+"""The file is the fast model: run a packed ``.sppk`` MLP straight from its codes.
+
+``unpack`` decodes a packed file to dense float weights, which are no faster than the original.
+:class:`ServedModel` instead keeps each Linear layer as its *non-zeros* and their *integer codes*
+(``int8`` for symmetric uniform codes, ``int16`` for asymmetric ones, float32 for power-of-two
+codes and unquantized weights) with one float32 scale per output row, and multiplies with
+sparse kernels::
+
+    y[r] = scale[r] * sum_k code[r, k] * x[col(r, k)] + bias[r]
+
+Kernels (registry :data:`KERNELS`; the ``numba`` ones need the optional ``numba`` package):
+
+* ``dense``: ``torch.addmm`` with the decoded fp32 weight (BLAS; the layer as ``unpack`` gives it).
+* ``torch-csr``: PyTorch's sparse CSR ``addmm`` on the decoded weight.
+* ``csr`` (numba): row-wise gather-dot over the codes (batch 1) / row-wise axpy over the batch.
+* ``csc`` (numba): column-wise scatter that *skips zero activations* (ReLU outputs, blank
+  pixels): an input column is visited only when its activation is non-zero (batch 1) or
+  non-zero for at least one example of the batch. When most inputs of the planning example
+  share one non-zero value ``c`` (the background of standardised images), the kernel computes
+  ``W x = W (x - c) + c W 1`` so that the background is skipped too (``c W 1`` folded into the
+  bias once).
+
+Activations flow *feature-major*, ``(features, batch)`` contiguous float32, so the batch is the
+inner, vectorisable loop of the sparse kernels; the input is transposed once on entry and the
+logits once on exit. :meth:`ServedModel.from_packed` measures every applicable kernel of every
+layer on the layer's real input at the requested batch size (interleaved rounds, median, one
+thread) and keeps the fastest: :attr:`ServedModel.plan` lists each layer's choice and the
+measured milliseconds of every candidate. Every kernel computes in float32 from the same
+values as the decoded model (only the summation order and the place of the scale multiply
+differ), so outputs agree with ``unpack(path)`` to ~1e-6; :meth:`ServedModel.check` measures it.
+
+Supported architectures: chains of Linear layers with ReLU between them (the registry's
+``lenet300`` and ``mlp``); other models raise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from sparseprior.common.registry import Registry
+from sparseprior.common.validation import check_positive_int
+from sparseprior.compress.latency import measure_latency
+from sparseprior.compress.quantize import QuantSpec, quant_spec_of, quantize_tensor
+
+try:  # optional: compiled sparse kernels
+    import numba
+except ImportError:  # pragma: no cover - exercised where numba is absent
+    numba = None
+
+Kernel = Callable[[np.ndarray], np.ndarray]
+"""A prepared layer kernel: feature-major input ``(in, B)`` -> output ``(out, B)`` (float32)."""
+
+
+# --------------------------------------------------------------------------- the layers
+
+
+@dataclasses.dataclass
+class SparseLinear:
+    """One Linear layer as served: decoded weight and its codes.
+
+    Attributes:
+        name: module name in the decoded model (e.g. ``features.0``).
+        weight: decoded float32 weight ``(out, in)`` (what ``unpack`` loads).
+        bias: float32 ``(out,)`` (zeros when the layer has none).
+        codes: ``(out, in)`` integer-valued codes (int8/int16) or float32 values such that
+            ``weight == codes * scale[:, None]`` exactly.
+        scale: float32 ``(out,)``.
+        relu: whether a ReLU follows the layer.
+    """
+
+    name: str
+    weight: Tensor
+    bias: Tensor
+    codes: np.ndarray
+    scale: np.ndarray
+    relu: bool
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.weight.shape[0]), int(self.weight.shape[1])
+
+    @property
+    def nnz(self) -> int:
+        return int(np.count_nonzero(self.codes))
+
+
+def layer_codes(weight: Tensor, spec: QuantSpec | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, scale)`` with ``codes * scale`` (one scale per output channel, dim 0) equal
+    to ``weight`` bit for bit; ``codes`` has the weight's shape.
+
+    Quantized weights (``spec`` given) are re-quantized (decoded weights are fixed points of
+    quantization, so this returns the file's codes); the integer value ``code - zero_point`` is
+    stored as int8/int16, power-of-two codes as their float multiplier. Float weights (or codes
+    that do not reproduce the weight exactly) are returned as float32 values with scale 1.
+    """
+    w = weight.detach().float().cpu()
+    rows = w.shape[0]
+    ones = np.ones(rows, dtype=np.float32)
+    if spec is None:
+        return w.numpy().copy(), ones
+    q = quantize_tensor(w, spec)
+    scale = q.scale.float().reshape(-1).expand(rows) if q.scale.numel() == 1 else q.scale.float()
+    col = scale.reshape(-1, *([1] * (w.dim() - 1)))
+    if spec.scheme == "uniform":
+        zp = q.zero_point.to(torch.int32).reshape(-1)
+        zp = zp.expand(rows) if zp.numel() == 1 else zp
+        ints = q.codes.to(torch.int32) - zp.reshape(col.shape)
+        values = ints.float() * col
+        dtype = np.int8 if int(ints.abs().max()) <= 127 else np.int16
+        codes = ints.numpy().astype(dtype)
+    else:
+        codes_f = q.dequantize() / col  # +-2^e or 0: exact division
+        values = codes_f * col
+        codes = codes_f.numpy().astype(np.float32)
+    if not torch.equal(values, w):
+        return w.numpy().copy(), ones
+    return codes, scale.numpy().astype(np.float32).copy()
+
+
+def read_packed_layers(path: str | Path) -> tuple[list[SparseLinear], nn.Module]:
+    """The ONE adapter to :mod:`sparseprior.compress.pack`: the served layers of a packed
+    MLP and the decoded model (``unpack(path)``), for checks.
+
+    Raises ``ValueError`` for a file that does not hold a chain of Linear/ReLU layers.
+    """
+    from sparseprior.compress.pack import unpack
+
+    model = unpack(path)
+    return chain_layers(model, where=f"packed file {str(path)!r}"), model
+
+
+def chain_layers(model: nn.Module, where: str = "model") -> list[SparseLinear]:
+    """The Linear layers of an MLP-like model (``Linear``/``ReLU``/``Flatten``/``Sequential``
+    leaves in order) as :class:`SparseLinear`; ``ValueError`` for anything else."""
+    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
+    layers: list[SparseLinear] = []
+    for name, module in leaves:
+        if isinstance(module, nn.Linear):
+            codes, scale = layer_codes(module.weight, quant_spec_of(module))
+            bias = (module.bias.detach().float().clone() if module.bias is not None
+                    else torch.zeros(module.out_features))
+            layers.append(SparseLinear(name, module.weight.detach().float().clone(), bias,
+                                       codes, scale, relu=False))
+        elif isinstance(module, nn.ReLU) and layers and not layers[-1].relu:
+            layers[-1].relu = True
+        elif not isinstance(module, (nn.Flatten, nn.Identity, nn.Dropout)):
+            raise ValueError(f"{where}: serving supports chains of Linear layers with ReLU "
+                             f"between them (lenet300, mlp); found {type(module).__name__} "
+                             f"{name!r}")
+    if not layers:
+        raise ValueError(f"{where} has no Linear layer to serve")
+    for prev, nxt in zip(layers, layers[1:], strict=False):
+        if prev.shape[0] != nxt.shape[1]:
+            raise ValueError(f"{where}: layer {nxt.name!r} takes {nxt.shape[1]} inputs but "
+                             f"{prev.name!r} gives {prev.shape[0]}; not a simple chain")
+    return layers
+
+
+# --------------------------------------------------------------------------- kernels
+
+KERNELS: Registry[Callable[[SparseLinear, np.ndarray], Kernel]] = Registry("serve kernel")
+"""Kernel name -> ``prepare(layer, example) -> kernel`` (``example``: the layer's feature-major
+planning input ``(in, B)``); ``prepare`` raises ``RuntimeError`` when the kernel is unavailable
+here (e.g. no numba)."""
+
+
+def _torch_out(y: Tensor, relu: bool) -> np.ndarray:
+    return (torch.relu_(y) if relu else y).numpy()
+
+
+@KERNELS.register("dense")
+def _prepare_dense(layer: SparseLinear, example: np.ndarray) -> Kernel:
+    w, b = layer.weight.contiguous(), layer.bias.reshape(-1, 1).contiguous()
+
+    def run(h: np.ndarray) -> np.ndarray:
+        return _torch_out(torch.addmm(b, w, torch.from_numpy(h)), layer.relu)
+    return run
+
+
+@KERNELS.register("torch-csr")
+def _prepare_torch_csr(layer: SparseLinear, example: np.ndarray) -> Kernel:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        w = layer.weight.to_sparse_csr()
+    b = layer.bias.reshape(-1, 1).contiguous()
+
+    def run(h: np.ndarray) -> np.ndarray:
+        return _torch_out(torch.sparse.addmm(b, w, torch.from_numpy(h)), layer.relu)
+    return run
+
+
+def _compressed(codes: np.ndarray, by: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR (``by='row'``) or CSC (``'col'``) of a dense code matrix: (pointers int64,
+    indices uint16 when they fit, else uint32, values in the codes' dtype)."""
+    mat = codes if by == "row" else np.ascontiguousarray(codes.T)
+    nz = mat != 0
+    ptr = np.concatenate([[0], np.cumsum(nz.sum(axis=1))]).astype(np.int64)
+    idx = np.nonzero(nz)[1].astype(np.uint16 if mat.shape[1] <= 65536 else np.uint32)
+    return ptr, idx, np.ascontiguousarray(mat[nz])
+
+
+_JIT: dict[str, Any] = {}
+
+
+def _jit_kernels() -> dict[str, Any]:
+    """Compile (once, cached on disk by numba) the four numba kernels."""
+    if numba is None:
+        raise RuntimeError("the 'csr'/'csc' serve kernels need the optional package numba "
+                           "(pip install numba)")
+    if _JIT:
+        return _JIT
+    jit = numba.njit(cache=True, boundscheck=False, nogil=True)
+
+    @jit
+    def csr_vec(ptr, idx, val, scale, bias, x, relu):  # pragma: no cover - compiled
+        n = ptr.size - 1
+        y = np.empty((n, 1), np.float32)
+        for r in range(n):  # four partial sums: no add-latency chain
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            k, end = ptr[r], ptr[r + 1]
+            while k + 4 <= end:
+                a0 += np.float32(val[k]) * x[idx[k], 0]
+                a1 += np.float32(val[k + 1]) * x[idx[k + 1], 0]
+                a2 += np.float32(val[k + 2]) * x[idx[k + 2], 0]
+                a3 += np.float32(val[k + 3]) * x[idx[k + 3], 0]
+                k += 4
+            while k < end:
+                a0 += np.float32(val[k]) * x[idx[k], 0]
+                k += 1
+            v = ((a0 + a1) + (a2 + a3)) * scale[r] + bias[r]
+            y[r, 0] = v if (v > 0 or not relu) else np.float32(0.0)
+        return y
+
+    @jit
+    def csr_mat(ptr, idx, val, scale, bias, x, relu):  # pragma: no cover - compiled
+        n, batch = ptr.size - 1, x.shape[1]
+        y = np.zeros((n, batch), np.float32)
+        for r in range(n):
+            for k in range(ptr[r], ptr[r + 1]):
+                w = np.float32(val[k])
+                j = idx[k]
+                for b in range(batch):
+                    y[r, b] += w * x[j, b]
+            s, c = scale[r], bias[r]
+            for b in range(batch):
+                v = y[r, b] * s + c
+                y[r, b] = v if (v > 0 or not relu) else np.float32(0.0)
+        return y
+
+    @jit
+    def csc_any(ptr, idx, val, scale, bias, x, relu):  # pragma: no cover - compiled
+        n, batch = bias.size, x.shape[1]
+        y = np.zeros((n, batch), np.float32)
+        for j in range(x.shape[0]):
+            live = False
+            for b in range(batch):
+                if x[j, b] != 0:
+                    live = True
+                    break
+            if not live:
+                continue
+            for k in range(ptr[j], ptr[j + 1]):
+                w = np.float32(val[k])
+                r = idx[k]
+                for b in range(batch):
+                    y[r, b] += w * x[j, b]
+        for r in range(n):
+            s, c = scale[r], bias[r]
+            for b in range(batch):
+                v = y[r, b] * s + c
+                y[r, b] = v if (v > 0 or not relu) else np.float32(0.0)
+        return y
+
+    @jit
+    def chain(kind, relu, shift, dims, ptr_off, nz_off, row_off, ptr, idx, val, scale, bias,
+              x):  # pragma: no cover - compiled
+        """Every layer in one call: kind 0 = CSR rows, 1 = CSC columns (zero-skipping)."""
+        batch = x.shape[1]
+        h = x
+        for layer in range(kind.size):
+            n_out, n_in = dims[layer, 0], dims[layer, 1]
+            p0, z0, r0 = ptr_off[layer], nz_off[layer], row_off[layer]
+            c = shift[layer]
+            y = np.zeros((n_out, batch), np.float32)
+            if kind[layer] == 0:
+                for r in range(n_out):
+                    for k in range(ptr[p0 + r], ptr[p0 + r + 1]):
+                        w = np.float32(val[z0 + k])
+                        j = idx[z0 + k]
+                        for b in range(batch):
+                            y[r, b] += w * h[j, b]
+            else:
+                for j in range(n_in):
+                    live = False
+                    for b in range(batch):
+                        if h[j, b] != c:
+                            live = True
+                            break
+                    if not live:
+                        continue
+                    for k in range(ptr[p0 + j], ptr[p0 + j + 1]):
+                        w = np.float32(val[z0 + k])
+                        r = idx[z0 + k]
+                        for b in range(batch):
+                            y[r, b] += w * (h[j, b] - c)
+            for r in range(n_out):
+                sc, bb = scale[r0 + r], bias[r0 + r]
+                for b in range(batch):
+                    v = y[r, b] * sc + bb
+                    y[r, b] = v if (v > 0 or not relu[layer]) else np.float32(0.0)
+            h = y
+        return h
+
+    _JIT.update(csr_vec=csr_vec, csr_mat=csr_mat, csc=csc_any, chain=chain)
+    return _JIT
+
+
+@KERNELS.register("csr")
+def _prepare_csr(layer: SparseLinear, example: np.ndarray) -> Kernel:
+    jit = _jit_kernels()
+    ptr, idx, val = _compressed(layer.codes, "row")
+    scale, bias, relu = layer.scale, layer.bias.numpy().astype(np.float32), layer.relu
+    vec, mat = jit["csr_vec"], jit["csr_mat"]
+
+    def run(h: np.ndarray) -> np.ndarray:
+        fn = vec if h.shape[1] == 1 else mat
+        return fn(ptr, idx, val, scale, bias, h, relu)
+    return run
+
+
+@KERNELS.register("csc")
+def _prepare_csc(layer: SparseLinear, example: np.ndarray) -> Kernel:
+    fn = _jit_kernels()["csc"]
+    ptr, idx, val = _compressed(layer.codes, "col")
+    scale, relu = layer.scale, layer.relu
+    shift = background_value(example)
+    bias64 = layer.bias.double().numpy()
+    if shift != 0.0:  # W x = W (x - c) + c * W 1: the background folded into the bias
+        bias64 = bias64 + shift * scale.astype(np.float64) * layer.codes.astype(np.float64).sum(1)
+    bias = bias64.astype(np.float32)
+    if shift == 0.0:
+        return lambda h: fn(ptr, idx, val, scale, bias, h, relu)
+    c = np.float32(shift)
+    return lambda h: fn(ptr, idx, val, scale, bias, h - c, relu)
+
+
+def background_value(example: np.ndarray, min_share: float = 0.25) -> float:
+    """The most frequent value of ``example`` when it is non-zero and at least ``min_share``
+    of the entries (e.g. the standardised blank pixel), else 0."""
+    values, counts = np.unique(example, return_counts=True)
+    top = int(np.argmax(counts))
+    if values[top] != 0 and counts[top] >= min_share * example.size:
+        return float(values[top])
+    return 0.0
+
+
+def available_kernels() -> tuple[str, ...]:
+    """Kernel names usable here (the numba ones only when numba imports)."""
+    return tuple(n for n in KERNELS.names() if numba is not None or n not in ("csr", "csc"))
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclasses.dataclass
+class LayerPlan:
+    """One layer's choice: ``kernel`` and the measured median ms per call of every candidate
+    (at the plan's batch size, on the layer's real input)."""
+
+    name: str
+    shape: tuple[int, int]
+    nnz: int
+    kernel: str
+    ms: dict[str, float]
+
+    @property
+    def density(self) -> float:
+        return self.nnz / max(1, self.shape[0] * self.shape[1])
+
+    def row(self) -> dict[str, Any]:
+        return {"layer": self.name, "shape": f"{self.shape[0]}x{self.shape[1]}",
+                "density": round(self.density, 4), "kernel": self.kernel,
+                **{f"{k} ms": round(v, 5) for k, v in self.ms.items()}}
+
+
+def _check_kernels(kernels: Sequence[str] | None) -> tuple[str, ...]:
+    usable = available_kernels()
+    if kernels is None:
+        return usable
+    if isinstance(kernels, str) or not kernels:
+        raise ValueError(f"kernels must be a non-empty list of names from {usable}, "
+                         f"got {kernels!r}")
+    for name in kernels:
+        KERNELS.get(name)  # unknown name -> ValueError listing the choices
+        if name not in usable:
+            raise ValueError(f"kernel {name!r} is not available here (needs numba); "
+                             f"available: {usable}")
+    return tuple(kernels)
+
+
+def fused_chain(layers: Sequence[SparseLinear], plan: Sequence[LayerPlan],
+                examples: Sequence[np.ndarray]) -> Kernel | None:
+    """All layers in ONE compiled call (no Python between layers) when every planned kernel
+    is ``csr`` or ``csc`` and the codes share one dtype; else ``None``. Same arithmetic as the
+    per-layer kernels (CSC layers keep their background shift)."""
+    if numba is None or any(p.kernel not in ("csr", "csc") for p in plan) or \
+            len({layer.codes.dtype for layer in layers}) != 1:
+        return None
+    parts = [_compressed(layer.codes, "row" if p.kernel == "csr" else "col")
+             for layer, p in zip(layers, plan, strict=True)]
+    shifts, biases = [], []
+    for layer, p, h in zip(layers, plan, examples, strict=True):
+        c = background_value(h) if p.kernel == "csc" else 0.0
+        b = layer.bias.double().numpy() + c * layer.scale.astype(np.float64) * \
+            layer.codes.astype(np.float64).sum(1)
+        shifts.append(c)
+        biases.append(b.astype(np.float32))
+    size = [(len(q[0]), len(q[1])) for q in parts]
+    arrays = (np.array([0 if p.kernel == "csr" else 1 for p in plan], np.int64),
+              np.array([layer.relu for layer in layers], np.bool_),
+              np.array(shifts, np.float32),
+              np.array([layer.shape for layer in layers], np.int64),
+              np.cumsum([0] + [n for n, _ in size[:-1]]).astype(np.int64),
+              np.cumsum([0] + [z for _, z in size[:-1]]).astype(np.int64),
+              np.cumsum([0] + [layer.shape[0] for layer in layers[:-1]]).astype(np.int64),
+              np.concatenate([q[0] for q in parts]),
+              np.concatenate([q[1].astype(np.uint32) for q in parts]),
+              np.concatenate([q[2] for q in parts]),
+              np.concatenate([layer.scale for layer in layers]).astype(np.float32),
+              np.concatenate(biases))
+    fn = _jit_kernels()["chain"]
+    return lambda h: fn(*arrays, h)
+
+
+class ServedModel:
+    """A packed MLP served from its codes with one measured kernel per layer.
+
+    >>> served = ServedModel.from_packed("lenet300.sppk", batch_size=64)  # doctest: +SKIP
+    >>> served(x)            # (B, 1, 28, 28) or (B, 784) -> logits (B, 10)  # doctest: +SKIP
+    >>> served.plan          # [LayerPlan(name='features.0', kernel='csc', ms={...}), ...]
+    """
+
+    def __init__(self, layers: list[SparseLinear], kernels: dict[str, Kernel],
+                 plan: list[LayerPlan], batch_size: int, reference: nn.Module | None = None
+                 ) -> None:
+        self.layers = layers
+        self._run = [kernels[layer.name] for layer in layers]
+        self.fused: Kernel | None = None  # set by from_layers when one call is faster
+        self.fused_ms: dict[str, float] = {}  # measured: per-layer chain vs one fused call
+        self.plan = plan
+        self.batch_size = batch_size
+        self.reference = reference
+        self.in_features = layers[0].shape[1]
+        self.out_features = layers[-1].shape[0]
+
+    @classmethod
+    def from_packed(cls, path: str | Path, *, batch_size: int = 1, example: Tensor | None = None,
+                    kernels: Sequence[str] | None = None, rounds: int = 15, seed: int = 0
+                    ) -> ServedModel:
+        """Serve the packed file at ``path``; kernels chosen by measured speed at
+        ``batch_size`` on ``example`` (``(B, ...)`` inputs; default: uniform [0, 1) noise)."""
+        layers, reference = read_packed_layers(path)
+        return cls.from_layers(layers, batch_size=batch_size, example=example,
+                               kernels=kernels, rounds=rounds, seed=seed, reference=reference)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, **kwargs: Any) -> ServedModel:
+        """Serve an in-memory MLP (e.g. a compressed model before packing)."""
+        return cls.from_layers(chain_layers(model), reference=model.eval(), **kwargs)
+
+    @classmethod
+    def from_layers(cls, layers: list[SparseLinear], *, batch_size: int = 1,
+                    example: Tensor | None = None, kernels: Sequence[str] | None = None,
+                    rounds: int = 15, seed: int = 0, reference: nn.Module | None = None
+                    ) -> ServedModel:
+        """Prepare every candidate kernel of every layer, time them, keep the fastest."""
+        batch_size = check_positive_int(batch_size, "batch_size")
+        rounds = check_positive_int(rounds, "rounds")
+        names = _check_kernels(kernels)
+        h = _example_input(layers[0].shape[1], batch_size, example, seed)
+        first = h
+        chosen: dict[str, Kernel] = {}
+        plan: list[LayerPlan] = []
+        inputs: list[np.ndarray] = []
+        for layer in layers:
+            inputs.append(h)
+            prepared = {n: KERNELS.get(n)(layer, h) for n in names}
+            result = measure_latency({n: (lambda f=f, h=h: f(h)) for n, f in prepared.items()},
+                                     rounds=rounds, calls=max(3, 100 // batch_size), warmup=2)
+            best = min(result.median_ms, key=result.median_ms.__getitem__)
+            plan.append(LayerPlan(layer.name, layer.shape, layer.nnz, best,
+                                  dict(result.median_ms)))
+            chosen[layer.name] = prepared[best]
+            h = np.ascontiguousarray(prepared["dense" if "dense" in prepared else best](h))
+        served = cls(layers, chosen, plan, batch_size, reference)
+        fused = fused_chain(layers, plan, inputs)
+        if fused is not None:
+            result = measure_latency({"layers": lambda: served.forward_features(first),
+                                      "fused": lambda: fused(first)},
+                                     rounds=rounds, calls=max(3, 100 // batch_size), warmup=2)
+            served.fused_ms = dict(result.median_ms)
+            if result.speedup_over("layers")["fused"] > 1.0:
+                served.fused = fused
+        return served
+
+    def _check_input(self, x: Any) -> np.ndarray:
+        """``x`` as a ``(B, in)`` float32 numpy view (copied only when needed)."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor of shape (batch, ...), got "
+                            f"{type(x).__name__}")
+        if x.dim() < 2 or math.prod(x.shape[1:]) != self.in_features:
+            raise ValueError(f"x must have shape (batch, ...) with {self.in_features} values "
+                             f"per example, got {tuple(x.shape)}")
+        if not x.dtype.is_floating_point:
+            raise ValueError(f"x must be a floating tensor, got dtype {x.dtype}")
+        if x.dtype != torch.float32 or x.device.type != "cpu" or x.requires_grad:
+            x = x.detach().to("cpu", torch.float32)
+        return x.numpy().reshape(x.shape[0], self.in_features)
+
+    def forward_features(self, h: np.ndarray) -> np.ndarray:
+        """Feature-major ``(in, B)`` float32 -> ``(out, B)``: the served chain, no checks."""
+        if self.fused is not None:
+            return self.fused(h)
+        for run in self._run:
+            h = run(h)
+        return h
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """``(B, *input_shape)`` float -> logits ``(B, out_features)`` (float32, CPU)."""
+        flat = self._check_input(x)
+        batch = flat.shape[0]
+        if batch == 1:  # (1, in) and (in, 1) share their layout; an owned copy (a view of a
+            # torch tensor's memory makes numba's argument typing measurably slower)
+            return torch.from_numpy(self.forward_features(flat.reshape(-1, 1).copy())
+                                    .reshape(1, -1))
+        out = self.forward_features(np.ascontiguousarray(flat.T))
+        return torch.from_numpy(np.ascontiguousarray(out.T))
+
+    def check(self, against: nn.Module | None = None, x: Tensor | None = None, *,
+              atol: float = 1e-4, seed: int = 0) -> float:
+        """Largest ``|served(x) - against(x)|`` (default ``against``: the decoded model,
+        default ``x``: 64 uniform [0, 1) inputs); ``ValueError`` when above ``atol``."""
+        model = against if against is not None else self.reference
+        if model is None:
+            raise ValueError("check needs a model to compare against (against=unpack(path))")
+        if x is None:
+            g = torch.Generator().manual_seed(seed)
+            x = torch.rand(64, self.in_features, generator=g)
+        with torch.inference_mode():
+            ref = model.eval()(x)
+        diff = float((self(x) - ref).abs().max())
+        if not math.isfinite(diff) or diff > atol:
+            raise ValueError(f"served outputs differ from the decoded model by {diff:.3g} "
+                             f"(> atol={atol})")
+        return diff
+
+    def plan_rows(self) -> list[dict[str, Any]]:
+        return [p.row() for p in self.plan]
+
+
+def _example_input(in_features: int, batch_size: int, example: Tensor | None, seed: int
+                   ) -> np.ndarray:
+    """Feature-major ``(in, batch_size)`` float32 planning input."""
+    if example is None:
+        g = torch.Generator().manual_seed(seed)
+        example = torch.rand(batch_size, in_features, generator=g)
+    if not isinstance(example, Tensor) or example.dim() < 2 or \
+            example[0].numel() != in_features:
+        raise ValueError(f"example must be a tensor (batch, ...) with {in_features} values per "
+                         f"example, got {getattr(example, 'shape', type(example).__name__)}")
+    flat = example.detach().reshape(example.shape[0], -1).float().cpu()
+    reps = -(-batch_size // flat.shape[0])
+    flat = flat.repeat(reps, 1)[:batch_size]
+    return np.ascontiguousarray(flat.numpy().T)
+
+
+def bare_dense_chain(layers: Sequence[SparseLinear]) -> Callable[[Tensor], Tensor]:
+    """The strongest simple fp32 baseline: ``F.linear``/``relu`` on the decoded weights, no
+    module and no checks; ``(B, in)`` -> ``(B, out)``."""
+    import torch.nn.functional as F
+
+    params = [(layer.weight.contiguous(), layer.bias.contiguous(), layer.relu)
+              for layer in layers]
+
+    def run(x: Tensor) -> Tensor:
+        for w, b, relu in params:
+            x = F.linear(x, w, b)
+            if relu:
+                x = F.relu(x)
+        return x
+    return run
+
+
+def speed_report(served: ServedModel, x: Tensor | None = None, *, rounds: int = 50,
+                 seed: int = 0) -> dict[str, Any]:
+    """Served vs the bare fp32 dense chain at ``served.batch_size``, one thread, interleaved:
+    median ms of both and the median and quartiles of the per-round ratio."""
+    import statistics
+
+    if x is None:
+        g = torch.Generator().manual_seed(seed)
+        x = torch.rand(served.batch_size, served.in_features, generator=g)
+    flat = served._check_input(x)
+    xt = torch.from_numpy(np.ascontiguousarray(flat))
+    chain = bare_dense_chain(served.layers)
+    lat = measure_latency({"served": lambda: served(xt), "bare fp32 chain": lambda: chain(xt)},
+                          rounds=check_positive_int(rounds, "rounds"),
+                          calls=max(3, 200 // len(xt)), warmup=5)
+    ratios = [b / s for b, s in zip(lat.times_ms["bare fp32 chain"], lat.times_ms["served"],
+                                    strict=True)]
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {"batch": len(xt), "rounds": rounds, "median_ms": lat.median_ms,
+            "speedup_median": statistics.median(ratios), "speedup_q1": q[0],
+            "speedup_q3": q[2]}
+
+
+def serve_packed(path: str | Path, *, batch_size: int = 1, example: Tensor | None = None,
+                 kernels: Sequence[str] | None = None, rounds: int = 15) -> ServedModel:
+    """:meth:`ServedModel.from_packed` and its check against the decoded model (1e-4)."""
+    served = ServedModel.from_packed(path, batch_size=batch_size, example=example,
+                                     kernels=kernels, rounds=rounds)
+    served.check()
+    return served
