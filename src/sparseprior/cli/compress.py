@@ -22,6 +22,7 @@ from typing import Any
 
 import typer
 
+from sparseprior.cli.compress_edge import finetune, serve
 from sparseprior.cli.options import config_options
 from sparseprior.compress.runner import CompressRunConfig, PackedBenchConfig
 
@@ -127,3 +128,7 @@ def _json_arg(text: str, name: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"--{name} must be a JSON object, got {text!r}")
     return value
+
+
+app.command("serve")(serve)
+app.command("finetune")(finetune)
