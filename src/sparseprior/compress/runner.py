@@ -25,7 +25,7 @@ from torch import nn
 from sparseprior.common.config import Config
 from sparseprior.common.runs import RunDir
 from sparseprior.common.validation import check_positive_int
-from sparseprior.engine.experiment import ModelDataConfig
+from sparseprior.workloads import ModelDataConfig
 
 __all__ = [
     "CompressRunConfig",

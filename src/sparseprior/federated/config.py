@@ -8,7 +8,7 @@ from typing import Any
 
 from sparseprior.common.validation import check_choice, check_positive_int, check_range
 from sparseprior.engine import TrainConfig
-from sparseprior.engine.experiment import ModelDataConfig
+from sparseprior.workloads import ModelDataConfig
 
 #: Wire formats of weight values (see :mod:`sparseprior.federated.comm`).
 VALUE_DTYPES = ("fp32", "fp16")

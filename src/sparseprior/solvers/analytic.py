@@ -188,7 +188,7 @@ def analytic_weight(A: torch.Tensor, *, method: str = "closed_form", tol: float 
     if cache and key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key].to(device)
-    W = _closed_form(A64, rcond) if method == "closed_form" else _pgd(A64, tol, max_iter)
+    W = _W_SOLVERS[method](A64, tol=tol, max_iter=max_iter, rcond=rcond)
     if check:
         _validate(W, A64)
     W32 = W.float()
@@ -228,3 +228,10 @@ def coherence_report(A: torch.Tensor, W: torch.Tensor | None = None) -> Analytic
         off_diagonal_W=off_diagonal_energy(W64, A64),
         rank=_rank(A64),
     )
+
+
+#: How W is computed: ``method`` -> ``fn(A64, tol=, max_iter=, rcond=)``.
+_W_SOLVERS = {
+    "closed_form": lambda A, *, tol, max_iter, rcond: _closed_form(A, rcond),
+    "pgd": lambda A, *, tol, max_iter, rcond: _pgd(A, tol, max_iter),
+}

@@ -210,7 +210,7 @@ def fit_solver(name: str, problem: SparseRecoveryProblem, config: FitConfig | No
     run = RunDir(run_dir) if isinstance(run_dir, (str, Path)) else run_dir
     model = spec.cls(problem.A, num_layers=config.num_layers).to(device)
     start = time.perf_counter()
-    if spec.kind == "trained":
+    if spec.fit is None:  # trained solvers use the staged trainer
         result = train_staged(model, problem, training_config(spec, config),
                               run_dir=run, device=device, progress=progress, resume=resume)
         info: dict[str, Any] = {"source": f"trained ({config.budget})",

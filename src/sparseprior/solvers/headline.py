@@ -446,7 +446,7 @@ def run_headline_problem(run: RunDir, problem_name: str, config: HeadlineConfig,
         learned[name] = {"nmse_db": curve, **info,
                          "split": nmse_db_split_by_support(last, x, _dense_cut(problem)),
                          "n_params": model.n_params,
-                         "params_kind": "hyperparameters" if name == "HyperLISTA"
+                         "params_kind": "hyperparameters" if info.get("kind") == "tuned"
                          else "trained",
                          "median_sample_nmse_db": float(per_sample.nanmedian()),
                          "worst_sample_nmse_db": float(per_sample.nan_to_num(-300.0).max())}
