@@ -186,3 +186,7 @@ def earlybird(
     result = run_earlybird(config, out, device=resolve_device(device))
     typer.echo(format_table(result_rows(result)))
     typer.echo(f"ticket drawn at epoch {result['drawn_epoch']}; run folder: {out}")
+
+from sparseprior.cli.earlybert import earlybert  # noqa: E402  (transformers loads lazily)
+
+app.command("earlybert")(earlybert)

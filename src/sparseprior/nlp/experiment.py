@@ -376,3 +376,25 @@ def _run(config: EarlyBertConfig, run: RunDir, plot_all: Callable) -> dict[str, 
     result["plots"] = plot_all(run.path, result)
     run.write_json("earlybert.json", result)
     return result
+
+
+def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per run: test accuracy, training steps and wall seconds, encoder parameters."""
+    p = result["params"]
+    search = result["search"]
+    rows = []
+    for key, name in (("full", "full fine-tuning"), ("full_same_time", "full, EarlyBERT's time"),
+                      ("earlybert", "EarlyBERT (search + slim)"),
+                      ("random_ticket", "random ticket")):
+        run = result.get(key)
+        if not run:
+            continue
+        slim = key in ("earlybert", "random_ticket")
+        seconds = run["seconds"] + (result["wall_time"]["search_counted"]
+                                    if key == "earlybert" else 0.0)
+        steps = f"{search['steps']}+{run['steps']}" if key == "earlybert" else run["steps"]
+        rows.append({"run": name, "test acc %": 100 * run["test_acc"], "steps": steps,
+                     "train s": seconds,
+                     "encoder params": p["encoder_layers_slim" if slim else
+                                         "encoder_layers_full"]})
+    return rows

@@ -72,11 +72,21 @@ def bert_config(path: str | Path | None = None) -> BertConfig:
 def load_encoder(path: str | Path | None = None) -> nn.Module:
     """The pre-trained ``BertModel`` (no pooler) from the folder, offline, in eval mode."""
     from transformers import BertModel
+    from transformers.utils import logging as hf_logging
 
     folder = model_dir(path)
     bert_config(folder)
-    model = BertModel.from_pretrained(str(folder), local_files_only=True,
-                                      add_pooling_layer=False)
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # the pooler weights we do not use are "unexpected"
+    hf_logging.disable_progress_bar()
+    try:
+        model = BertModel.from_pretrained(str(folder), local_files_only=True,
+                                          add_pooling_layer=False)
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
     return model.eval()
 
 
