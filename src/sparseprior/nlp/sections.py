@@ -13,8 +13,9 @@ from sparseprior.common.results import Claim, Section, register_section
 
 
 def section_config(mode: str) -> Any:
-    """``quick``: ~1 min on 2 free CPU cores (512 training tweets, 30 search steps, 40
-    fine-tuning steps at batch 16; no same-time baseline, no ONNX). ``full``: one seed of the
+    """``quick``: about a minute and a half on 2 free CPU cores (512 training tweets at batch
+    16: 30 search steps, one epoch = 32 fine-tuning steps per run; no same-time baseline, no
+    ONNX). ``full``: one seed of the
     benchmark (``benchmarks/earlybert.py``): all ~18k training tweets, 1 epoch at batch 32."""
     from sparseprior.common.validation import check_choice
     from sparseprior.nlp.experiment import EarlyBertConfig
@@ -22,7 +23,7 @@ def section_config(mode: str) -> Any:
     check_choice(mode, "mode", ("quick", "full"))
     if mode == "quick":
         return EarlyBertConfig(max_train=512, max_eval=256, batch_size=16, search_max_steps=30,
-                               mask_every=5, fifo_size=3, max_steps=40, epochs=1,
+                               mask_every=5, fifo_size=3, epochs=1,
                                warmup_steps=5, same_time_baseline=False, export_onnx=False,
                                timing_rounds=5, num_threads=1, progress=False)
     return EarlyBertConfig(max_eval=2000, epochs=1, search_max_steps=300, mask_every=10,
