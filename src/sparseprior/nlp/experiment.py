@@ -177,7 +177,8 @@ def prepare(config: EarlyBertConfig, tokenizer: Any) -> Prepared:
         corpus, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
         seed=config.seed, max_train=config.max_train, max_eval=config.max_eval)
     enc = [nlp_data.encode(part, tokenizer, config.max_length) for part in (train, val, test)]
-    describe = {"source": corpus.source or config.data, "records": len(corpus),
+    source = config.data if config.data in nlp_data.CORPORA else corpus.source
+    describe = {"source": source, "records": len(corpus),
                 "classes": corpus.class_counts(), "train": len(train), "val": len(val),
                 "test": len(test), "max_length": config.max_length,
                 "mean_tokens": float(enc[0].attention_mask.sum(1).float().mean())}
@@ -367,6 +368,10 @@ def _run(config: EarlyBertConfig, run: RunDir, plot_all: Callable) -> dict[str, 
         "same_time_steps": same_steps,
         "wall_time": {"earlybert_total": eb_time, "full": full["seconds"],
                       "saving_pct": 100 * (1 - eb_time / full["seconds"]),
+                      # load-robust: EarlyBERT's cost in full-model steps (interleaved timing)
+                      "saving_pct_from_step_timing": 100 * (1 - (search_steps + eb["steps"]
+                                                                 / train_t["speedup"])
+                                                            / full["steps"]),
                       "search_counted": searched["seconds"] * search_steps
                       / max(1, searched["steps"]),
                       "run_total": time.perf_counter() - t0},

@@ -63,12 +63,12 @@ def plot_coefficients(path: Path, result: Mapping[str, Any]) -> Path:
     fig.colorbar(im, ax=axes[0])
     axes[0].set_xlabel("head")
     axes[0].set_ylabel("layer")
-    axes[0].set_title("head coefficients at the draw (x: removed)")
+    axes[0].set_title("head coefficients of the ticket (x: removed)")
     for i, values in enumerate(search["ticket_ffn_coef_sorted"]):
         axes[1].plot(values, label=f"layer {i}")
     axes[1].set_xlabel("FFN neuron (sorted)")
     axes[1].set_ylabel("|c|")
-    axes[1].set_title("FFN coefficients per layer at the draw")
+    axes[1].set_title("FFN coefficients per layer (ticket)")
     axes[1].legend(fontsize=7)
     steps = [r["step"] for r in search["records"]]
     for key, style in (("head_coef_mean", "-"), ("ffn_coef_mean", "--")):

@@ -13,8 +13,8 @@ from sparseprior.common.results import Claim, Section, register_section
 
 
 def section_config(mode: str) -> Any:
-    """``quick``: about a minute and a half on 2 free CPU cores (512 training tweets at batch
-    16: 30 search steps, one epoch = 32 fine-tuning steps per run; no same-time baseline, no
+    """``quick``: about 1.5 min on 2 free CPU cores (256 training tweets at batch 16: at most
+    20 search steps, one epoch = 16 fine-tuning steps per run; no same-time baseline, no
     ONNX). ``full``: one seed of the
     benchmark (``benchmarks/earlybert.py``): all ~18k training tweets, 1 epoch at batch 32."""
     from sparseprior.common.validation import check_choice
@@ -22,10 +22,10 @@ def section_config(mode: str) -> Any:
 
     check_choice(mode, "mode", ("quick", "full"))
     if mode == "quick":
-        return EarlyBertConfig(max_train=512, max_eval=256, batch_size=16, search_max_steps=30,
-                               mask_every=5, fifo_size=3, epochs=1,
-                               warmup_steps=5, same_time_baseline=False, export_onnx=False,
-                               timing_rounds=5, num_threads=1, progress=False)
+        return EarlyBertConfig(max_train=256, max_eval=128, batch_size=16, search_max_steps=20,
+                               mask_every=4, fifo_size=3, epochs=1, warmup_steps=4,
+                               same_time_baseline=False, export_onnx=False, timing_rounds=3,
+                               num_threads=1, progress=False)
     return EarlyBertConfig(max_eval=2000, epochs=1, search_max_steps=300, mask_every=10,
                            fifo_size=5, progress=False)
 
@@ -49,8 +49,14 @@ def claims(result: dict[str, Any], decide: bool) -> list[Claim]:
               ">= -1.0 pt", -gap, "pt", passed=(gap <= 1.0) if decide else None,
               note="" if decide else "quick mode: too few steps to decide"),
         Claim("nlp.earlybert.train_time_saving", "training wall time saved (search + slim vs "
-              "full)", ">= 35 %", result["wall_time"]["saving_pct"], "%",
-              passed=(result["wall_time"]["saving_pct"] >= 35.0) if decide else None),
+              "full), measured", ">= 35 %", result["wall_time"]["saving_pct"], "%",
+              passed=(result["wall_time"]["saving_pct"] >= 35.0) if decide else None,
+              note="raw wall clock: depends on machine load"),
+        Claim("nlp.earlybert.train_time_saving_steps", "training time saved, from step counts "
+              "and the interleaved slim/full step-time ratio", ">= 35 %",
+              result["wall_time"]["saving_pct_from_step_timing"], "%",
+              passed=(result["wall_time"]["saving_pct_from_step_timing"] >= 35.0)
+              if decide else None),
     ]
     if rand is not None:
         margin = 100 * (eb["test_acc"] - rand["test_acc"])
