@@ -73,6 +73,11 @@ def test_run_earlybert_end_to_end(tiny_folder, tiny_csv, tmp_path):
     assert heads_per_layer(model) == [3, 3] and header["config"]["label_names"] == ["neg", "pos"]
     for name in result["plots"]:
         assert (tmp_path / "run" / name).stat().st_size > 1000
+    from sparseprior.nlp.sections import claims
+
+    verdicts = {c.key: c.passed for c in claims(result, decide=False)}
+    assert len(verdicts) == 7 and verdicts["nlp.earlybert.slim_equals_masked"] is True
+    assert verdicts["nlp.earlybert.acc_vs_full"] is None                 # quick: undecided
     saved = json.loads((tmp_path / "run" / "earlybert.json").read_text())
     assert saved["search"]["records"][0]["step"] == 1
     # the same folder refuses a different experiment
