@@ -25,6 +25,7 @@ class Inner(Config):
 
     lr: float = 0.1
     milestones: list[int] = dataclasses.field(default_factory=list)
+    limit: int | None = 5
 
     def validate(self) -> None:
         if not self.lr > 0:
@@ -115,3 +116,33 @@ def test_clashing_flattened_options_are_refused():
 
     with pytest.raises(TypeError, match="clash"):
         config_options(cfg=Twice, flatten=("a", "b"))(lambda cfg: None)
+
+
+def test_optional_fields_accept_none_and_typed_values():
+    seen: list = []
+    app = _app(seen)
+    assert CliRunner().invoke(app, ["run", "--inner-limit", "none"]).exit_code == 0
+    assert CliRunner().invoke(app, ["run", "--inner-limit", "7"]).exit_code == 0
+    assert [c.inner.limit for c, _ in seen] == [None, 7]
+    result = CliRunner().invoke(app, ["run", "--inner-limit", "x"])
+    assert isinstance(result.exception, ValueError) and "int or 'none'" in str(result.exception)
+
+
+def test_several_configs_get_prefixes_and_a_nested_file():
+    seen: list = []
+    app = typer.Typer()
+
+    @app.command()
+    @config_options(a=Inner, b=Outer)
+    def both(a: Inner, b: Outer) -> None:
+        seen.append((a, b))
+
+    @app.command()
+    def other() -> None:
+        pass
+
+    result = CliRunner().invoke(app, ["both", "--a-lr", "0.3", "--b-inner-lr", "0.7",
+                                      "--b-name", "z"])
+    assert result.exit_code == 0, result.output
+    a, b = seen[0]
+    assert a.lr == 0.3 and b.inner.lr == 0.7 and b.name == "z"

@@ -5,4 +5,4 @@ Three pillars: learned sparse solvers (:mod:`sparseprior.solvers`), compression
 :mod:`sparseprior.tickets`, :mod:`sparseprior.dst`).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

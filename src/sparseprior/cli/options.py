@@ -44,6 +44,7 @@ class FieldOption:
     item: Any                 # element type for lists/tuples
     default: Any
     help: str
+    optional: bool = False    # ``None`` allowed: the option accepts ``none``
 
     @property
     def flag(self) -> str:
@@ -83,6 +84,11 @@ def _plain(text: str) -> str:
     return re.sub(r"``([^`]*)``", r"\1", text)
 
 
+def _is_optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in \
+        typing.get_args(tp)
+
+
 def _unwrap_optional(tp: Any) -> Any:
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -110,6 +116,7 @@ def iter_options(cls: type[Config], prefix: tuple[str, ...] = (),
     docs = attribute_docs(cls)
     default = default if default is not None else _default_instance(cls)
     for field in dataclasses.fields(cls):
+        optional = _is_optional(hints[field.name])
         tp = _unwrap_optional(hints[field.name])
         value = getattr(default, field.name, None) if default is not None else None
         path = (*prefix, field.name)
@@ -127,7 +134,7 @@ def iter_options(cls: type[Config], prefix: tuple[str, ...] = (),
         else:
             kind, item = "json", None
         help_text = field.metadata.get("help") or docs.get(field.name, "")
-        yield FieldOption(path, flag_path, kind, item, value, _plain(help_text))
+        yield FieldOption(path, flag_path, kind, item, value, _plain(help_text), optional)
 
 
 def _show(value: Any) -> str:
@@ -145,14 +152,24 @@ def _parameter(opt: FieldOption) -> inspect.Parameter:
         decl = typer.Option(None, f"--{name}/--no-{name}", help=help_text, show_default=False)
         annotation: Any = bool | None
     else:
+        if opt.optional:
+            help_text += " ('none' to unset)"
         decl = typer.Option(None, opt.flag, help=help_text, show_default=False)
-        annotation = opt.kind if opt.kind in _SCALARS else str
+        annotation = opt.kind if opt.kind in _SCALARS and not opt.optional else str
         annotation = annotation | None
     return inspect.Parameter(opt.param, inspect.Parameter.KEYWORD_ONLY, default=decl,
                              annotation=annotation)
 
 
 def _parse(opt: FieldOption, raw: Any) -> Any:
+    if opt.optional and isinstance(raw, str) and raw.strip().lower() == "none":
+        return None
+    if opt.optional and opt.kind in (int, float):
+        try:
+            return opt.kind(raw)
+        except ValueError:
+            raise ValueError(f"{opt.flag} takes {opt.kind.__name__} or 'none', got "
+                             f"{raw!r}") from None
     if opt.kind == "list":
         text = str(raw).strip()
         if not text:
@@ -196,8 +213,10 @@ def load_config_file(path: Path) -> dict[str, Any]:
 
 
 def build_config(cls: type[Config], options: list[FieldOption], given: dict[str, Any],
-                 file_data: dict[str, Any] | None = None) -> Config:
-    """Defaults <- ``file_data`` <- options the user typed; validated by ``cls``."""
+                 file_data: dict[str, Any] | None = None, strip: int = 0) -> Config:
+    """Defaults <- ``file_data`` <- options the user typed; validated by ``cls``.
+
+    ``strip`` drops that many leading path parts (the command's parameter-name prefix)."""
     default = _default_instance(cls)
     data = default.to_dict() if default is not None else {}
     data = _merge(data, file_data or {})
@@ -205,10 +224,11 @@ def build_config(cls: type[Config], options: list[FieldOption], given: dict[str,
         raw = given.get(opt.param)
         if raw is None:
             continue
+        path = opt.path[strip:]
         node = data
-        for key in opt.path[:-1]:
+        for key in path[:-1]:
             node = node.setdefault(key, {})
-        node[opt.path[-1]] = _parse(opt, raw)
+        node[path[-1]] = _parse(opt, raw)
     return cls.from_dict(data)
 
 
@@ -249,7 +269,8 @@ def config_options(flatten: tuple[str, ...] = (),
             built = {}
             for name, cls in configs.items():
                 part = file_data.get(name, {}) if several else file_data
-                built[name] = build_config(cls, generated[name], kwargs, part)
+                built[name] = build_config(cls, generated[name], kwargs, part,
+                                           strip=1 if several else 0)
             rest = {p.name: kwargs[p.name] for p in own}
             return fn(**built, **rest)
 

@@ -19,13 +19,37 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+TEMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename.
+
+    The file gets the permissions a plain ``open(path, "w")`` would (0666 minus the umask).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"cannot write {str(path)!r}: {str(path.parent)!r} is a file, "
+                         "not a folder") from None
+    except PermissionError:
+        raise ValueError(f"cannot create the folder {str(path.parent)!r}: permission "
+                         "denied; choose another output path") from None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                   suffix=TEMP_SUFFIX)
+    except PermissionError:
+        raise ValueError(f"cannot write into {str(path.parent)!r}: permission denied; "
+                         "choose another output path") from None
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -39,6 +63,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def remove_stale_temp_files(folder: str | Path) -> int:
+    """Delete temp files left by writes killed before their rename; return how many."""
+    count = 0
+    for tmp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            count += 1
+    return count
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:

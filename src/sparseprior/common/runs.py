@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sparseprior.common.checkpoint import atomic_write_text
+from sparseprior.common.checkpoint import atomic_write_text, remove_stale_temp_files
 
 
 def _jsonable(value: Any) -> Any:
@@ -30,7 +30,18 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise ValueError(f"run folder {str(self.path)!r} exists as a file (or lies under "
+                             "one); choose another output folder") from None
+        except PermissionError:
+            raise ValueError(f"cannot create the run folder {str(self.path)!r}: permission "
+                             "denied; choose another output folder") from None
+        if not os.access(self.path, os.W_OK):
+            raise ValueError(f"run folder {str(self.path)!r} is not writable; choose another "
+                             "output folder")
+        remove_stale_temp_files(self.path)
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -49,15 +60,30 @@ class RunDir:
         return self.write_json("config.json", data)
 
     def log_metrics(self, record: dict[str, Any], name: str = "metrics.jsonl") -> None:
-        """Append one JSON record per line (the metrics log)."""
+        """Append one JSON record per line (the metrics log); a torn last line is cut first."""
+        _drop_torn_tail(self.file(name))
         with open(self.file(name), "a", encoding="utf-8") as fh:
             fh.write(json.dumps(_jsonable(record)) + "\n")
 
     def read_metrics(self, name: str = "metrics.jsonl") -> list[dict[str, Any]]:
+        """The metrics log; a torn last line (a kill mid-write) is dropped, other bad lines
+        raise ``ValueError`` naming the file and line."""
         path = self.file(name)
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines = path.read_text(errors="replace").splitlines()
+        records = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                if number == len(lines):
+                    break  # torn last line: the record was never completed
+                raise ValueError(f"{str(path)!r} line {number} is not JSON; the metrics log "
+                                 "is corrupt (delete the run folder to start again)") from None
+        return records
 
     # -- the one run-folder contract -------------------------------------------------------------
 
@@ -112,6 +138,25 @@ class RunDir:
             yield
         finally:
             fh.close()
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut an unterminated last line (a write killed midway) so the next append is clean."""
+    try:
+        with open(path, "rb+") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return
+            start = max(0, size - (1 << 20))
+            fh.seek(start)
+            tail = fh.read()
+            cut = tail.rfind(b"\n")
+            fh.truncate(start + cut + 1 if cut >= 0 else start)
+    except FileNotFoundError:
+        return
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:

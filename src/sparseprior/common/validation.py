@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,15 @@ def check_finite(t: torch.Tensor, name: str) -> None:
 
 def check_range(value: float, name: str, low: float | None = None, high: float | None = None,
                 *, low_inclusive: bool = True, high_inclusive: bool = True) -> None:
-    """Check ``low <= value <= high`` (bounds optional, inclusiveness configurable)."""
+    """Check ``low <= value <= high`` (bounds optional, inclusiveness configurable).
+
+    NaN and inf are always refused: every configurable number must be finite."""
+    try:
+        finite = math.isfinite(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}") from None
+    if not finite:
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
     ok = True
     if low is not None:
         ok &= value >= low if low_inclusive else value > low

@@ -31,11 +31,12 @@ from sparseprior.engine.distributed import (
 )
 from sparseprior.engine.optim import build_optimizer, build_scheduler, lr_factor_fn
 from sparseprior.engine.state import flatten_state, rng_state, set_rng_state, unflatten_state
-from sparseprior.engine.trainer import Trainer
+from sparseprior.engine.trainer import DivergenceError, Trainer
 
 __all__ = [
     "Callback",
     "DistInfo",
+    "DivergenceError",
     "LambdaCallback",
     "ResumableSampler",
     "TrainConfig",

@@ -125,6 +125,9 @@ class Trainer:
         self.masks: MaskSet | None = None
         if masks is not None:
             self.set_masks(masks)
+        for name, data in (("train_set", train_set), ("val_set", val_set),
+                           ("test_set", test_set)):
+            check_dataset_finite(data, name)
 
         self.step = 0
         self.epoch = 0
@@ -235,6 +238,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.loss = task_loss.detach()
+        self._check_loss(loss)
         self._call("after_backward")
         if self.masks is not None:
             self.masks.mask_grads_()
@@ -273,6 +277,7 @@ class Trainer:
         self._call("on_epoch_end")
         if self.dist.distributed:  # a stop decided on any rank stops every rank
             self.should_stop = any_rank(self.should_stop, self.device)
+        self.check_weights_finite(f"at the end of epoch {self.epoch + 1}")
         self.epoch_record.update(time=seconds, density=self.density())
         record = dict(self.epoch_record)
         self.history.append(record)
@@ -370,8 +375,13 @@ class Trainer:
         elif self.masks is not None:
             raise ValueError("the checkpoint was trained without masks but this Trainer has "
                              "masks; pass masks=None to resume it")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, KeyError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            raise ValueError(f"the checkpoint does not fit this model/optimizer ({first}); "
+                             "resume with the settings that wrote it") from None
         self.scheduler.load_state_dict(state["scheduler"])
         saved = state["callbacks"]
         keys = [self._cb_key(i, cb) for i, cb in enumerate(self.callbacks)]
@@ -403,6 +413,7 @@ class Trainer:
         if folder is None:
             raise ValueError("save_checkpoint needs a run_dir; pass run_dir=... to the Trainer")
         path = None
+        self.check_weights_finite("before writing a checkpoint")
         if self.dist.distributed:
             broadcast_buffers(self.model)
         if self.dist.is_main:
@@ -426,7 +437,34 @@ class Trainer:
         if differ:
             log.warning("resuming with a config that differs from the checkpoint's in %s",
                         differ)
+        bad = [k for k, v in state["model"].items()
+               if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise ValueError(f"checkpoint {str(path)!r} holds NaN/inf values in {bad[:5]}; it is "
+                             "corrupt or from a diverged run: delete it (or the run folder) and "
+                             "start again")
         self.load_state_dict(state)
+
+    # ------------------------------------------------------------------ divergence
+
+    def _check_loss(self, loss: Tensor) -> None:
+        """Raise :class:`DivergenceError` on a non-finite loss (one host sync per step)."""
+        if bool(torch.isfinite(loss.detach()).all()):
+            return
+        inputs = self.batch[0] if self.batch is not None else None
+        cause = ("the input batch holds NaN/inf values: clean the data"
+                 if torch.is_tensor(inputs) and not torch.isfinite(inputs).all() else
+                 f"lower the learning rate (lr={self.config.lr:g}) or clip gradients "
+                 "(grad_clip_norm)")
+        raise DivergenceError(f"training diverged at step {self.step + 1} (loss "
+                              f"{float(loss.detach().reshape(-1)[0])}); {cause}")
+
+    def check_weights_finite(self, when: str) -> None:
+        """Raise :class:`DivergenceError` if any parameter or buffer is NaN/inf."""
+        for name, value in [*self.model.named_parameters(), *self.model.named_buffers()]:
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise DivergenceError(f"training diverged: {name} holds NaN/inf values {when}; "
+                                      f"lower the learning rate (lr={self.config.lr:g})")
 
     def _truncate_metrics(self) -> None:
         """Drop metric records written after the checkpoint we resumed from."""
@@ -440,6 +478,20 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+class DivergenceError(ValueError):
+    """Training produced a non-finite loss or weights (the CLI prints it and exits with 2)."""
+
+
+def check_dataset_finite(data: Any, name: str) -> None:
+    """Refuse in-memory datasets (``TensorDataset``-like) whose floating tensors hold NaN/inf."""
+    for i, tensor in enumerate(getattr(data, "tensors", ()) or ()):
+        if torch.is_tensor(tensor) and tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise ValueError(f"{name} tensor {i} holds {bad} NaN/inf value(s); clean the "
+                                 "data before training")
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
