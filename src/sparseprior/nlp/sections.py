@@ -14,8 +14,8 @@ from sparseprior.common.results import Claim, Section, register_section
 
 def section_config(mode: str) -> Any:
     """``quick``: about 1.5 min on 2 free CPU cores (256 training tweets at batch 16: at most
-    20 search steps, one epoch = 16 fine-tuning steps per run; no same-time baseline, no
-    ONNX). ``full``: one seed of the
+    20 search steps, one epoch = 16 fine-tuning steps per run; no random ticket, no same-time
+    baseline, no ONNX). ``full``: one seed of the
     benchmark (``benchmarks/earlybert.py``): all ~18k training tweets, 1 epoch at batch 32."""
     from sparseprior.common.validation import check_choice
     from sparseprior.nlp.experiment import EarlyBertConfig
@@ -24,7 +24,8 @@ def section_config(mode: str) -> Any:
     if mode == "quick":
         return EarlyBertConfig(max_train=256, max_eval=128, batch_size=16, search_max_steps=20,
                                mask_every=4, fifo_size=3, epochs=1, warmup_steps=4,
-                               same_time_baseline=False, export_onnx=False, timing_rounds=3,
+                               random_ticket=False, same_time_baseline=False,
+                               export_onnx=False, timing_rounds=3,
                                num_threads=1, progress=False)
     return EarlyBertConfig(max_eval=2000, epochs=1, search_max_steps=300, mask_every=10,
                            fifo_size=5, progress=False)
