@@ -13,8 +13,8 @@ from sparseprior.common.results import Claim, Section, register_section
 
 
 def section_config(mode: str) -> Any:
-    """``quick``: about 1.5 min on 2 free CPU cores (256 training tweets at batch 16: at most
-    20 search steps, one epoch = 16 fine-tuning steps per run; no random ticket, no same-time
+    """``quick``: about 1-1.5 min on 2 CPU cores (192 training tweets at batch 16: at most
+    12 search steps, one epoch = 12 fine-tuning steps per run; no random ticket, no same-time
     baseline, no ONNX). ``full``: one seed of the
     benchmark (``benchmarks/earlybert.py``): all ~18k training tweets, 1 epoch at batch 32."""
     from sparseprior.common.validation import check_choice
@@ -22,8 +22,8 @@ def section_config(mode: str) -> Any:
 
     check_choice(mode, "mode", ("quick", "full"))
     if mode == "quick":
-        return EarlyBertConfig(max_train=256, max_eval=128, batch_size=16, search_max_steps=20,
-                               mask_every=4, fifo_size=3, epochs=1, warmup_steps=4,
+        return EarlyBertConfig(max_train=192, max_eval=96, batch_size=16, search_max_steps=12,
+                               mask_every=3, fifo_size=3, epochs=1, warmup_steps=3,
                                random_ticket=False, same_time_baseline=False,
                                export_onnx=False, timing_rounds=3,
                                num_threads=1, progress=False)
