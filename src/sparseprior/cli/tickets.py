@@ -112,3 +112,8 @@ def earlybird(
     result = run_earlybird(config, folder, device=resolve_device(config.train.device))
     _print_rows(result_rows(result))
     typer.echo(f"ticket drawn at epoch {result['drawn_epoch']}; run folder: {folder}")
+
+
+from sparseprior.cli.earlybert import earlybert  # noqa: E402  (transformers loads lazily)
+
+app.command("earlybert")(earlybert)

@@ -1,0 +1,106 @@
+"""Benchmark: EarlyBERT on all-MiniLM-L6-v2, binary tweet sentiment, max length 64, 3 seeds.
+
+Targets (issue 14), checked per seed and on the mean over seeds:
+
+* EarlyBERT test accuracy within 1.0 point of full fine-tuning (same epochs);
+* EarlyBERT >= 0.5 point above the random ticket (same structure, random heads/neurons);
+* total training wall time (search + slim fine-tuning) >= 35% below full fine-tuning;
+* slim model inference >= 1.3x faster at batch 32, one CPU thread; encoder parameters >= 30%
+  fewer.
+
+Also reported: full fine-tuning for EarlyBERT's wall time (as a step budget).
+
+Usage::
+
+    python benchmarks/earlybert.py                       # full: ~18k tweets, 1 epoch, 3 seeds
+    python benchmarks/earlybert.py --max-train 512 --max-eval 256 --max-steps 40 \\
+        --search-max-steps 30 --batch-size 16 --seeds 0   # reduced (2-core CPU)
+
+Writes ``<out>/seed<k>/`` run folders (``earlybert.json``, plots, slim model) and
+``<out>/summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import statistics
+import sys
+from pathlib import Path
+
+from sparseprior.common.results import format_table
+from sparseprior.nlp.experiment import EarlyBertConfig, run_earlybert
+from sparseprior.nlp.sections import claims, section_config
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    full = section_config("full")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="runs/bench-earlybert")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--max-train", type=int, default=full.max_train)
+    p.add_argument("--max-eval", type=int, default=full.max_eval)
+    p.add_argument("--epochs", type=int, default=full.epochs)
+    p.add_argument("--max-steps", type=int, default=full.max_steps)
+    p.add_argument("--search-max-steps", type=int, default=full.search_max_steps)
+    p.add_argument("--mask-every", type=int, default=full.mask_every)
+    p.add_argument("--fifo-size", type=int, default=full.fifo_size)
+    p.add_argument("--batch-size", type=int, default=full.batch_size)
+    p.add_argument("--lr", type=float, default=full.lr)
+    p.add_argument("--threads", type=int, default=None, help="torch threads for training")
+    p.add_argument("--timing-rounds", type=int, default=full.timing_rounds)
+    return p.parse_args(argv)
+
+
+def config_for(args: argparse.Namespace, seed: int) -> EarlyBertConfig:
+    return section_config("full").replace(
+        seed=seed, max_train=args.max_train, max_eval=args.max_eval, epochs=args.epochs,
+        max_steps=args.max_steps, search_max_steps=args.search_max_steps,
+        mask_every=args.mask_every, fifo_size=args.fifo_size, batch_size=args.batch_size,
+        lr=args.lr, num_threads=args.threads, timing_rounds=args.timing_rounds,
+        warmup_steps=min(section_config("full").warmup_steps, args.search_max_steps // 3))
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    out = Path(args.out)
+    rows, per_seed = [], {}
+    for seed in seeds:
+        result = run_earlybert(config_for(args, seed), out / f"seed{seed}")
+        per_seed[seed] = result
+        for c in claims(result, decide=True):
+            rows.append({"seed": seed, "claim": c.claim, "target": c.target,
+                         "measured": c.measured, "verdict": c.verdict})
+
+    def mean(fn) -> float:
+        return statistics.mean(fn(r) for r in per_seed.values())
+
+    summary = {
+        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or
+                                                                                sys.argv[1:])]),
+        "seeds": seeds,
+        "mean": {
+            "full_acc": mean(lambda r: 100 * r["full"]["test_acc"]),
+            "earlybert_acc": mean(lambda r: 100 * r["earlybert"]["test_acc"]),
+            "random_acc": mean(lambda r: 100 * r["random_ticket"]["test_acc"]),
+            "same_time_acc": mean(lambda r: 100 * r["full_same_time"]["test_acc"]),
+            "time_saving_pct": mean(lambda r: r["wall_time"]["saving_pct"]),
+            "inference_speedup": mean(lambda r: r["inference_timing_b32"]["speedup"]),
+            "encoder_params_reduction_pct": mean(
+                lambda r: r["params"]["encoder_layers_reduction_pct"]),
+            "drawn_step": mean(lambda r: r["search"]["steps"]),
+        },
+        "claims": rows,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(format_table(rows))
+    print(format_table([{k: round(v, 3) for k, v in summary["mean"].items()}]))
+
+
+if __name__ == "__main__":
+    main()

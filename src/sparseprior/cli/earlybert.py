@@ -1,0 +1,31 @@
+"""``sparseprior tickets earlybert``: EarlyBERT on a pre-trained BERT (Hugging Face), offline.
+
+Thin: every field of :class:`sparseprior.nlp.experiment.EarlyBertConfig` is an option (generated
+by :mod:`sparseprior.cli.options`), ``--config file.json`` loads a whole config (a run's
+``config.json`` reruns it). ``transformers`` is imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from sparseprior.cli.options import config_options
+from sparseprior.nlp.experiment import EarlyBertConfig
+
+
+@config_options(config=EarlyBertConfig)
+def earlybert(
+    config: EarlyBertConfig,
+    out: Path = typer.Option(Path("runs/earlybert"), help="Run folder (config.json, "
+                             "earlybert.json, plots, slim_model.safetensors/.json/.onnx)."),
+) -> None:
+    """EarlyBERT: search structured early-bird tickets (heads + FFN neurons), slim the model for
+    real, fine-tune it, and compare with full fine-tuning and the random ticket."""
+    from sparseprior.common.results import format_table
+    from sparseprior.nlp.experiment import run_earlybert, summary_rows
+
+    result = run_earlybert(config, out)
+    typer.echo(format_table(summary_rows(result)))
+    typer.echo(f"run folder: {out}")

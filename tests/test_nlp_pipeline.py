@@ -1,0 +1,109 @@
+"""End-to-end EarlyBERT on a tiny local Hugging Face folder and a small CSV (no model wheel)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("transformers")
+
+WORDS = ["good", "great", "love", "fine", "happy", "bad", "awful", "hate", "sad", "poor",
+         "the", "a", "day", "movie", "food", "is", "was", "very", "so", "not"]
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """A local HF folder: a random 2-layer BERT + a word-level vocab."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(str(folder))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=40,
+                        max_position_embeddings=32)
+    BertModel(config).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_csv(tmp_path_factory):
+    import random
+
+    rng = random.Random(0)
+    rows = ["text,label"]
+    for i in range(240):
+        pos = i % 2 == 0
+        words = rng.sample(WORDS[:5] if pos else WORDS[5:10], 2) + rng.sample(WORDS[10:], 3)
+        rng.shuffle(words)
+        rows.append(f"{' '.join(words)},{'pos' if pos else 'neg'}")
+    path = tmp_path_factory.mktemp("data") / "tiny.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _config(tiny_folder, tiny_csv, **kw):
+    from sparseprior.nlp.experiment import EarlyBertConfig
+
+    base = dict(model=str(tiny_folder), data=str(tiny_csv), max_length=12, batch_size=16,
+                lr=3e-3, search_max_steps=24, mask_every=2, fifo_size=3, threshold=0.2,
+                epochs=2, warmup_steps=2, head_ratio=0.25, ffn_ratio=0.4, timing_rounds=2,
+                export_onnx=True, progress=False)
+    base.update(kw)
+    return EarlyBertConfig(**base)
+
+
+def test_run_earlybert_end_to_end(tiny_folder, tiny_csv, tmp_path):
+    from sparseprior.nlp.experiment import run_earlybert
+    from sparseprior.nlp.model import heads_per_layer
+    from sparseprior.nlp.slim import load_slim
+
+    result = run_earlybert(_config(tiny_folder, tiny_csv), tmp_path / "run")
+    assert result["max_abs_diff_masked_vs_slim"] < 1e-5
+    assert result["structure"]["heads_slim"] == [3, 3]
+    assert sum(result["structure"]["ffn_slim"]) == 48          # 40% of 80 neurons removed
+    assert result["earlybert"]["test_acc"] > 0.7               # the task is learnable
+    assert result["onnx"]["max_abs_diff"] < 1e-4
+    assert result["same_time_steps"] >= 1 and result["full_same_time"] is not None
+    model, header = load_slim(tmp_path / "run" / "slim_model.safetensors")
+    assert heads_per_layer(model) == [3, 3] and header["config"]["label_names"] == ["neg", "pos"]
+    for name in result["plots"]:
+        assert (tmp_path / "run" / name).stat().st_size > 1000
+    from sparseprior.nlp.sections import claims
+
+    verdicts = {c.key: c.passed for c in claims(result, decide=False)}
+    assert len(verdicts) == 7 and verdicts["nlp.earlybert.slim_equals_masked"] is True
+    assert verdicts["nlp.earlybert.acc_vs_full"] is None                 # quick: undecided
+    saved = json.loads((tmp_path / "run" / "earlybert.json").read_text())
+    assert saved["search"]["records"][0]["step"] == 1
+    # the same folder refuses a different experiment
+    with pytest.raises(ValueError, match="differ"):
+        run_earlybert(_config(tiny_folder, tiny_csv, seed=1), tmp_path / "run")
+
+
+def test_mlm_search_tiny(tiny_folder, tiny_csv):
+    from sparseprior.nlp.pretrain import run_mlm_search
+
+    out = run_mlm_search(_config(tiny_folder, tiny_csv, threshold=1.0, search_max_steps=12))
+    assert out["drawn"] and out["heads_slim"] == [3, 3]
+    assert out["steps"] == out["drawn_step"] == len(out["records"]) == 6   # 2 x FIFO of 3
+    # MLM training happened (random word order: little to learn beyond word frequencies)
+    assert out["mlm_loss_after"] != out["mlm_loss_before"]
+    assert out["mlm_loss_after"] < 2 * out["mlm_loss_before"]
+
+
+def test_cli_bad_data_one_line(tiny_folder, tmp_path, capsys):
+    from sparseprior.cli import main
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nhello,pos\n,neg\n")
+    with pytest.raises(SystemExit) as err:
+        main(["tickets", "earlybert", "--model", str(tiny_folder), "--data", str(bad),
+              "--search-max-steps", "50", "--out", str(tmp_path / "r")])
+    assert err.value.code == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: ") and "line 3: empty text" in lines[-1]
