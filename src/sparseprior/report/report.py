@@ -116,10 +116,11 @@ class Report:
     def claim_rows(self, *, links: bool = True) -> list[dict[str, Any]]:
         rows = []
         for section, c in self.claims():
-            measured = "not reached" if c.measured is None else f"{format_value(c.measured)}"
+            measured = "not reached" if c.measured is None else \
+                f"{format_value(c.measured)} {c.unit}".strip()
             rows.append({
                 "claim": c.claim, "seed's figure": c.seed_figure or "—", "target": c.target,
-                "measured": f"{measured} {c.unit}".strip(), "verdict": c.verdict,
+                "measured": measured, "verdict": c.verdict,
                 "section": f"[{section.title}](#{section.key})" if links else section.title,
             })
         return rows
