@@ -49,3 +49,14 @@ def test_errors_are_one_line_and_debug_shows_tracebacks(cli, monkeypatch, exc, c
         assert "--debug" in lines[0]
     with pytest.raises(type(exc)):
         cli_module.main(["--debug", "solvers", "--help"])
+
+
+def test_long_commands_warn_before_they_start(cli, monkeypatch):
+    import sparseprior.solvers.headline as headline
+
+    def stop(*_a, **_k):
+        raise ValueError("stopped before running")
+
+    monkeypatch.setattr(headline, "run_headline", stop)
+    code, _, err = cli(["solvers", "headline", "--out", "/tmp/sp-never-used"])
+    assert code == 2 and "note: the headline suite" in err and "hours" in err

@@ -26,6 +26,9 @@ def reproduce(
         for spec in discover_sections():
             typer.echo(f"{spec.name:12s} {spec.summary}")
         return
+    if mode != "quick":
+        typer.echo(f"note: mode {mode!r} runs the full budgets behind docs/results.md: hours on "
+                   "a 2-core CPU (quick mode: under 10 minutes)", err=True)
     from sparseprior.common.device import resolve_device
     from sparseprior.report.reproduce import reproduce as run_reproduce
 

@@ -29,6 +29,11 @@ PROBLEM_FILE = typer.Option(None, "--problem", help="A problem file (.npz/.safet
 DEVICE = typer.Option("auto", help="'auto', 'cpu' or 'cuda[:i]'.")
 
 
+def long_run_note(text: str) -> None:
+    """Warn before a command that takes long (stderr, so piped output stays clean)."""
+    typer.echo(f"note: {text}", err=True)
+
+
 @app.command()
 @config_options(problem=ProblemConfig)
 def problem(problem: ProblemConfig,
@@ -51,6 +56,9 @@ def train(run: FitRun, out: Path = typer.Option(None, help="Run folder (default 
     hyperparameters (tuned solvers such as HyperLISTA); save it and its test metrics."""
     from sparseprior.solvers.experiments import run_fit
 
+    if run.fit.budget != "quick":
+        long_run_note(f"budget {run.fit.budget!r} trains every layer in 3 stages: 15 min to "
+                      "hours on a 2-core CPU (budget 'quick': about a minute)")
     folder = RunDir(out or Path("runs/solvers") / run.solver)
     res = run_fit(folder, run, problem_file=problem_file, resume=resume,
                   device=resolve_device(device), progress=None)
@@ -109,6 +117,10 @@ def headline(headline: HeadlineConfig,
     from sparseprior.common.results import format_table
     from sparseprior.solvers.headline import run_headline
 
+    if checkpoints is None and headline.m * headline.n >= 250 * 500:
+        long_run_note(f"the headline suite fits {len(headline.models)} solvers on "
+                      f"{len(headline.problems)} problems and races {headline.n_wall} problems:"
+                      " hours on a 2-core CPU (pass --checkpoints to reuse trained solvers)")
     rows = run_headline(out, headline, checkpoints=checkpoints, device=resolve_device(device))
     typer.echo(f"{format_table(rows)}\n\nresults in {out} (summary.md, <problem>/table.md)")
 
