@@ -23,13 +23,6 @@ from sparseprior.engine import Callback, TrainConfig, Trainer
 from sparseprior.sparsity import MaskSet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_data(n: int = 96, seed: int = 0) -> TensorDataset:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 12, generator=gen)

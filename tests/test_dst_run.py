@@ -30,13 +30,6 @@ TRAIN = TrainConfig(epochs=3, batch_size=32, lr=0.05, device="cpu", num_threads=
                     log_every=0, eval_every=0, progress=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def _config(method: str = "rigl", **dst) -> DSTRunConfig:
     return DSTRunConfig(dst=DSTConfig(method=method, sparsity=0.9, delta_t=4, **dst),
                         model="mlp", model_options={"hidden": [64, 32]}, dataset="synthetic",

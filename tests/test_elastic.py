@@ -21,14 +21,6 @@ from sparseprior.tickets.elastic import (
 from sparseprior.tickets.imp import IMPConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_threads():
-    """Training here uses one thread (fast on small layers); give the others theirs back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def _resnet(depth: int):
     torch.manual_seed(depth)
     model = build_model(f"resnet{depth}", in_channels=1, num_classes=4, input_size=8, width=0.25)

@@ -25,14 +25,6 @@ LEVELS = 3
 REWIND = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_threads():
-    """Training here uses one thread (fast on small layers); give the others theirs back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def _config(**changes) -> IMPConfig:
     base = IMPConfig(
         model="mlp", model_options={"hidden": [24, 16]}, dataset="synthetic",

@@ -5,18 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 TINY = ["--dataset", "digits", "--subset", "160", "--epochs", "1", "--batch-size", "32",
         "--device", "cpu", "--threads", "1"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _restore_threads():
-    """``--threads 1`` sets torch's global thread count; give the other tests theirs back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_imp_command_runs_and_prints_a_table(cli, tmp_path):
