@@ -28,20 +28,28 @@ def _umask() -> int:
     return mask
 
 
+def ensure_folder(folder: str | Path, what: str = "folder") -> Path:
+    """Create ``folder`` (and parents); a file in the way or a permission problem is a
+    one-line ``ValueError`` naming ``what`` and the path."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"cannot write into the {what} {str(folder)!r}: it exists as a file "
+                         "(or lies under one); choose another output path") from None
+    except PermissionError:
+        raise ValueError(f"cannot create the {what} {str(folder)!r}: permission denied; "
+                         "choose another output path") from None
+    return folder
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temp file in the same folder and a rename.
 
     The file gets the permissions a plain ``open(path, "w")`` would (0666 minus the umask).
     """
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ValueError(f"cannot write {str(path)!r}: {str(path.parent)!r} is a file, "
-                         "not a folder") from None
-    except PermissionError:
-        raise ValueError(f"cannot create the folder {str(path.parent)!r}: permission "
-                         "denied; choose another output path") from None
+    ensure_folder(path.parent, f"folder of {path.name}")
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
                                    suffix=TEMP_SUFFIX)

@@ -10,7 +10,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sparseprior.common.checkpoint import atomic_write_text, remove_stale_temp_files
+from sparseprior.common.checkpoint import (
+    atomic_write_text,
+    ensure_folder,
+    remove_stale_temp_files,
+)
 
 
 def _jsonable(value: Any) -> Any:
@@ -29,15 +33,7 @@ class RunDir:
     """A results folder. Every file in it is written atomically, except the append-only log."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise ValueError(f"run folder {str(self.path)!r} exists as a file (or lies under "
-                             "one); choose another output folder") from None
-        except PermissionError:
-            raise ValueError(f"cannot create the run folder {str(self.path)!r}: permission "
-                             "denied; choose another output folder") from None
+        self.path = ensure_folder(path, "run folder")
         if not os.access(self.path, os.W_OK):
             raise ValueError(f"run folder {str(self.path)!r} is not writable; choose another "
                              "output folder")

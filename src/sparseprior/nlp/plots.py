@@ -39,12 +39,7 @@ def plot_mask_distance(path: Path, result: Mapping[str, Any]) -> Path:
     ax.set_xlabel("search step")
     ax.set_ylabel("normalised Hamming distance")
     ax.set_title("EarlyBERT mask distance during the search")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def plot_coefficients(path: Path, result: Mapping[str, Any]) -> Path:
@@ -110,12 +105,7 @@ def plot_accuracy_time(path: Path, result: Mapping[str, Any]) -> Path:
     ax.set_xlabel("training wall time (s)")
     ax.set_ylabel("accuracy % (line: val per epoch, dot: test)")
     ax.set_title("accuracy vs training time")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def plot_all(folder: str | Path, result: Mapping[str, Any]) -> list[str]:
@@ -125,3 +115,13 @@ def plot_all(folder: str | Path, result: Mapping[str, Any]) -> list[str]:
     plot_coefficients(folder / names[1], result)
     plot_accuracy_time(folder / names[2], result)
     return names
+
+
+def _save(fig: Any, ax: Any, path: Path) -> Path:
+    """Grid, legend, tight layout; write the PNG and free the figure."""
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
