@@ -36,6 +36,7 @@ Supported architectures: chains of Linear layers with ReLU between them (the reg
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -321,7 +322,47 @@ def _jit_kernels() -> dict[str, Any]:
             h = y
         return h
 
-    _JIT.update(csr_vec=csr_vec, csr_mat=csr_mat, csc=csc_any, chain=chain)
+    @jit
+    def chain_vec(kind, relu, shift, dims, ptr_off, nz_off, row_off, ptr, idx, val, scale,
+                  bias, x):  # pragma: no cover - compiled
+        """:func:`chain` for one example: ``x`` and every activation are 1-D, CSR rows use
+        four partial sums and CSC columns skip ``h[j] == shift`` (no per-batch loops)."""
+        h = x
+        for layer in range(kind.size):
+            n_out, n_in = dims[layer, 0], dims[layer, 1]
+            p0, z0, r0 = ptr_off[layer], nz_off[layer], row_off[layer]
+            y = np.empty(n_out, np.float32)
+            if kind[layer] == 0:
+                for r in range(n_out):
+                    a0 = a1 = a2 = a3 = np.float32(0.0)
+                    k, end = z0 + ptr[p0 + r], z0 + ptr[p0 + r + 1]
+                    while k + 4 <= end:
+                        a0 += np.float32(val[k]) * h[idx[k]]
+                        a1 += np.float32(val[k + 1]) * h[idx[k + 1]]
+                        a2 += np.float32(val[k + 2]) * h[idx[k + 2]]
+                        a3 += np.float32(val[k + 3]) * h[idx[k + 3]]
+                        k += 4
+                    while k < end:
+                        a0 += np.float32(val[k]) * h[idx[k]]
+                        k += 1
+                    y[r] = (a0 + a1) + (a2 + a3)
+            else:
+                y[:] = 0.0
+                c = shift[layer]
+                for j in range(n_in):
+                    v = h[j] - c
+                    if v == 0:
+                        continue
+                    for k in range(z0 + ptr[p0 + j], z0 + ptr[p0 + j + 1]):
+                        y[idx[k]] += np.float32(val[k]) * v
+            for r in range(n_out):
+                v = y[r] * scale[r0 + r] + bias[r0 + r]
+                y[r] = v if (v > 0 or not relu[layer]) else np.float32(0.0)
+            h = y
+        return h
+
+    _JIT.update(csr_vec=csr_vec, csr_mat=csr_mat, csc=csc_any, chain=chain,
+                chain_vec=chain_vec)
     return _JIT
 
 
@@ -408,12 +449,28 @@ def _check_kernels(kernels: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(kernels)
 
 
+FUSABLE = ("csr", "csc")
+"""Kernels :func:`fused_chain` can run inside its one compiled call."""
+
+
+def _fused_combos(plan: Sequence[LayerPlan], names: Sequence[str], limit: int = 4
+                  ) -> list[tuple[str, ...]]:
+    """Kernel combinations to try inside one fused call: every csr/csc combination for up to
+    ``limit`` layers, else each layer's fastest sparse kernel (measured alone)."""
+    usable = [k for k in FUSABLE if k in names]
+    if not usable:
+        return []
+    if len(plan) <= limit:
+        return list(itertools.product(usable, repeat=len(plan)))
+    return [tuple(min(usable, key=p.ms.__getitem__) for p in plan)]
+
+
 def fused_chain(layers: Sequence[SparseLinear], plan: Sequence[LayerPlan],
                 examples: Sequence[np.ndarray]) -> Kernel | None:
     """All layers in ONE compiled call (no Python between layers) when every planned kernel
     is ``csr`` or ``csc`` and the codes share one dtype; else ``None``. Same arithmetic as the
     per-layer kernels (CSC layers keep their background shift)."""
-    if numba is None or any(p.kernel not in ("csr", "csc") for p in plan) or \
+    if numba is None or any(p.kernel not in FUSABLE for p in plan) or \
             len({layer.codes.dtype for layer in layers}) != 1:
         return None
     parts = [_compressed(layer.codes, "row" if p.kernel == "csr" else "col")
@@ -426,6 +483,7 @@ def fused_chain(layers: Sequence[SparseLinear], plan: Sequence[LayerPlan],
         shifts.append(c)
         biases.append(b.astype(np.float32))
     size = [(len(q[0]), len(q[1])) for q in parts]
+    index_dtype = np.result_type(*(q[1].dtype for q in parts))  # uint16 when every layer fits
     arrays = (np.array([0 if p.kernel == "csr" else 1 for p in plan], np.int64),
               np.array([layer.relu for layer in layers], np.bool_),
               np.array(shifts, np.float32),
@@ -433,13 +491,19 @@ def fused_chain(layers: Sequence[SparseLinear], plan: Sequence[LayerPlan],
               np.cumsum([0] + [n for n, _ in size[:-1]]).astype(np.int64),
               np.cumsum([0] + [z for _, z in size[:-1]]).astype(np.int64),
               np.cumsum([0] + [layer.shape[0] for layer in layers[:-1]]).astype(np.int64),
-              np.concatenate([q[0] for q in parts]),
-              np.concatenate([q[1].astype(np.uint32) for q in parts]),
+              np.concatenate([q[0] for q in parts]).astype(np.int32),
+              np.concatenate([q[1] for q in parts]).astype(index_dtype),
               np.concatenate([q[2] for q in parts]),
               np.concatenate([layer.scale for layer in layers]).astype(np.float32),
               np.concatenate(biases))
-    fn = _jit_kernels()["chain"]
-    return lambda h: fn(*arrays, h)
+    jit = _jit_kernels()
+    batched, single = jit["chain"], jit["chain_vec"]
+
+    def run(h: np.ndarray) -> np.ndarray:
+        if h.shape[1] == 1:
+            return single(*arrays, h.reshape(-1)).reshape(-1, 1)
+        return batched(*arrays, h)
+    return run
 
 
 class ServedModel:
@@ -503,14 +567,21 @@ class ServedModel:
             chosen[layer.name] = prepared[best]
             h = np.ascontiguousarray(prepared["dense" if "dense" in prepared else best](h))
         served = cls(layers, chosen, plan, batch_size, reference)
-        fused = fused_chain(layers, plan, inputs)
-        if fused is not None:
-            result = measure_latency({"layers": lambda: served.forward_features(first),
-                                      "fused": lambda: fused(first)},
-                                     rounds=rounds, calls=max(3, 100 // batch_size), warmup=2)
+        candidates = {"layers": (None, plan)}
+        for combo in _fused_combos(plan, names):
+            option = [dataclasses.replace(p, kernel=k) for p, k in zip(plan, combo, strict=True)]
+            fused = fused_chain(layers, option, inputs)
+            if fused is not None:
+                candidates["fused " + "+".join(combo)] = (fused, option)
+        if len(candidates) > 1:
+            runners = {n: (lambda f=f: f(first)) if f is not None else
+                       (lambda: served.forward_features(first))
+                       for n, (f, _) in candidates.items()}
+            result = measure_latency(runners, rounds=rounds, calls=max(3, 100 // batch_size),
+                                     warmup=2)
             served.fused_ms = dict(result.median_ms)
-            if result.speedup_over("layers")["fused"] > 1.0:
-                served.fused = fused
+            best = min(result.median_ms, key=result.median_ms.__getitem__)
+            served.fused, served.plan = candidates[best]
         return served
 
     def _check_input(self, x: Any) -> np.ndarray:
@@ -537,6 +608,12 @@ class ServedModel:
 
     def __call__(self, x: Tensor) -> Tensor:
         """``(B, *input_shape)`` float -> logits ``(B, out_features)`` (float32, CPU)."""
+        if type(x) is Tensor and x.dtype is torch.float32 and x.is_cpu and \
+                x.numel() == self.in_features and not x.requires_grad and x.dim() >= 2:
+            # one float32 example (the latency-critical case): no further checks or copies
+            # beyond the owned (in, 1) copy numba types fastest
+            out = self.forward_features(x.numpy().reshape(-1, 1).copy())
+            return torch.from_numpy(out.reshape(1, -1))
         flat = self._check_input(x)
         batch = flat.shape[0]
         if batch == 1:  # (1, in) and (in, 1) share their layout; an owned copy (a view of a
