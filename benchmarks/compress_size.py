@@ -8,7 +8,9 @@ QAT), then compares, for the same compressed model:
 * ``xz -9e`` of the fp32 safetensors of the original (unpruned) model;
 * ``xz -9e`` of the fp32 safetensors of the pruned + quantized model;
 * "int8 codes + fp32 scales, xz -9e": every quantized tensor as one int8 code per entry plus
-  its float32 scales, every other tensor as float32, concatenated and ``xz -9e``-ed;
+  its float32 scales, every other tensor as float32, concatenated and ``xz -9e``-ed (and the
+  same with scales and biases as the packed file keeps them: float16 when the recipe rounds
+  them);
 * the packed file, format version 1 (bit-packed) and version 2 (entropy-coded parts), and
   ``xz -9e`` of the version 2 file (does a general compressor still find redundancy?);
 * the entropy bound of codes and positions: for each quantized tensor
@@ -66,17 +68,26 @@ def safetensors_bytes(model: nn.Module, path: Path) -> bytes:
     return path.read_bytes()
 
 
-def int8_codes_blob(model: nn.Module) -> bytes:
-    """Quantized tensors as int8 codes (one per entry) + float32 scales; the rest float32."""
+def as_stored(values: np.ndarray, own: bool) -> bytes:
+    """float32 bytes, or float16 when ``own`` and every value is a float16 value (as the
+    packed file keeps them)."""
+    values = values.astype("<f4")
+    half = values.astype("<f2")
+    return (half if own and np.array_equal(half.astype("<f4"), values) else values).tobytes()
+
+
+def int8_codes_blob(model: nn.Module, own: bool = False) -> bytes:
+    """Quantized tensors as int8 codes (one per entry) + float32 scales, the rest float32
+    (``own``: scales and other tensors as float16 where the packed file stores them so)."""
     targets = quant_targets(model)
     chunks = []
     for name, t in model.state_dict().items():
         if name in targets:
             q = quantize_tensor(t, *targets[name])
             chunks.append(q.codes.numpy().astype(np.int8).tobytes())
-            chunks.append(q.scale.numpy().astype("<f4").tobytes())
+            chunks.append(as_stored(q.scale.numpy(), own))
         else:
-            chunks.append(t.detach().float().numpy().astype("<f4").tobytes())
+            chunks.append(as_stored(t.detach().float().numpy(), own))
     return b"".join(chunks)
 
 
@@ -101,7 +112,8 @@ def coded_bytes(path: Path, names: set[str]) -> int:
                for part in rec["parts"] if part[0] in ("positions", "codes"))
 
 
-def train_storage_model(args: argparse.Namespace) -> tuple[nn.Module, nn.Module, dict, float]:
+def train_storage_model(args: argparse.Namespace
+                        ) -> tuple[nn.Module, nn.Module, dict, dict[str, float]]:
     from sparseprior.compress import compress_, load_recipe
     from sparseprior.compress.experiments import BenchConfig
     from sparseprior.data import load_dataset
@@ -120,7 +132,9 @@ def train_storage_model(args: argparse.Namespace) -> tuple[nn.Module, nn.Module,
                        latency_rounds=0)
     dense = build_model("lenet300", **{**build, "input_size": (h, w)})
     dense.load_state_dict(original)
-    return result.model, dense, build, float(result.reports[-1].accuracy)
+    accuracy = {"original": float(result.reports[0].accuracy),
+                "compressed": float(result.reports[-1].accuracy)}
+    return result.model, dense, build, accuracy
 
 
 def main() -> None:
@@ -149,6 +163,7 @@ def main() -> None:
                                                                       args.out / "dense.st"))
     rows["xz -9e of the pruned+quantized fp32"] = xz9e(fp32)
     rows["int8 codes + fp32 scales, xz -9e"] = xz9e(int8_codes_blob(model))
+    rows["int8 codes + the file's float16s, xz -9e"] = xz9e(int8_codes_blob(model, True))
     v1 = pack(model, args.out / "model_v1.sppk", model_name=name, build=build, version=1)
     v2 = pack(model, args.out / "model_v2.sppk", model_name=name, build=build, version=2)
     rows["packed, version 1"] = v1.size
@@ -165,13 +180,17 @@ def main() -> None:
     print(f"{'file':45s} {'bytes':>10s} {'x smaller than fp32':>20s}")
     for label, size in rows.items():
         print(f"{label:45s} {size:10,d} {base / size:20.2f}")
-    print(f"version 2 vs int8+xz: {100 * (1 - v2.size / int8):.1f}% smaller")
+    own = rows["int8 codes + the file's float16s, xz -9e"]
+    print(f"version 2 vs int8+xz: {100 * (1 - v2.size / int8):.1f}% smaller "
+          f"({100 * (1 - v2.size / own):.1f}% vs int8 codes with the file's float16 scales/biases)")
     print(f"entropy bound of codes+positions: {bound_bytes:,.0f} B; version 2 spends "
           f"{v2_coded:,d} B on them ({100 * (v2_coded / bound_bytes - 1):+.1f}%)")
     if accuracy is not None:
-        print(f"accuracy of the compressed model: {accuracy:.4f}")
+        print(f"accuracy: original fp32 {accuracy['original']:.4f}, compressed "
+              f"{accuracy['compressed']:.4f}")
     result = {"sizes": rows, "ratios_vs_fp32": {k: base / v for k, v in rows.items()},
               "v2_vs_int8_xz_smaller_pct": 100 * (1 - v2.size / int8),
+              "v2_vs_int8_own_scales_xz_smaller_pct": 100 * (1 - v2.size / own),
               "entropy_bound": {**bound, "bytes": bound_bytes, "v2_coded_bytes": v2_coded,
                                 "v2_over_bound_pct": 100 * (v2_coded / bound_bytes - 1)},
               "accuracy": accuracy, "args": {k: str(v) for k, v in vars(args).items()}}

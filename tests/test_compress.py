@@ -247,6 +247,53 @@ def test_pack_unpack_exact_codes_and_outputs(tmp_path, spec):
     assert torch.allclose(back(x), model(x), atol=1e-6)
 
 
+@pytest.mark.parametrize("scheme", ["uniform", "pow2"])
+def test_float16_scales_and_biases_are_stored_exactly_in_two_bytes(tmp_path, scheme):
+    half = QuantSpec(4, scheme, "channel", scale_dtype="float16", bias_dtype="float16")
+    model = quantized_sparse_mlp(half)
+    for name in ("features.0", "features.2", "classifier"):
+        layer = model.get_submodule(name)
+        q = quantize_tensor(layer.weight, half)
+        assert torch.equal(q.scale.half().float(), q.scale)  # float16 values
+        assert torch.equal(layer.bias.half().float(), layer.bias)
+        assert torch.equal(quantize_tensor(q.dequantize(), half).codes, q.codes)  # fixed point
+    build = {"hidden": [32, 16], **SMALL}
+    small = pack(model, tmp_path / "h.sppk", model_name="mlp", build=build)
+    back = unpack(tmp_path / "h.sppk")
+    assert same_state(back, model)
+    x = x_batch()
+    assert torch.equal(back(x), model(x))
+    records = {r["name"]: r for r in read_header(tmp_path / "h.sppk")[0]["tensors"]}
+    assert records["features.0.weight"]["scale_dtype"] == "float16"
+    assert records["features.0.bias"]["value_dtype"] == "float16"
+    other = quantized_sparse_mlp(QuantSpec(4, scheme, "channel"))
+    with torch.no_grad():
+        for name in ("features.0", "features.2", "classifier"):
+            other.get_submodule(name).bias.normal_()  # float32 values: kept in 4 bytes
+    full = pack(other, tmp_path / "f.sppk", model_name="mlp", build=build)
+    assert small.size < full.size
+    assert "value_dtype" not in {k for r in read_header(tmp_path / "f.sppk")[0]["tensors"]
+                                 for k in r}
+    assert same_state(unpack(tmp_path / "f.sppk"), other)
+
+
+def test_float16_bias_rounding_is_straight_through_in_qat():
+    model = mlp()
+    quantize_(model, QuantSpec(8, bias_dtype="float16"))
+    layer = model.features[0]
+    with torch.no_grad():
+        layer.bias.add_(1e-5)  # off the float16 grid
+    x = x_batch()
+    out = layer(x.reshape(len(x), -1))
+    ref = torch.nn.functional.linear(x.reshape(len(x), -1), fake_quantize(
+        layer.weight, layer.quant_spec), layer.bias.half().float())
+    assert torch.equal(out, ref)
+    out.sum().backward()
+    assert torch.allclose(layer.bias.grad, torch.full_like(layer.bias, len(x)))
+    with pytest.raises(ValueError, match="bias_dtype"):
+        QuantSpec(4, bias_dtype="bfloat16")
+
+
 def test_pack_unpack_lowrank_smartexchange_structured(tmp_path):
     model, _ = structured_prune(lenet5(), StructuredConfig(ratio=0.5))
     factorize_(model, LowRankConfig(rank_ratio=0.5, layers=["fc.0"]))

@@ -41,7 +41,8 @@ def sparse_quant_mlp() -> nn.Module:
     with torch.no_grad():
         for layer in (model.features[0], model.features[2], model.classifier):
             layer.bias.normal_()
-    quantize_(model, QuantSpec(4), names=["features.0"])
+    quantize_(model, QuantSpec(4, scale_dtype="float16", bias_dtype="float16"),
+              names=["features.0"])
     quantize_(model, QuantSpec(3, "uniform", "tensor", symmetric=False), names=["features.2"])
     freeze_quantized_(model)
     return model.eval()

@@ -386,9 +386,13 @@ def _encode_float_v2(t: Tensor, positions: str
                      ) -> tuple[dict[str, Any], list[tuple[str, str, bytes]]]:
     flat = t.detach().float().cpu().reshape(-1).numpy().astype("<f4")
     nonzero = flat != 0
-    fields, parts = _layouts(lambda sparse: flat[nonzero] if sparse else flat, nonzero,
-                             positions, lambda v: [({}, v.tobytes())], floats=True)
-    return {"encoding": "float", "nnz": int(nonzero.sum()), **fields}, parts
+    half = flat.astype("<f2")
+    exact_half = flat.size > 0 and bool(np.array_equal(half.astype("<f4"), flat))
+    stored = half if exact_half else flat  # 2 bytes a value only when lossless
+    fields, parts = _layouts(lambda sparse: stored[nonzero] if sparse else stored, nonzero,
+                             positions, lambda v: [({}, v.tobytes())], floats=not exact_half)
+    extra = {"value_dtype": "float16"} if exact_half else {}
+    return {"encoding": "float", "nnz": int(nonzero.sum()), **fields, **extra}, parts
 
 
 def _encode_raw_v2(t: Tensor) -> tuple[dict[str, Any], list[tuple[str, str, bytes]]]:
@@ -470,7 +474,8 @@ def _decode_raw(rec: TensorRecord, parts: Mapping[str, bytes]) -> Tensor:
 
 def _decode_float(rec: TensorRecord, parts: Mapping[str, bytes]) -> Tensor:
     mask = _decode_mask(rec, parts)
-    vals = np.frombuffer(parts["values"], dtype="<f4")
+    vals = np.frombuffer(parts["values"],
+                         dtype="<f2" if rec.value_dtype == "float16" else "<f4").astype("<f4")
     _check_support(rec, vals != 0, mask)
     out = np.zeros(rec.numel, dtype=np.float32)
     out[mask if mask is not None else slice(None)] = vals

@@ -189,7 +189,8 @@ class TensorRecord:
     ``parts`` are ``(name, stored bytes, coder)``; ``coder`` is ``"none"`` in version 1.
     ``code_width`` is the bits per stored code (``quant.bits``, or 8 in version 2 when the
     codes are byte-aligned for an entropy coder); ``scale_dtype`` is ``float32`` or (version 2,
-    when exact) ``float16``.
+    when exact) ``float16``; ``value_dtype`` (``float`` records, version 2) likewise for the
+    stored values (``float16`` only when every value is one).
     """
 
     name: str
@@ -206,6 +207,7 @@ class TensorRecord:
     scale_len: int | None = None
     scale_dtype: str = "float32"
     code_width: int = 0
+    value_dtype: str = "float32"
 
     @property
     def numel(self) -> int:
@@ -263,6 +265,8 @@ def parse_record(raw: Any, index: int, version: int = 1, coders: tuple[str, ...]
     encoding = check_str(raw.get("encoding"), "encoding", where, ENCODINGS)
     extra = set(_EXTRA[encoding]) | (_V2_EXTRA[encoding] if version >= 2 else set())
     optional = frozenset({"delta_bits"}) if "positions" in extra else frozenset()
+    if encoding == "float" and version >= 2:
+        optional |= {"value_dtype"}
     check_keys(raw, _COMMON | extra, where, optional)
     shape_raw = raw["shape"]
     if not isinstance(shape_raw, list) or len(shape_raw) > MAX_DIMS:
@@ -307,6 +311,9 @@ def parse_record(raw: Any, index: int, version: int = 1, coders: tuple[str, ...]
             fields["code_width"] = width
             fields["scale_dtype"] = check_str(raw["scale_dtype"], "scale_dtype", where,
                                               ("float32", "float16"))
+    if "value_dtype" in raw:
+        fields["value_dtype"] = check_str(raw["value_dtype"], "value_dtype", where,
+                                          ("float32", "float16"))
     parts = _parse_parts(raw["parts"], raw.get("coders") if version >= 2 else None, where,
                          coders)
     return TensorRecord(name=name, shape=shape, dtype=dtype, encoding=encoding, offset=offset,
@@ -367,7 +374,8 @@ def raw_part_sizes(rec: TensorRecord) -> dict[str, tuple[int, int]]:
         if rec.quant.scheme == "uniform" and not rec.quant.symmetric:
             sizes["zero_point"] = (rec.scale_len, rec.scale_len)
     elif rec.encoding == "float":
-        sizes["values"] = (4 * count, 4 * count)
+        width = 2 if rec.value_dtype == "float16" else 4
+        sizes["values"] = (width * count, width * count)
     else:
         n = rec.numel * DTYPES[rec.dtype][1]
         sizes["values"] = (n, n)

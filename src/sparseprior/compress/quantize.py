@@ -13,7 +13,8 @@ Codes (what :mod:`sparseprior.compress.pack` stores, ``k`` bits each):
   Rounding is done in the log domain; magnitudes below ``s * 2^(1-M) / sqrt(2)`` become zero.
 
 ``granularity='channel'`` uses one scale per output channel (dim 0); ``'tensor'`` one scale.
-All scales are float32 and quantization maps ``0`` to ``0`` exactly.
+All scales are float32 (float16 values with ``scale_dtype='float16'``) and quantization maps
+``0`` to ``0`` exactly.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from sparseprior.compress.steps import StepState, register_step
 
 SCHEMES = ("uniform", "pow2")
 GRANULARITIES = ("tensor", "channel")
+SCALE_DTYPES = ("float32", "float16")
 
 
 @dataclasses.dataclass
@@ -45,12 +47,20 @@ class QuantSpec(Config):
         scheme: ``'uniform'`` or ``'pow2'`` (signed powers of two, a zero code).
         granularity: ``'tensor'`` (one scale) or ``'channel'`` (one per output channel).
         symmetric: symmetric range around 0 (``uniform`` only; ``pow2`` is always symmetric).
+        scale_dtype: ``'float32'`` or ``'float16'``: scales rounded to the nearest float16
+            (codes computed with the rounded scale, so the packed file stores them exactly in
+            2 bytes; a scale outside float16's normal range stays float32).
+        bias_dtype: ``'float32'`` or ``'float16'``: the layer's bias rounded to float16 in
+            the forward pass (straight-through) and when frozen, so the packed file stores
+            it in 2 bytes per value (values beyond float16's range stay float32).
     """
 
     bits: int = 8
     scheme: str = "uniform"
     granularity: str = "channel"
     symmetric: bool = True
+    scale_dtype: str = "float32"
+    bias_dtype: str = "float32"
 
     def validate(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or \
@@ -58,6 +68,8 @@ class QuantSpec(Config):
             raise ValueError(f"bits must be an integer in [2, 8], got {self.bits!r}")
         check_choice(self.scheme, "scheme", SCHEMES)
         check_choice(self.granularity, "granularity", GRANULARITIES)
+        check_choice(self.scale_dtype, "scale_dtype", SCALE_DTYPES)
+        check_choice(self.bias_dtype, "bias_dtype", SCALE_DTYPES)
         if self.scheme == "pow2" and not self.symmetric:
             raise ValueError("scheme='pow2' is always symmetric; set symmetric=True")
 
@@ -102,6 +114,16 @@ def _broadcast(v: Tensor, shape: torch.Size) -> Tensor:
     return v.reshape(-1, *([1] * (len(shape) - 1)))
 
 
+def _stored_scale(scale: Tensor, spec: QuantSpec) -> Tensor:
+    """``scale`` as the file stores it: rounded to float16 where ``spec`` asks and float16
+    holds it as a positive normal number, else unchanged float32."""
+    if spec.scale_dtype != "float16":
+        return scale
+    half = scale.half().float()
+    fits = torch.isfinite(half) & (half >= torch.finfo(torch.float16).tiny)
+    return torch.where(fits, half, scale)
+
+
 @torch.no_grad()
 def quantize_tensor(w: Tensor, spec: QuantSpec, scale: Tensor | None = None) -> QuantizedTensor:
     """Quantize ``w`` (any shape, float) to ``spec.bits``-bit codes; see the module docstring.
@@ -119,7 +141,7 @@ def quantize_tensor(w: Tensor, spec: QuantSpec, scale: Tensor | None = None) -> 
         if scale is None:
             scale = rows.abs().amax(dim=1)
             scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        scale = scale.detach().float().cpu().reshape(-1)
+        scale = _stored_scale(scale.detach().float().cpu().reshape(-1), spec)
         zp = torch.zeros_like(scale, dtype=torch.int32)
         m_max = spec.max_exponent_steps
         s = _broadcast(scale, w.shape)
@@ -133,7 +155,7 @@ def quantize_tensor(w: Tensor, spec: QuantSpec, scale: Tensor | None = None) -> 
     if spec.symmetric:
         qmax = 2 ** (spec.bits - 1) - 1
         scale = rows.abs().amax(dim=1) / qmax
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale)).float()
+        scale = _stored_scale(torch.where(scale > 0, scale, torch.ones_like(scale)).float(), spec)
         q = torch.round(w / _broadcast(scale, w.shape)).clamp(-qmax, qmax)
         codes = (q + qmax).to(torch.int32)
         zp = torch.full_like(scale, qmax, dtype=torch.int32)
@@ -142,7 +164,7 @@ def quantize_tensor(w: Tensor, spec: QuantSpec, scale: Tensor | None = None) -> 
     lo = rows.amin(dim=1).clamp_max(0.0)
     hi = rows.amax(dim=1).clamp_min(0.0)
     scale = (hi - lo) / levels
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale)).float()
+    scale = _stored_scale(torch.where(scale > 0, scale, torch.ones_like(scale)).float(), spec)
     zp = torch.round(-lo / scale).clamp(0, levels).to(torch.int32)
     q = torch.round(w / _broadcast(scale, w.shape)) + _broadcast(zp, w.shape)
     codes = q.clamp(0, levels).to(torch.int32)
@@ -181,6 +203,16 @@ def dequantize(codes: Tensor, scale: Tensor, zero_point: Tensor, spec: QuantSpec
     return (codes - z).float() * s
 
 
+def stored_bias(b: Tensor | None, spec: QuantSpec) -> Tensor | None:
+    """The bias as the file stores it: rounded to float16 where ``spec.bias_dtype`` asks
+    (straight-through gradient; values beyond float16's range unchanged)."""
+    if b is None or spec.bias_dtype != "float16":
+        return b
+    half = b.detach().half().float().to(b.dtype)
+    rounded = torch.where(torch.isfinite(half), half, b.detach())
+    return b + (rounded - b).detach()
+
+
 def fake_quantize(w: Tensor, spec: QuantSpec, scale: Tensor | None = None) -> Tensor:
     """``dequantize(quantize(w))`` with a straight-through gradient (identity in backward)."""
     q = quantize_tensor(w, spec, scale).dequantize().to(w.device, w.dtype)
@@ -200,7 +232,8 @@ class QuantLinear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, ..., in)`` -> ``(B, ..., out)``."""
-        return F.linear(x, fake_quantize(self.weight, self.quant_spec), self.bias)
+        spec = self.quant_spec
+        return F.linear(x, fake_quantize(self.weight, spec), stored_bias(self.bias, spec))
 
 
 class QuantConv2d(nn.Conv2d):
@@ -210,7 +243,9 @@ class QuantConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C_in, H, W)`` -> ``(B, C_out, H', W')``."""
-        return self._conv_forward(x, fake_quantize(self.weight, self.quant_spec), self.bias)
+        spec = self.quant_spec
+        return self._conv_forward(x, fake_quantize(self.weight, spec),
+                                  stored_bias(self.bias, spec))
 
 
 _QUANT_CLASSES: dict[type[nn.Module], type[nn.Module]] = {nn.Linear: QuantLinear,
@@ -266,7 +301,8 @@ def quantize_(model: nn.Module, spec: QuantSpec, names: Sequence[str] | None = N
 
 @torch.no_grad()
 def freeze_quantized_(model: nn.Module) -> dict[str, QuantizedTensor]:
-    """Replace each quantization-aware weight by its quantized values (in place).
+    """Replace each quantization-aware weight by its quantized values (in place; the bias
+    rounded as ``spec.bias_dtype`` asks).
 
     The layers keep their :class:`QuantSpec` (so :mod:`~sparseprior.compress.pack` stores
     codes); quantizing a frozen weight again gives the same codes and values bit for bit
@@ -279,6 +315,8 @@ def freeze_quantized_(model: nn.Module) -> dict[str, QuantizedTensor]:
             continue
         q = snap_to_grid(module.weight, spec)
         module.weight.copy_(q.dequantize().to(module.weight))
+        if module.bias is not None:
+            module.bias.copy_(stored_bias(module.bias, spec))
         out[name] = q
     return out
 
@@ -328,8 +366,7 @@ class QuantizeConfig(QuantSpec):
 
     @property
     def spec(self) -> QuantSpec:
-        return QuantSpec(bits=self.bits, scheme=self.scheme, granularity=self.granularity,
-                         symmetric=self.symmetric)
+        return QuantSpec(**{name: getattr(self, name) for name in QuantSpec.__dataclass_fields__})
 
 
 @register_step("quantize", QuantizeConfig,
