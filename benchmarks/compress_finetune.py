@@ -94,8 +94,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--rotate", type=float, default=30.0)
     parser.add_argument("--noise", type=float, default=0.5)
-    parser.add_argument("--code-layers", default="features.0,classifier",
-                        help="comma-separated layers whose codes are trained")
+    parser.add_argument("--code-layers", default="classifier",
+                        help="comma-separated layers whose codes are trained (full size: "
+                             "features.0,classifier recovers more but the re-packed file "
+                             "grows ~6%%, see docs/results.md)")
     parser.add_argument("--code-lr", type=float, default=0.05,
                         help="step size of the latent codes (FinetuneConfig.code_lr)")
     parser.add_argument("--only", default=None,

@@ -49,7 +49,7 @@ class QuantSpec(Config):
         symmetric: symmetric range around 0 (``uniform`` only; ``pow2`` is always symmetric).
         scale_dtype: ``'float32'`` or ``'float16'``: scales rounded to the nearest float16
             (codes computed with the rounded scale, so the packed file stores them exactly in
-            2 bytes; a scale outside float16's normal range stays float32).
+            2 bytes; a scale float16 cannot hold, overflowing or rounding to 0, stays float32).
         bias_dtype: ``'float32'`` or ``'float16'``: the layer's bias rounded to float16 in
             the forward pass (straight-through) and when frozen, so the packed file stores
             it in 2 bytes per value (values beyond float16's range stay float32).
@@ -116,12 +116,12 @@ def _broadcast(v: Tensor, shape: torch.Size) -> Tensor:
 
 def _stored_scale(scale: Tensor, spec: QuantSpec) -> Tensor:
     """``scale`` as the file stores it: rounded to float16 where ``spec`` asks and float16
-    holds it as a positive normal number, else unchanged float32."""
+    holds it (finite and above zero; subnormal float16s, below 6.1e-5, keep fewer significant
+    bits), else unchanged float32."""
     if spec.scale_dtype != "float16":
         return scale
     half = scale.half().float()
-    fits = torch.isfinite(half) & (half >= torch.finfo(torch.float16).tiny)
-    return torch.where(fits, half, scale)
+    return torch.where(torch.isfinite(half) & (half > 0), half, scale)
 
 
 @torch.no_grad()
