@@ -87,6 +87,23 @@ def test_matches_the_per_sample_reference(problem, rule):
     torch.testing.assert_close(got, ref, atol=2e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("c_ss", [0.0, 0.8, 50.0])  # no row selects / some do / all do
+@pytest.mark.parametrize("shared_matmul", [True, False])
+def test_inference_path_matches_the_autograd_path(problem, c_ss, shared_matmul):
+    _, y = problem.sample(64, 2)
+    model = HyperLISTA(problem.A, num_layers=8, c_ss=c_ss)
+    assert model.w_per_pinv.numel() == problem.A.shape[1]  # closed-form W = A^+T diag(d)
+    torch.testing.assert_close(model.A_pinv_T * model.w_per_pinv, model.W, atol=1e-6,
+                               rtol=1e-4)
+    if not shared_matmul:
+        model.w_per_pinv = model.w_per_pinv[:0]  # the [A^+ | W] fallback
+    with torch.enable_grad():
+        slow = torch.stack(model(y)).detach()
+    with torch.no_grad():
+        fast = torch.stack(model(y))
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-4)
+
+
 def test_scale_free_rule_normalises_by_crosstalk_and_m(problem):
     from sparseprior.solvers.unrolled import interference_rms
 

@@ -430,6 +430,20 @@ def shrink_ss_rows(z: torch.Tensor, theta: torch.Tensor, k: torch.Tensor) -> tor
     return soft_threshold(z, theta * weights)
 
 
+def _column_ratio(W: torch.Tensor, P: torch.Tensor, rtol: float = 1e-5) -> torch.Tensor:
+    """``d`` (n,) with ``W = P diag(d)`` when every column of W is a multiple of P's (to
+    ``rtol``), else an empty tensor. ALISTA's closed-form W is ``(A A^T)^+ A / scale`` and
+    ``A^+ = A^T (A A^T)^+``, so ``W = (A^+)^T diag(1 / scale)``."""
+    W64, P64 = W.double(), P.double()
+    norms = P64.pow(2).sum(dim=0)
+    if bool((norms <= 0).any()):
+        return W.new_zeros(0)
+    d = (W64 * P64).sum(dim=0) / norms
+    if float((W64 - P64 * d).norm()) > rtol * float(W64.norm()):
+        return W.new_zeros(0)
+    return d.to(W.dtype)
+
+
 def interference_rms(W: torch.Tensor, A: torch.Tensor) -> float:
     """mu_2(W, A) = sqrt(mean_{i != j} (w_i^T a_j)^2): the RMS cross-talk of W^T A.
 
@@ -521,6 +535,8 @@ class HyperLISTA(UnrolledSolver):
         self.register_buffer("W", analytic_weight(self.A), persistent=False)
         pinv = torch.linalg.pinv(self.A.double()).float()          # (n, m)
         self.register_buffer("A_pinv_T", pinv.T.contiguous(), persistent=False)  # (m, n)
+        self.register_buffer("w_per_pinv", _column_ratio(self.W, self.A_pinv_T),
+                             persistent=False)
         self.theta_scale, self.beta_scale = HYPERLISTA_RULES[rule](self.A, self.W)
 
     @classmethod
@@ -547,6 +563,8 @@ class HyperLISTA(UnrolledSolver):
         y = self.check_input(y)
         T = self.num_layers if num_layers is None else num_layers
         self._check_layer(T)
+        if not torch.is_grad_enabled():
+            return self._forward_inference(y, T)
         c_beta, c_theta, c_ss = (self.shared[k] for k in self.HYPERPARAMETERS)
         theta_c = c_theta * (self.theta_scale * self.gamma)
         beta_c = c_beta * self.beta_scale
@@ -565,6 +583,42 @@ class HyperLISTA(UnrolledSolver):
             beta = beta_c * count
             z = x + self.gamma * (r @ self.W)
             x, x_prev = shrink_ss_rows(z, theta, k) + beta * (x - x_prev), x
+            outputs.append(x)
+        return outputs
+
+    def _forward_inference(self, y: torch.Tensor, T: int) -> list[torch.Tensor]:
+        """:meth:`forward` without autograd, in fewer passes over memory: one matmul for the
+        residual (``addmm``) and one for ``A^+ r`` (the closed-form analytic W is
+        ``A^+T diag(d)``, so ``W^T r = d * A^+ r``; else ``[A^+ | W]`` in one); plain soft or hard
+        thresholding when no row, or every row, selects its whole support. Same values as
+        the autograd path up to float rounding (``tests/test_hyperlista.py``)."""
+        n = self.n
+        shared_mm = self.w_per_pinv.numel() == n  # W = A^+T diag(d): one matmul gives both
+        theta_c = float(self.shared["c_theta"]) * self.theta_scale * self.gamma
+        beta_c = float(self.shared["c_beta"]) * self.beta_scale
+        c_ss = float(self.shared["c_ss"])
+        tiny = torch.finfo(y.dtype).tiny
+        pinv_w = self.A_pinv_T if shared_mm else torch.cat([self.A_pinv_T, self.gamma * self.W],
+                                                           dim=1)  # (m, n) or (m, 2n)
+        step = self.gamma * self.w_per_pinv
+        minus_at = -self.A.T.contiguous()
+        x = x_prev = y.new_zeros(y.shape[0], n)
+        u0 = torch.linalg.vector_norm(y @ self.A_pinv_T, ord=1, dim=1).clamp_min(tiny)
+        outputs = []
+        for _ in range(T):
+            q = torch.addmm(y, x, minus_at) @ pinv_w  # r = y - A x, then A^+ r (| gamma W^T r)
+            u = torch.linalg.vector_norm(q[:, :n], ord=1, dim=1).clamp_min(tiny)
+            theta = (theta_c * u).unsqueeze(1)
+            k = torch.floor((c_ss * torch.log(u0 / u)).clamp(0.0, 1.0) * n + 1e-6)
+            beta = beta_c * torch.linalg.vector_norm(x, ord=0, dim=1, keepdim=True)  # ||x||_0
+            z = torch.addcmul(x, q, step) if shared_mm else q[:, n:].add_(x)
+            if bool((k <= 0).all()):          # soft threshold: z - clip(z, -theta, theta)
+                shrunk = z - torch.clamp(z, -theta, theta)
+            elif bool((k >= n).all()):        # every entry above theta passes unchanged
+                shrunk = z * (z.abs() > theta)
+            else:
+                shrunk = shrink_ss_rows(z, theta, k)
+            x, x_prev = shrunk.addcmul_(beta, x - x_prev), x
             outputs.append(x)
         return outputs
 
