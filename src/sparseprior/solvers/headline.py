@@ -33,6 +33,7 @@ import dataclasses
 import json
 import logging
 import math
+import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,6 +108,8 @@ class HeadlineConfig(Config):
         grid_rounds: HyperLISTA's grid search: rounds.
         grid_val_samples: HyperLISTA's grid search: validation samples used (None: all).
         wall_clock: run the wall-clock race (else later with add_wall_clock).
+        wall_rounds: interleaved timing rounds of each (learned solver, baseline) pair; the
+            reported ratio is the median of the per-round ratios.
         seed: seeds the wall-clock problems.
         m: measurements (the suite's is 250; smaller sizes are for smoke tests).
         n: signal size (the suite's is 500).
@@ -129,6 +132,7 @@ class HeadlineConfig(Config):
     grid_rounds: int = 2
     grid_val_samples: int | None = None
     wall_clock: bool = True
+    wall_rounds: int = 5
     seed: int = 0
     m: int = 250
     n: int = 500
@@ -152,7 +156,7 @@ class HeadlineConfig(Config):
         if not self.lams or any(not (lam > 0 and math.isfinite(lam)) for lam in self.lams):
             raise ValueError(f"lams must be positive numbers, got {self.lams!r}")
         for key in ("num_layers", "ista_iters", "fista_iters", "n_wall", "grid_rounds", "m",
-                    "n"):
+                    "n", "wall_rounds"):
             check_positive_int(getattr(self, key), key)
         if self.n_eval is not None:
             check_positive_int(self.n_eval, "n_eval")
@@ -364,11 +368,13 @@ def wall_clock_race(problem: SparseRecoveryProblem, models: dict[str, UnrolledSo
                     races: dict[str, list[dict[str, Any]]], settings: dict[str, dict[str,
                                                                                      Setting]],
                     n_wall: int, seed: int, device: torch.device,
-                    ista_probe_iters: int = 50) -> dict[str, Any]:
+                    ista_probe_iters: int = 50, rounds: int = 5) -> dict[str, Any]:
     """Solve ``n_wall`` fresh problems per (learned solver, target): the learned solver with
     the layers it needs, the strongest classic baseline with its validation-chosen setting
-    for the iterations it needed on the test set, timed side by side on one device. ISTA's
-    time is extrapolated from ``ista_probe_iters`` timed iterations (marked so).
+    for the iterations it needed on the test set, timed side by side on one device in
+    ``rounds`` interleaved rounds (seconds: medians; speed-up: the median of the per-round
+    ratios, with its quartiles). ISTA's time is extrapolated from ``ista_probe_iters`` timed
+    iterations (marked so).
 
     ``races[name]``: the race records of :func:`_race` for that solver."""
     x, y = problem.sample(n_wall, torch.Generator().manual_seed(seed + 7_000_003))
@@ -390,16 +396,32 @@ def wall_clock_race(problem: SparseRecoveryProblem, models: dict[str, UnrolledSo
             layers = race["layers"]
             if layers is None:
                 continue
-            seconds, out = _time_learned(model, y, layers, device)
-            entry: dict[str, Any] = {"solver": name, "target_db": race["target_db"],
-                                     "own_target": race.get("own_target", False),
-                                     "layers": layers, "seconds": seconds,
-                                     "nmse_db": nmse_db(out, x), "strongest": race["strongest"]}
             strongest = race["strongest"]
             best = race["families"].get(strongest) if strongest else None
-            if best is not None and best["iters"] is not None:
-                entry["baseline"] = timed(strongest, best["setting"], best["iters"])
-                entry["speedup_vs_strongest"] = entry["baseline"]["seconds"] / seconds
+            paired = best is not None and best["iters"] is not None
+            own, base = [], []
+            for _ in range(rounds):
+                seconds, out = _time_learned(model, y, layers, device)
+                own.append(seconds)
+                if paired:
+                    seconds_b, out_b = _time_classic(strongest, A, y,
+                                                     settings[strongest][best["setting"]],
+                                                     best["iters"], device)
+                    base.append(seconds_b)
+            entry: dict[str, Any] = {"solver": name, "target_db": race["target_db"],
+                                     "own_target": race.get("own_target", False),
+                                     "layers": layers, "seconds": statistics.median(own),
+                                     "nmse_db": nmse_db(out, x), "strongest": race["strongest"],
+                                     "rounds": rounds}
+            seconds = entry["seconds"]
+            if paired:
+                ratios = [b / o for b, o in zip(base, own, strict=True)]
+                quart = statistics.quantiles(ratios, n=4) if rounds > 1 else ratios * 3
+                entry["baseline"] = {"setting": best["setting"], "iters": best["iters"],
+                                     "seconds": statistics.median(base),
+                                     "nmse_db": nmse_db(out_b, x)}
+                entry["speedup_vs_strongest"] = statistics.median(ratios)
+                entry["speedup_vs_strongest_iqr"] = [quart[0], quart[-1]]
             ista = race["families"]["ISTA"]
             if ista["iters"] is not None:
                 probe = timed("ISTA", ista["setting"], min(ista_probe_iters, ista["iters"]))
@@ -499,7 +521,7 @@ def run_headline_problem(run: RunDir, problem_name: str, config: HeadlineConfig,
                 f"dense tail ({info['split']['n_dense']})": info["split"]["dense_nmse_db"],
                 "gap to oracle dB": (final - floor) if noisy else "n/a"})
     wall = (wall_clock_race(problem, models, races, settings, config.n_wall, config.seed,
-                            device) if config.wall_clock else None)
+                            device, rounds=config.wall_rounds) if config.wall_clock else None)
     data = {"problem": problem_name, "problem_config": problem.config.to_dict(),
             "config": config.to_dict(), "device": str(device), "n_eval": int(y.shape[0]),
             "learned": learned, "oracle_floor_db": floor, "fista_best_at_1000_db": fista1000,
@@ -550,10 +572,14 @@ def _write_table(run: RunDir, problem: SparseRecoveryProblem, data: dict[str, An
                       "its s": e.get("baseline", {}).get("seconds", "n/a"),
                       "its NMSE dB": e.get("baseline", {}).get("nmse_db", "n/a"),
                       "wall x": e.get("speedup_vs_strongest", "n/a"),
+                      "wall x IQR": ("{:.2f}-{:.2f}".format(*e["speedup_vs_strongest_iqr"])
+                                     if "speedup_vs_strongest_iqr" in e else "n/a"),
                       "ISTA x (extrapolated)": e.get("speedup_vs_ISTA", "n/a")}
                      for e in wall["races"]]
+        rounds = wall["races"][0].get("rounds", 1) if wall["races"] else 1
         text += (f"\nWall clock, {wall['n_problems']} problems on {wall['device']} "
-                 f"({wall['threads']} threads):\n\n" + format_table(wall_rows) + "\n")
+                 f"({wall['threads']} threads; {rounds} interleaved rounds, medians):\n\n"
+                 + format_table(wall_rows) + "\n")
     run.write_text("table.md", text)
 
 
@@ -578,7 +604,8 @@ def add_wall_clock(run: RunDir, checkpoints: Path | None, device: torch.device |
         models[name] = load_solver(path, A=problem.A, device=device).eval()
     races = {k: data["learned"][k]["races"] for k in models}
     data["wall_clock"] = wall_clock_race(problem, models, races, data["classic_settings"],
-                                         n_wall or config.n_wall, config.seed, device)
+                                         n_wall or config.n_wall, config.seed, device,
+                                         rounds=config.wall_rounds)
     run.write_json("headline.json", data)
     _write_table(run, problem, data)
     return data

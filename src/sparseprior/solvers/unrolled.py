@@ -421,10 +421,10 @@ def shrink_ss_rows(z: torch.Tensor, theta: torch.Tensor, k: torch.Tensor) -> tor
         # k = 0: nothing selected (cut +inf); k = n: everything above theta (cut 0).
         kth = torch.where(k > 0, torch.zeros_like(mag[..., :1]),
                           torch.full_like(mag[..., :1], math.inf))
-        partial = (k > 0) & (k < n)
-        if bool(partial.any()):   # the sort is the costly part; skip it when no row needs it
-            ordered = mag.sort(dim=-1, descending=True).values
-            kth = torch.where(partial, ordered.gather(-1, (k - 1).clamp_min(0)), kth)
+        rows = ((k > 0) & (k < n)).squeeze(-1).nonzero().squeeze(-1)
+        if rows.numel():   # the sort is the costly part: only the rows that need it
+            ordered = mag[rows].sort(dim=-1, descending=True).values
+            kth = kth.index_put((rows,), ordered.gather(-1, k[rows] - 1))
         above = torch.nextafter(theta.detach(), torch.full_like(theta, math.inf))
         weights = (torch.maximum(kth, above) - mag).sign_().clamp_(min=0.0)
     return soft_threshold(z, theta * weights)
