@@ -33,13 +33,14 @@ def quick_config():
     with the ``quick`` presets (at most 80/30/30 and 40/15/15 optimizer steps in the 3 stages
     of each layer, early stopping by steps), HyperLISTA from the committed tuned setting
     refined by a 27-point grid; ISTA 2000 / FISTA 1000 iterations over 4 lambdas; wall-clock
-    race on 1000 problems."""
+    race on 1000 problems, 3 interleaved rounds."""
     from sparseprior.solvers.headline import HeadlineConfig
 
     return HeadlineConfig(problems=("default",), models=("LISTA-CPSS", "ALISTA", "HyperLISTA"),
                           lams=(0.05, 0.01, 0.002, 0.0005), ista_iters=2000, fista_iters=1000,
                           n_eval=250, n_wall=1000, budget="quick",
-                          grid_factors=(0.7, 1.0, 1.4), grid_rounds=1, grid_val_samples=250)
+                          grid_factors=(0.7, 1.0, 1.4), grid_rounds=1, grid_val_samples=250,
+                          wall_rounds=3)
 
 
 @register_section("solvers", order=10, summary="learned solvers vs ISTA/FISTA (headline)")
