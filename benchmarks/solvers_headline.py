@@ -1,7 +1,7 @@
 """Headline benchmark driver (used by ``benchmarks/device/solvers.sh``; no Optuna needed).
 
     python benchmarks/solvers_headline.py train --problem snr30 --out W --device cuda \
-        --models ALISTA,LISTA-CPSS,LISTA --seconds 30,80,80 --budget gpu
+        --models ALISTA,LISTA-CPSS,LISTA --stage-steps 1500,2000,2000 --budget gpu
     python benchmarks/solvers_headline.py bench --problem snr30 --out W --device cuda
     python benchmarks/solvers_headline.py race --out W --device cuda     # all problems, serially
     python benchmarks/solvers_headline.py summarize --out W
@@ -39,18 +39,23 @@ from sparseprior.solvers.unrolled import build_solver, save_solver
 
 
 def train(args: argparse.Namespace) -> None:
-    """Train each model for one problem within its time budget; save checkpoints."""
+    """Train each model for one problem within its step budget (``--stage-steps``: a cap on
+    every stage's optimizer steps per model; default the preset's caps); save checkpoints.
+    Budgets are steps, so the result does not depend on the machine's load."""
     dev = resolve_device(args.device)
     problem = SparseRecoveryProblem.generate(ProblemConfig(m=args.m, n=args.n,
                                                            **HEADLINE_PROBLEMS[args.problem]))
     models = args.models.split(",")
-    seconds = [float(s) for s in args.seconds.split(",")]
-    if len(seconds) != len(models):
-        raise SystemExit(f"--seconds needs one budget per model ({len(models)})")
-    for name, budget_s in zip(models, seconds, strict=True):
+    caps = ([int(s) for s in args.stage_steps.split(",")] if args.stage_steps
+            else [None] * len(models))
+    if len(caps) != len(models):
+        raise SystemExit(f"--stage-steps needs one cap per model ({len(models)})")
+    for name, cap in zip(models, caps, strict=True):
         start = time.perf_counter()
         model = build_solver(name, problem.A, num_layers=args.layers)
-        config = budget_for(name, args.budget).replace(max_seconds=budget_s)
+        config = budget_for(name, args.budget)
+        if cap is not None:
+            config = config.replace(max_steps_per_stage=cap, max_steps_fine_tune=cap)
         result = train_staged(model, problem, config, device=dev, progress=False)
         wall = time.perf_counter() - start
         path = Path(args.out) / "ckpt" / args.problem / name
@@ -114,7 +119,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--models", default="ALISTA,LISTA-CPSS,LISTA")
-    parser.add_argument("--seconds", default="30,80,80")
+    parser.add_argument("--stage-steps", default=None,
+                        help="per model, a cap on every stage's optimizer steps (e.g. "
+                             "1500,2000,2000); default: the preset's caps")
     parser.add_argument("--budget", default="gpu")
     parser.add_argument("--layers", type=int, default=16)
     parser.add_argument("--ista-iters", type=int, default=3000)

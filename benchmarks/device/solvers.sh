@@ -25,10 +25,10 @@ log() { echo "[$(elapsed) s] $*" | tee -a "$LOG"; }
 PROBLEMS="default snr40 snr30 snr20 kappa5 kappa30"
 if [ "${SMOKE:-0}" = "1" ]; then
   DEVICE=${DEVICE:-cpu}; PROBLEMS="default snr20"
-  SIZE="--m 30 --n 60"; SECONDS_PER_MODEL=${SECONDS_PER_MODEL:-"2,2,2"}; BENCH_ARGS="--ista-iters 200 --fista-iters 150 --n-eval 100 --n-wall 500"
+  SIZE="--m 30 --n 60"; STAGE_STEPS=${STAGE_STEPS:-"5,5,5"}; BENCH_ARGS="--ista-iters 200 --fista-iters 150 --n-eval 100 --n-wall 500"
   TRAIN_LIMIT=60; TOTAL=200
 else
-  DEVICE=${DEVICE:-cuda}; SIZE=""; SECONDS_PER_MODEL=${SECONDS_PER_MODEL:-"50,60,60"}
+  DEVICE=${DEVICE:-cuda}; SIZE=""; STAGE_STEPS=${STAGE_STEPS:-"1500,2000,2000"}
   BENCH_ARGS=${BENCH_ARGS:-"--ista-iters 3000 --fista-iters 2000 --n-wall 10000"}
   TRAIN_LIMIT=${TRAIN_LIMIT:-205}; TOTAL=${TOTAL:-325}
 fi
@@ -44,7 +44,7 @@ nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv 2>/dev/null | 
 # 1. training, one process per problem
 for P in $PROBLEMS; do
   timeout "$TRAIN_LIMIT" $PY benchmarks/solvers_headline.py train --problem "$P" --out "$W" \
-    --device "$DEVICE" --models "$TRAIN_MODELS" --seconds "$SECONDS_PER_MODEL" \
+    --device "$DEVICE" --models "$TRAIN_MODELS" --stage-steps "$STAGE_STEPS" \
     --budget gpu $SIZE > "$W/train-$P.log" 2>&1 &
 done
 wait
