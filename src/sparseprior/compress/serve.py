@@ -244,18 +244,11 @@ def _jit_kernels() -> dict[str, Any]:
 
     @jit
     def _csr_row(y, r, k, end, idx, val, x):  # pragma: no cover - compiled
-        """``y[r, :] += sum_k val[k] * x[idx[k], :]``, two non-zeros per pass over the batch
-        (half the loads and stores of ``y[r]``; measured 1.7x faster than one)."""
-        batch = x.shape[1]
-        while k + 2 <= end:
-            w0, w1 = np.float32(val[k]), np.float32(val[k + 1])
-            j0, j1 = idx[k], idx[k + 1]
-            for b in range(batch):
-                y[r, b] += w0 * x[j0, b] + w1 * x[j1, b]
-            k += 2
-        if k < end:
-            w, j = np.float32(val[k]), idx[k]
-            for b in range(batch):
+        """``y[r, :] += sum_k val[k] * x[idx[k], :]`` (the batch loop vectorises; unrolling
+        over two or four non-zeros measured within 5% of this, interleaved, on this CPU)."""
+        for kk in range(k, end):
+            w, j = np.float32(val[kk]), idx[kk]
+            for b in range(x.shape[1]):
                 y[r, b] += w * x[j, b]
 
     @jit
