@@ -223,104 +223,91 @@ def _jit_kernels() -> dict[str, Any]:
     jit = numba.njit(cache=True, boundscheck=False, nogil=True)
 
     @jit
-    def csr_vec(ptr, idx, val, scale, bias, x, relu):  # pragma: no cover - compiled
-        n = ptr.size - 1
-        y = np.empty((n, 1), np.float32)
-        for r in range(n):  # four partial sums: no add-latency chain
-            a0 = a1 = a2 = a3 = np.float32(0.0)
-            k, end = ptr[r], ptr[r + 1]
-            while k + 4 <= end:
-                a0 += np.float32(val[k]) * x[idx[k], 0]
-                a1 += np.float32(val[k + 1]) * x[idx[k + 1], 0]
-                a2 += np.float32(val[k + 2]) * x[idx[k + 2], 0]
-                a3 += np.float32(val[k + 3]) * x[idx[k + 3], 0]
-                k += 4
-            while k < end:
-                a0 += np.float32(val[k]) * x[idx[k], 0]
-                k += 1
-            v = ((a0 + a1) + (a2 + a3)) * scale[r] + bias[r]
-            y[r, 0] = v if (v > 0 or not relu) else np.float32(0.0)
-        return y
+    def _row_dot(k, end, idx, val, h):  # pragma: no cover - compiled
+        """``sum_k val[k] * h[idx[k]]`` for 1-D ``h``, four partial sums (no add-latency
+        chain)."""
+        a0 = a1 = a2 = a3 = np.float32(0.0)
+        while k + 4 <= end:
+            a0 += np.float32(val[k]) * h[idx[k]]
+            a1 += np.float32(val[k + 1]) * h[idx[k + 1]]
+            a2 += np.float32(val[k + 2]) * h[idx[k + 2]]
+            a3 += np.float32(val[k + 3]) * h[idx[k + 3]]
+            k += 4
+        while k < end:
+            a0 += np.float32(val[k]) * h[idx[k]]
+            k += 1
+        return (a0 + a1) + (a2 + a3)
 
     @jit
-    def _csr_row(y, r, k, end, idx, val, x):  # pragma: no cover - compiled
-        """``y[r, :] += sum_k val[k] * x[idx[k], :]`` (the batch loop vectorises; unrolling
-        over two or four non-zeros gained only 5-11% in interleaved timing)."""
-        for kk in range(k, end):
-            w, j = np.float32(val[kk]), idx[kk]
-            for b in range(x.shape[1]):
-                y[r, b] += w * x[j, b]
+    def _csr_rows(y, ptr, idx, val, x, p0, z0):  # pragma: no cover - compiled
+        """``y[r, :] += sum_k val[k] * x[idx[k], :]`` for every row (the batch loop
+        vectorises; unrolling over two or four non-zeros gained only 5-11% in interleaved
+        timing). ``p0``/``z0``: offsets of this layer in ``ptr`` and ``idx``/``val``."""
+        for r in range(y.shape[0]):
+            for k in range(z0 + ptr[p0 + r], z0 + ptr[p0 + r + 1]):
+                w, j = np.float32(val[k]), idx[k]
+                for b in range(x.shape[1]):
+                    y[r, b] += w * x[j, b]
 
     @jit
-    def csr_mat(ptr, idx, val, scale, bias, x, relu):  # pragma: no cover - compiled
-        n, batch = ptr.size - 1, x.shape[1]
-        y = np.zeros((n, batch), np.float32)
-        for r in range(n):
-            _csr_row(y, r, ptr[r], ptr[r + 1], idx, val, x)
-            s, c = scale[r], bias[r]
-            for b in range(batch):
-                v = y[r, b] * s + c
-                y[r, b] = v if (v > 0 or not relu) else np.float32(0.0)
-        return y
-
-    @jit
-    def csc_any(ptr, idx, val, scale, bias, x, relu):  # pragma: no cover - compiled
-        n, batch = bias.size, x.shape[1]
-        y = np.zeros((n, batch), np.float32)
+    def _csc_cols(y, ptr, idx, val, x, c, p0, z0):  # pragma: no cover - compiled
+        """``y[r, :] += val[k] * (x[j, :] - c)`` column by column, skipping the columns where
+        every example equals ``c`` (zeros after a ReLU, or the background value)."""
         for j in range(x.shape[0]):
             live = False
-            for b in range(batch):
-                if x[j, b] != 0:
+            for b in range(x.shape[1]):
+                if x[j, b] != c:
                     live = True
                     break
             if not live:
                 continue
-            for k in range(ptr[j], ptr[j + 1]):
-                w = np.float32(val[k])
-                r = idx[k]
-                for b in range(batch):
-                    y[r, b] += w * x[j, b]
-        for r in range(n):
-            s, c = scale[r], bias[r]
-            for b in range(batch):
+            for k in range(z0 + ptr[p0 + j], z0 + ptr[p0 + j + 1]):
+                w, r = np.float32(val[k]), idx[k]
+                for b in range(x.shape[1]):
+                    y[r, b] += w * (x[j, b] - c)
+
+    @jit
+    def _finish(y, scale, bias, r0, relu):  # pragma: no cover - compiled
+        """In place: ``y[r, :] = y[r, :] * scale[r0 + r] + bias[r0 + r]``, then the ReLU."""
+        for r in range(y.shape[0]):
+            s, c = scale[r0 + r], bias[r0 + r]
+            for b in range(y.shape[1]):
                 v = y[r, b] * s + c
                 y[r, b] = v if (v > 0 or not relu) else np.float32(0.0)
         return y
+
+    @jit
+    def csr_vec(ptr, idx, val, scale, bias, x, relu):  # pragma: no cover - compiled
+        y = np.empty((ptr.size - 1, 1), np.float32)
+        h = x[:, 0]
+        for r in range(y.shape[0]):
+            y[r, 0] = _row_dot(ptr[r], ptr[r + 1], idx, val, h)
+        return _finish(y, scale, bias, 0, relu)
+
+    @jit
+    def csr_mat(ptr, idx, val, scale, bias, x, relu):  # pragma: no cover - compiled
+        y = np.zeros((ptr.size - 1, x.shape[1]), np.float32)
+        _csr_rows(y, ptr, idx, val, x, 0, 0)
+        return _finish(y, scale, bias, 0, relu)
+
+    @jit
+    def csc_any(ptr, idx, val, scale, bias, x, relu):  # pragma: no cover - compiled
+        y = np.zeros((bias.size, x.shape[1]), np.float32)
+        _csc_cols(y, ptr, idx, val, x, np.float32(0.0), 0, 0)
+        return _finish(y, scale, bias, 0, relu)
 
     @jit
     def chain(kind, relu, shift, dims, ptr_off, nz_off, row_off, ptr, idx, val, scale, bias,
               x):  # pragma: no cover - compiled
         """Every layer in one call: kind 0 = CSR rows, 1 = CSC columns (zero-skipping)."""
-        batch = x.shape[1]
         h = x
         for layer in range(kind.size):
-            n_out, n_in = dims[layer, 0], dims[layer, 1]
-            p0, z0, r0 = ptr_off[layer], nz_off[layer], row_off[layer]
-            c = shift[layer]
-            y = np.zeros((n_out, batch), np.float32)
+            y = np.zeros((dims[layer, 0], x.shape[1]), np.float32)
             if kind[layer] == 0:
-                for r in range(n_out):
-                    _csr_row(y, r, z0 + ptr[p0 + r], z0 + ptr[p0 + r + 1], idx, val, h)
+                _csr_rows(y, ptr, idx, val, h, ptr_off[layer], nz_off[layer])
             else:
-                for j in range(n_in):
-                    live = False
-                    for b in range(batch):
-                        if h[j, b] != c:
-                            live = True
-                            break
-                    if not live:
-                        continue
-                    for k in range(ptr[p0 + j], ptr[p0 + j + 1]):
-                        w = np.float32(val[z0 + k])
-                        r = idx[z0 + k]
-                        for b in range(batch):
-                            y[r, b] += w * (h[j, b] - c)
-            for r in range(n_out):
-                sc, bb = scale[r0 + r], bias[r0 + r]
-                for b in range(batch):
-                    v = y[r, b] * sc + bb
-                    y[r, b] = v if (v > 0 or not relu[layer]) else np.float32(0.0)
-            h = y
+                _csc_cols(y, ptr, idx, val, h, shift[layer], ptr_off[layer], nz_off[layer])
+            h = _finish(y, scale, bias, row_off[layer], relu[layer])
         return h
 
     @jit
@@ -331,24 +318,12 @@ def _jit_kernels() -> dict[str, Any]:
         h = x
         for layer in range(kind.size):
             n_out, n_in = dims[layer, 0], dims[layer, 1]
-            p0, z0, r0 = ptr_off[layer], nz_off[layer], row_off[layer]
-            y = np.empty(n_out, np.float32)
+            p0, z0 = ptr_off[layer], nz_off[layer]
+            y = np.zeros(n_out, np.float32)
             if kind[layer] == 0:
                 for r in range(n_out):
-                    a0 = a1 = a2 = a3 = np.float32(0.0)
-                    k, end = z0 + ptr[p0 + r], z0 + ptr[p0 + r + 1]
-                    while k + 4 <= end:
-                        a0 += np.float32(val[k]) * h[idx[k]]
-                        a1 += np.float32(val[k + 1]) * h[idx[k + 1]]
-                        a2 += np.float32(val[k + 2]) * h[idx[k + 2]]
-                        a3 += np.float32(val[k + 3]) * h[idx[k + 3]]
-                        k += 4
-                    while k < end:
-                        a0 += np.float32(val[k]) * h[idx[k]]
-                        k += 1
-                    y[r] = (a0 + a1) + (a2 + a3)
+                    y[r] = _row_dot(z0 + ptr[p0 + r], z0 + ptr[p0 + r + 1], idx, val, h)
             else:
-                y[:] = 0.0
                 c = shift[layer]
                 for j in range(n_in):
                     v = h[j] - c
@@ -356,9 +331,7 @@ def _jit_kernels() -> dict[str, Any]:
                         continue
                     for k in range(z0 + ptr[p0 + j], z0 + ptr[p0 + j + 1]):
                         y[idx[k]] += np.float32(val[k]) * v
-            for r in range(n_out):
-                v = y[r] * scale[r0 + r] + bias[r0 + r]
-                y[r] = v if (v > 0 or not relu[layer]) else np.float32(0.0)
+            _finish(y.reshape((n_out, 1)), scale, bias, row_off[layer], relu[layer])
             h = y
         return h
 
