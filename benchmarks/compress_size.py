@@ -47,6 +47,7 @@ from torch import nn  # noqa: E402
 
 from sparseprior.compress.entropy import entropy_bits  # noqa: E402
 from sparseprior.compress.pack import (  # noqa: E402
+    exact_float16,
     fp32_safetensors_size,
     pack,
     quant_targets,
@@ -69,11 +70,8 @@ def safetensors_bytes(model: nn.Module, path: Path) -> bytes:
 
 
 def as_stored(values: np.ndarray, own: bool) -> bytes:
-    """float32 bytes, or float16 when ``own`` and every value is a float16 value (as the
-    packed file keeps them)."""
-    values = values.astype("<f4")
-    half = values.astype("<f2")
-    return (half if own and np.array_equal(half.astype("<f4"), values) else values).tobytes()
+    """float32 bytes, or (``own``) as the packed file keeps them: float16 when exact."""
+    return (exact_float16(values) if own else values.astype("<f4")).tobytes()
 
 
 def int8_codes_blob(model: nn.Module, own: bool = False) -> bytes:

@@ -355,6 +355,15 @@ def _layouts(values_of: Any, nonzero: np.ndarray, positions: str, value_options:
     return best
 
 
+def exact_float16(values: np.ndarray) -> np.ndarray:
+    """``values`` as little-endian float16 when every one of them is a float16 value (2 bytes
+    each, lossless), else as little-endian float32: what format v2 stores for scales and
+    float tensors."""
+    f32 = np.asarray(values, dtype="<f4")
+    half = f32.astype("<f2")
+    return half if f32.size and np.array_equal(half.astype("<f4"), f32) else f32
+
+
 def _encode_codes_v2(t: Tensor, spec: QuantSpec, scale: Tensor | None, positions: str
                      ) -> tuple[dict[str, Any], list[tuple[str, str, bytes]]]:
     q = quantize_tensor(t, spec, scale)
@@ -368,11 +377,9 @@ def _encode_codes_v2(t: Tensor, spec: QuantSpec, scale: Tensor | None, positions
     fields, parts = _layouts(lambda sparse: flat_codes[nonzero] if sparse else flat_codes,
                              nonzero, positions, code_options)
     parts = [("codes" if p == "values" else p, c, d) for p, c, d in parts]
-    scale32 = q.scale.float().numpy().astype("<f4")
-    half = scale32.astype("<f2")
-    exact_half = bool(np.array_equal(half.astype("<f4"), scale32))  # only when lossless
-    scale_raw = half.tobytes() if exact_half else scale32.tobytes()
-    parts.append(("scale", *entropy.encode_best(scale_raw, floats=not exact_half)))
+    scales = exact_float16(q.scale.float().numpy())
+    exact_half = scales.dtype == np.dtype("<f2")
+    parts.append(("scale", *entropy.encode_best(scales.tobytes(), floats=not exact_half)))
     if spec.scheme == "uniform" and not spec.symmetric:
         parts.append(("zero_point", *entropy.encode_best(
             q.zero_point.numpy().astype(np.uint8).tobytes())))
@@ -384,11 +391,10 @@ def _encode_codes_v2(t: Tensor, spec: QuantSpec, scale: Tensor | None, positions
 
 def _encode_float_v2(t: Tensor, positions: str
                      ) -> tuple[dict[str, Any], list[tuple[str, str, bytes]]]:
-    flat = t.detach().float().cpu().reshape(-1).numpy().astype("<f4")
+    flat = t.detach().float().cpu().reshape(-1).numpy()
     nonzero = flat != 0
-    half = flat.astype("<f2")
-    exact_half = flat.size > 0 and bool(np.array_equal(half.astype("<f4"), flat))
-    stored = half if exact_half else flat  # 2 bytes a value only when lossless
+    stored = exact_float16(flat)
+    exact_half = stored.dtype == np.dtype("<f2")
     fields, parts = _layouts(lambda sparse: stored[nonzero] if sparse else stored, nonzero,
                              positions, lambda v: [({}, v.tobytes())], floats=not exact_half)
     extra = {"value_dtype": "float16"} if exact_half else {}
