@@ -269,6 +269,17 @@ def test_delta_bits_changes_never_decode_silently(packed, tmp_path):
                 assert_error_or_original(target, original, f"{rec['name']} bits={bits}")
 
 
+def refusal_peak_bytes(path: Path, match: str) -> int:
+    """Peak Python allocation while ``unpack(path)`` refuses the file with ``match``."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=match):
+            unpack(path)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_zlib_header_bomb_is_refused_without_inflating(packed, tmp_path):
     path, _ = packed["delta"]
     _, _, header, payload = split(path)
@@ -276,14 +287,7 @@ def test_zlib_header_bomb_is_refused_without_inflating(packed, tmp_path):
     bomb = zlib.compress(text[:-1] + b" " * (64 * 2**20) + b"}", 1)  # 64 MiB of whitespace
     assert len(bomb) < 400_000
     target = forge(tmp_path / "bomb.sppk", header, payload, head=bomb)
-    tracemalloc.start()
-    try:
-        with pytest.raises(ValueError, match="inflates to more than"):
-            unpack(target)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 40 * 2**20
+    assert refusal_peak_bytes(target, "inflates to more than") < 40 * 2**20
     with pytest.raises(ValueError, match="inflates to more than 1000 bytes"):
         inflate_bounded(zlib.compress(b"x" * 5000), 1000, "test stream")
     with pytest.raises(ValueError, match="trailing bytes"):
@@ -312,14 +316,7 @@ def test_huge_hidden_sizes_are_refused_before_allocation(packed, tmp_path):
     path, _ = packed["delta"]
     _, _, header, payload = split(path)
     target = forge(tmp_path / "huge.sppk", _resize_mlp(header, [60000, 60000]), payload)
-    tracemalloc.start()
-    try:
-        with pytest.raises(ValueError, match="max_params"):
-            unpack(target)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 20 * 2**20
+    assert refusal_peak_bytes(target, "max_params") < 20 * 2**20
     # under a raised cap the sizes are consistent, so the payload lengths are what fails
     with pytest.raises(ValueError, match="part|positions|delta"):
         load_and_decode(target, max_params=2**32)
