@@ -19,17 +19,16 @@ reduction per iteration, continuation a (batch, 1) threshold until lambda reache
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from sparseprior.common.runs import RunDir
 from sparseprior.solvers.classic import fista, fista_continuation, fista_restart, ista
 from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem
 
@@ -117,9 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
               "command": "python " + " ".join(sys.argv)}
     print(f"target FISTA <= 1.15x reference: {'met' if result['met'] else 'MISSED'}")
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "fista_speed.json").write_text(json.dumps(result, indent=2))
+        RunDir(args.out).write_json("fista_speed.json", result)
     return result
 
 

@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from sparseprior.common.runs import RunDir
 from sparseprior.solvers.classic import fista, support_oracle_ls
 from sparseprior.solvers.metrics import nmse_db
 from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem
@@ -158,9 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"; within 3 dB of calibrated on {sum(r['near_calibrated'] for r in rows)}/"
           f"{len(rows)}")
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "transfer.json").write_text(json.dumps(result, indent=2))
+        RunDir(args.out).write_json("transfer.json", result)
     return result
 
 
