@@ -49,6 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fifo-size", type=int, default=full.fifo_size)
     p.add_argument("--batch-size", type=int, default=full.batch_size)
     p.add_argument("--lr", type=float, default=full.lr)
+    p.add_argument("--head-ratio", type=float, default=full.head_ratio,
+                   help="fraction of heads removed per layer (paper: 1/3)")
+    p.add_argument("--ffn-ratio", type=float, default=full.ffn_ratio,
+                   help="fraction of FFN neurons removed (paper: 0.4)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for training")
     p.add_argument("--timing-rounds", type=int, default=full.timing_rounds)
     return p.parse_args(argv)
@@ -59,7 +63,8 @@ def config_for(args: argparse.Namespace, seed: int) -> EarlyBertConfig:
         seed=seed, max_train=args.max_train, max_eval=args.max_eval, epochs=args.epochs,
         max_steps=args.max_steps, search_max_steps=args.search_max_steps,
         mask_every=args.mask_every, fifo_size=args.fifo_size, batch_size=args.batch_size,
-        lr=args.lr, num_threads=args.threads, timing_rounds=args.timing_rounds,
+        lr=args.lr, head_ratio=args.head_ratio, ffn_ratio=args.ffn_ratio,
+        num_threads=args.threads, timing_rounds=args.timing_rounds,
         warmup_steps=min(section_config("full").warmup_steps, args.search_max_steps // 3))
 
 

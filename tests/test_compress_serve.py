@@ -109,15 +109,21 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
 
 
 @pytest.mark.skipif("csc" not in available_kernels(), reason="needs numba")
-def test_csc_background_shift_is_exact(tmp_path):
+@pytest.mark.parametrize("kernel", ["csc", "cols"])
+def test_column_kernels_background_shift_is_exact(tmp_path, kernel):
     path = packed_mlp(tmp_path, QuantSpec(4, "uniform", "channel", True))
     x = inputs(3)
     x[x == 0] = -0.8  # a standardised blank pixel: the most frequent input value
-    served = ServedModel.from_packed(path, batch_size=3, example=x, kernels=["csc"], rounds=1)
+    served = ServedModel.from_packed(path, batch_size=3, example=x, kernels=[kernel],
+                                     rounds=1)
     with torch.inference_mode():
         ref = unpack(path)(x)
     assert float((served(x) - ref).abs().max()) <= 1e-4
     assert float((served(x[:1]) - ref[:1]).abs().max()) <= 1e-4
+    wide = torch.cat([x, x], dim=3)[..., :12]  # a strided (non-contiguous) batch
+    assert not wide.is_contiguous()
+    assert float((served(wide) - ref).abs().max()) <= 1e-4
+    assert float((served(x.double()) - ref).abs().max()) <= 1e-4
 
 
 def test_cli_serve_and_finetune_commands(tmp_path):
@@ -151,7 +157,8 @@ def test_cli_serve_and_finetune_commands(tmp_path):
 
 
 @pytest.mark.skipif("csc" not in available_kernels(), reason="needs numba")
-@pytest.mark.parametrize("kernels", [["csr"], ["csc"], ["csr", "csc"]])
+@pytest.mark.parametrize("kernels", [["csr"], ["csc"], ["cols"], ["csr", "csc"],
+                                     ["csr", "csc", "cols"]])
 def test_fused_chain_matches_decoded_model(tmp_path, kernels):
     from sparseprior.compress.serve import fused_chain
 
