@@ -176,3 +176,20 @@ def test_fused_chain_matches_decoded_model(tmp_path, kernels):
         ref = unpack(path)(x)
     assert float((served(x) - ref).abs().max()) <= 1e-4
     assert float((served(x[:1]) - ref[:1]).abs().max()) <= 1e-4
+
+
+@pytest.mark.skipif("csc" not in available_kernels(), reason="needs numba")
+def test_chain_specialised_to_the_planned_batch_matches_decoded_model(tmp_path):
+    from sparseprior.compress.serve import SPECIALISE_FROM
+
+    path = packed_mlp(tmp_path, QuantSpec(4, "uniform", "channel", True))
+    batch = SPECIALISE_FROM
+    x = inputs(batch)
+    x[x == 0] = -0.8
+    served = ServedModel.from_packed(path, batch_size=batch, example=x,
+                                     kernels=["csr", "csc", "cols"], rounds=1)
+    assert served.fused is not None and served.fused._fixed is not None
+    with torch.inference_mode():
+        ref = unpack(path)(x)
+    for rows in (batch, batch - 1, 1):  # the specialised chain, the generic one, one example
+        assert float((served(x[:rows]) - ref[:rows]).abs().max()) <= 1e-4, rows

@@ -52,13 +52,9 @@ from torch import Tensor, nn
 
 from sparseprior.common.registry import Registry
 from sparseprior.common.validation import check_positive_int
+from sparseprior.compress.kernels import batch_chain, jit_kernels, numba
 from sparseprior.compress.latency import measure_latency
 from sparseprior.compress.quantize import QuantSpec, quant_spec_of, quantize_tensor
-
-try:  # optional: compiled sparse kernels
-    import numba
-except ImportError:  # pragma: no cover - exercised where numba is absent
-    numba = None
 
 Kernel = Callable[[np.ndarray], np.ndarray]
 """A prepared layer kernel: feature-major input ``(in, B)`` -> output ``(out, B)`` (float32)."""
@@ -218,192 +214,9 @@ def _compressed(codes: np.ndarray, by: str) -> tuple[np.ndarray, np.ndarray, np.
     return ptr, idx, np.ascontiguousarray(mat[nz])
 
 
-_JIT: dict[str, Any] = {}
-
-
-def _jit_kernels() -> dict[str, Any]:
-    """Compile (once, cached on disk by numba) the numba kernels."""
-    if numba is None:
-        raise RuntimeError("the 'csr'/'csc'/'cols' serve kernels need the optional package numba "
-                           "(pip install numba)")
-    if _JIT:
-        return _JIT
-    jit = numba.njit(cache=True, boundscheck=False, nogil=True)
-    jit_fma = numba.njit(cache=True, boundscheck=False, nogil=True, fastmath={"contract"})
-
-    @jit
-    def _row_dot(k, end, idx, val, h):  # pragma: no cover - compiled
-        """``sum_k val[k] * h[idx[k]]`` for 1-D ``h``, four partial sums (no add-latency
-        chain)."""
-        a0 = a1 = a2 = a3 = np.float32(0.0)
-        while k + 4 <= end:
-            a0 += np.float32(val[k]) * h[idx[k]]
-            a1 += np.float32(val[k + 1]) * h[idx[k + 1]]
-            a2 += np.float32(val[k + 2]) * h[idx[k + 2]]
-            a3 += np.float32(val[k + 3]) * h[idx[k + 3]]
-            k += 4
-        while k < end:
-            a0 += np.float32(val[k]) * h[idx[k]]
-            k += 1
-        return (a0 + a1) + (a2 + a3)
-
-    @jit
-    def _csr_rows(y, ptr, idx, val, x, p0, z0):  # pragma: no cover - compiled
-        """``y[r, :] += sum_k val[k] * x[idx[k], :]`` for every row (the batch loop
-        vectorises; unrolling over two or four non-zeros gained only 5-11% in interleaved
-        timing). ``p0``/``z0``: offsets of this layer in ``ptr`` and ``idx``/``val``."""
-        for r in range(y.shape[0]):
-            for k in range(z0 + ptr[p0 + r], z0 + ptr[p0 + r + 1]):
-                w, j = np.float32(val[k]), idx[k]
-                for b in range(x.shape[1]):
-                    y[r, b] += w * x[j, b]
-
-    @jit
-    def _csc_cols(y, ptr, idx, val, x, c, p0, z0):  # pragma: no cover - compiled
-        """``y[r, :] += val[k] * (x[j, :] - c)`` column by column, skipping the columns where
-        every example equals ``c`` (zeros after a ReLU, or the background value)."""
-        for j in range(x.shape[0]):
-            live = False
-            for b in range(x.shape[1]):
-                if x[j, b] != c:
-                    live = True
-                    break
-            if not live:
-                continue
-            for k in range(z0 + ptr[p0 + j], z0 + ptr[p0 + j + 1]):
-                w, r = np.float32(val[k]), idx[k]
-                for b in range(x.shape[1]):
-                    y[r, b] += w * (x[j, b] - c)
-
-    @jit_fma
-    def _cols_vec(n_out, dense, h, c, d0):  # pragma: no cover - compiled
-        """1-D ``D (h - c)`` over the columns with ``h[j] != c``; ``D (n_out, in)`` is the
-        dense code matrix stored column after column at ``dense[d0:]``. Allocates its
-        output, so the compiler knows it aliases nothing and vectorises the row loop."""
-        y = np.zeros(n_out, np.float32)
-        for j in range(h.shape[0]):
-            v = h[j] - c
-            if v == 0:
-                continue
-            col = dense[d0 + j * n_out:d0 + (j + 1) * n_out]  # a slice: no index wraparound
-            for r in range(n_out):                            # checks, so this vectorises
-                y[r] += np.float32(col[r]) * v
-        return y
-
-    @jit_fma
-    def _cols_mat(n_out, dense, x, c, d0):  # pragma: no cover - compiled
-        """:func:`_cols_vec` for a batch ``x (in, B)`` -> ``(n_out, B)``: columns where every
-        example equals ``c`` are skipped, and zero codes."""
-        y = np.zeros((n_out, x.shape[1]), np.float32)
-        for j in range(x.shape[0]):
-            live = False
-            for b in range(x.shape[1]):
-                if x[j, b] != c:
-                    live = True
-                    break
-            if not live:
-                continue
-            col = dense[d0 + j * n_out:d0 + (j + 1) * n_out]
-            for r in range(n_out):
-                w = np.float32(col[r])
-                if w != 0:
-                    for b in range(x.shape[1]):
-                        y[r, b] += w * (x[j, b] - c)
-        return y
-
-    @jit
-    def _finish(y, scale, bias, r0, relu):  # pragma: no cover - compiled
-        """In place: ``y[r, :] = y[r, :] * scale[r0 + r] + bias[r0 + r]``, then the ReLU."""
-        for r in range(y.shape[0]):
-            s, c = scale[r0 + r], bias[r0 + r]
-            for b in range(y.shape[1]):
-                v = y[r, b] * s + c
-                y[r, b] = v if (v > 0 or not relu) else np.float32(0.0)
-        return y
-
-    @jit
-    def csr_vec(ptr, idx, val, scale, bias, x, relu):  # pragma: no cover - compiled
-        y = np.empty((ptr.size - 1, 1), np.float32)
-        h = x[:, 0]
-        for r in range(y.shape[0]):
-            y[r, 0] = _row_dot(ptr[r], ptr[r + 1], idx, val, h)
-        return _finish(y, scale, bias, 0, relu)
-
-    @jit
-    def csr_mat(ptr, idx, val, scale, bias, x, relu):  # pragma: no cover - compiled
-        y = np.zeros((ptr.size - 1, x.shape[1]), np.float32)
-        _csr_rows(y, ptr, idx, val, x, 0, 0)
-        return _finish(y, scale, bias, 0, relu)
-
-    @jit
-    def csc_any(ptr, idx, val, scale, bias, x, relu):  # pragma: no cover - compiled
-        y = np.zeros((bias.size, x.shape[1]), np.float32)
-        _csc_cols(y, ptr, idx, val, x, np.float32(0.0), 0, 0)
-        return _finish(y, scale, bias, 0, relu)
-
-    @jit
-    def cols_any(dense, scale, bias, x, relu):  # pragma: no cover - compiled
-        if x.shape[1] == 1:
-            y = _cols_vec(bias.size, dense, x[:, 0], np.float32(0.0), 0)
-            return _finish(y.reshape((bias.size, 1)), scale, bias, 0, relu)
-        return _finish(_cols_mat(bias.size, dense, x, np.float32(0.0), 0), scale, bias, 0,
-                       relu)
-
-    @jit
-    def chain(meta, shift, ptr, idx, val, dense, scale, bias, x):  # pragma: no cover
-        """Every layer in one call, feature-major ``x (in, B)``; ``meta`` rows (one per
-        layer) hold :data:`_META` fields; kinds: 0 = CSR rows, 1 = CSC columns, 2 = dense
-        code columns (both column kinds skip inputs equal to ``shift``)."""
-        h = x
-        for layer in range(meta.shape[0]):
-            kind, relu, n_out = meta[layer, 0], meta[layer, 1] != 0, meta[layer, 2]
-            p0, z0 = meta[layer, 4], meta[layer, 5]
-            if kind == 2:
-                y = _cols_mat(n_out, dense, h, shift[layer], meta[layer, 7])
-            else:
-                y = np.zeros((n_out, x.shape[1]), np.float32)
-                if kind == 0:
-                    _csr_rows(y, ptr, idx, val, h, p0, z0)
-                else:
-                    _csc_cols(y, ptr, idx, val, h, shift[layer], p0, z0)
-            h = _finish(y, scale, bias, meta[layer, 6], relu)
-        return h
-
-    @jit
-    def chain_vec(meta, shift, ptr, idx, val, dense, scale, bias, x):  # pragma: no cover
-        """:func:`chain` for one example ``x (in,)``, returning ``(1, out)``: every
-        activation is 1-D, CSR rows use four partial sums (no per-batch loops)."""
-        h = x
-        for layer in range(meta.shape[0]):
-            kind, relu, n_out = meta[layer, 0], meta[layer, 1] != 0, meta[layer, 2]
-            p0, z0 = meta[layer, 4], meta[layer, 5]
-            if kind == 2:
-                y = _cols_vec(n_out, dense, h, shift[layer], meta[layer, 7])
-            else:
-                y = np.zeros(n_out, np.float32)
-            if kind == 0:
-                for r in range(n_out):
-                    y[r] = _row_dot(z0 + ptr[p0 + r], z0 + ptr[p0 + r + 1], idx, val, h)
-            elif kind == 1:
-                c = shift[layer]
-                for j in range(meta[layer, 3]):
-                    v = h[j] - c
-                    if v == 0:
-                        continue
-                    for k in range(z0 + ptr[p0 + j], z0 + ptr[p0 + j + 1]):
-                        y[idx[k]] += np.float32(val[k]) * v
-            _finish(y.reshape((n_out, 1)), scale, bias, meta[layer, 6], relu)
-            h = y
-        return h.reshape((1, h.size))
-
-    _JIT.update(csr_vec=csr_vec, csr_mat=csr_mat, csc=csc_any, cols=cols_any, chain=chain,
-                chain_vec=chain_vec)
-    return _JIT
-
-
 @KERNELS.register("csr")
 def _prepare_csr(layer: SparseLinear, example: np.ndarray) -> Kernel:
-    jit = _jit_kernels()
+    jit = jit_kernels()
     ptr, idx, val = _compressed(layer.codes, "row")
     scale, bias, relu = layer.scale, layer.bias.numpy().astype(np.float32), layer.relu
     vec, mat = jit["csr_vec"], jit["csr_mat"]
@@ -436,13 +249,13 @@ def _column_kernel(fn: Callable, weights: tuple[np.ndarray, ...], layer: SparseL
 
 @KERNELS.register("csc")
 def _prepare_csc(layer: SparseLinear, example: np.ndarray) -> Kernel:
-    return _column_kernel(_jit_kernels()["csc"], _compressed(layer.codes, "col"), layer,
+    return _column_kernel(jit_kernels()["csc"], _compressed(layer.codes, "col"), layer,
                           example)
 
 
 @KERNELS.register("cols")
 def _prepare_cols(layer: SparseLinear, example: np.ndarray) -> Kernel:
-    return _column_kernel(_jit_kernels()["cols"], (_dense_columns(layer.codes),), layer,
+    return _column_kernel(jit_kernels()["cols"], (_dense_columns(layer.codes),), layer,
                           example)
 
 
@@ -522,15 +335,24 @@ _META = ("kind", "relu", "out", "in", "ptr_offset", "nz_offset", "row_offset", "
 _KIND = {"csr": 0, "csc": 1, "cols": 2}
 
 
-class FusedChain:
-    """All layers in ONE compiled call (no Python between layers): ``self(h)`` maps a
-    feature-major ``(in, B)`` batch to ``(out, B)``, :meth:`one` one example ``(in,)`` to
-    ``(1, out)``. Built by :func:`fused_chain`."""
+SPECIALISE_FROM = 16
+"""Plans at this batch size or larger also compile a chain specialised to it
+(:func:`sparseprior.compress.kernels.batch_chain`, ~2-3 s once per batch size)."""
 
-    def __init__(self, arrays: tuple[np.ndarray, ...]) -> None:
-        jit = _jit_kernels()
+
+class FusedChain:
+    """All layers in ONE compiled call (no Python between layers). :meth:`rows` maps a
+    batch-major ``(B, in)`` batch to ``(B, out)`` (with the chain specialised to
+    ``batch_size`` when ``B`` is that size), ``self(h)`` a feature-major ``(in, B)`` batch to
+    ``(out, B)``, :meth:`one` one example ``(in,)`` to ``(1, out)``. Built by
+    :func:`fused_chain`."""
+
+    def __init__(self, arrays: tuple[np.ndarray, ...], batch_size: int = 1) -> None:
+        jit = jit_kernels()
         self.arrays = arrays
+        self.batch_size = batch_size
         self._batch, self._one = jit["chain"], jit["chain_vec"]
+        self._fixed = batch_chain(batch_size) if batch_size >= SPECIALISE_FROM else None
 
     def __call__(self, h: np.ndarray) -> np.ndarray:
         if h.shape[1] == 1:
@@ -541,9 +363,17 @@ class FusedChain:
         """One example, ``(in,)`` float32 -> ``(1, out)``."""
         return self._one(*self.arrays, x)
 
+    def rows(self, x: np.ndarray) -> np.ndarray:
+        """Batch-major ``(B, in)`` float32 -> ``(B, out)``."""
+        if x.shape[0] == 1:
+            return self._one(*self.arrays, x.reshape(-1))
+        if self._fixed is not None and x.shape[0] == self.batch_size:
+            return self._fixed(*self.arrays, np.ascontiguousarray(x))
+        return np.ascontiguousarray(self._batch(*self.arrays, np.ascontiguousarray(x.T)).T)
+
 
 def fused_chain(layers: Sequence[SparseLinear], plan: Sequence[LayerPlan],
-                examples: Sequence[np.ndarray]) -> FusedChain | None:
+                examples: Sequence[np.ndarray], batch_size: int = 1) -> FusedChain | None:
     """The planned kernels of every layer fused into one compiled call when each is a numba
     kernel (:data:`FUSABLE`) and the codes share one dtype; else ``None``. Same arithmetic as
     the per-layer kernels (column kernels keep their background shift)."""
@@ -576,7 +406,8 @@ def fused_chain(layers: Sequence[SparseLinear], plan: Sequence[LayerPlan],
         np.concatenate([q[2] for q in sparse]), np.concatenate(dense),
         np.concatenate([layer.scale for layer in layers]).astype(np.float32),
         np.concatenate([_shifted_bias(layer, c) for layer, c in zip(layers, shifts,
-                                                                     strict=True)])))
+                                                                     strict=True)])),
+        batch_size=batch_size)
 
 
 class ServedModel:
@@ -643,7 +474,7 @@ class ServedModel:
         candidates = {"layers": (None, plan)}
         for combo in _fused_combos(plan, names):
             option = [dataclasses.replace(p, kernel=k) for p, k in zip(plan, combo, strict=True)]
-            fused = fused_chain(layers, option, inputs)
+            fused = fused_chain(layers, option, inputs, batch_size)
             if fused is not None:
                 candidates["fused " + "+".join(combo)] = (fused, option)
         if len(candidates) > 1:
@@ -689,17 +520,19 @@ class ServedModel:
         """``(B, *input_shape)`` float -> logits ``(B, out_features)`` (float32, CPU)."""
         if type(x) is Tensor and x.dtype is torch.float32 and x.is_cpu and \
                 not x.requires_grad and x.dim() >= 2 and x.shape[0] >= 1 and \
-                x.numel() == x.shape[0] * self.in_features:
-            flat = x.numpy().reshape(-1, self.in_features)  # the common case: no checks
+                x.numel() == x.shape[0] * self.in_features:  # the common case: no checks
+            if self.fused is not None and x.shape[0] == 1:  # latency-critical: one example
+                return torch.from_numpy(self.fused.one(x.numpy().reshape(-1)))
+            flat = x.numpy().reshape(-1, self.in_features)
         else:
             flat = self._check_input(x)
         return torch.from_numpy(self.forward_rows(flat))
 
     def forward_rows(self, flat: np.ndarray) -> np.ndarray:
         """Batch-major ``(B, in)`` float32 -> ``(B, out)``: the served chain, no checks."""
+        if self.fused is not None:
+            return self.fused.rows(flat)
         if flat.shape[0] == 1:
-            if self.fused is not None:
-                return self.fused.one(flat.reshape(-1))
             return self.forward_features(flat.reshape(-1, 1).copy()).reshape(1, -1)
         out = self.forward_features(np.ascontiguousarray(flat.T))
         return np.ascontiguousarray(out.T)
