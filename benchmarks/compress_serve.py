@@ -8,8 +8,8 @@ docs/compress_edge.md) and each batch size:
 * ``bare fp32 chain``: ``F.linear``/``relu`` on the decoded weights, no module, no checks (the
   input already flattened);
 * ``ORT fp32``: the decoded model exported to ONNX, ONNX Runtime, one intra-op thread;
-* ``served kernels only``: the served model's compiled chain on inputs already transposed to
-  its feature-major layout (no checks or conversions): what the call overhead costs;
+* ``served kernels only``: the served model's compiled chain (``forward_rows``) on the same
+  batches as numpy arrays (no tensor checks or conversions): what the call overhead costs;
 * ``decoded module``: ``deployable_copy(unpack(path))``, the decoded model as a plain
   ``nn.Module`` (for reference; ``unpack`` itself keeps fake-quantizing layers, much slower).
 
@@ -36,7 +36,6 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from sparseprior.common.results import format_table  # noqa: E402
@@ -77,9 +76,9 @@ def bench_batch(path: Path, batch: int, test_x: torch.Tensor, rounds: int, plan_
     decoded = deployable_copy(served.reference)  # plain nn.Linear layers, no fake-quant
     chain = bare_dense_chain(served.layers)
     session = ort_session(export_onnx(decoded, test_x[:1]))
-    features = [np.ascontiguousarray(x.numpy().T) for x in flat]  # what the kernels see
+    arrays = [x.numpy() for x in flat]  # what the compiled chain sees
     runners = {"served": cycling(served, flat), "bare fp32 chain": cycling(chain, flat),
-               "served kernels only": cycling(served.forward_features, features),
+               "served kernels only": cycling(served.forward_rows, arrays),
                "ORT fp32": cycling(lambda x: ort_run(session, x), imgs),  # its own input shape
                "decoded module": cycling(decoded, flat)}
     lat = measure_latency(runners, rounds=rounds, calls=max(3, 200 // batch), warmup=5)

@@ -518,15 +518,14 @@ class ServedModel:
 
     def __call__(self, x: Tensor) -> Tensor:
         """``(B, *input_shape)`` float -> logits ``(B, out_features)`` (float32, CPU)."""
-        if type(x) is Tensor and x.dtype is torch.float32 and x.is_cpu and \
-                not x.requires_grad and x.dim() >= 2 and x.shape[0] >= 1 and \
-                x.numel() == x.shape[0] * self.in_features:  # the common case: no checks
-            if self.fused is not None and x.shape[0] == 1:  # latency-critical: one example
-                return torch.from_numpy(self.fused.one(x.numpy().reshape(-1)))
-            flat = x.numpy().reshape(-1, self.in_features)
-        else:
-            flat = self._check_input(x)
-        return torch.from_numpy(self.forward_rows(flat))
+        if type(x) is Tensor and x.dtype is torch.float32 and not x.requires_grad and \
+                x.is_cpu:  # the common case, checked on the numpy view (cheaper than torch)
+            arr = x.numpy()
+            if arr.ndim >= 2 and arr.shape[0] and arr.size == arr.shape[0] * self.in_features:
+                if arr.shape[0] == 1 and self.fused is not None:  # latency-critical
+                    return torch.from_numpy(self.fused.one(arr.reshape(-1)))
+                return torch.from_numpy(self.forward_rows(arr.reshape(arr.shape[0], -1)))
+        return torch.from_numpy(self.forward_rows(self._check_input(x)))
 
     def forward_rows(self, flat: np.ndarray) -> np.ndarray:
         """Batch-major ``(B, in)`` float32 -> ``(B, out)``: the served chain, no checks."""
