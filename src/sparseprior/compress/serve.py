@@ -29,7 +29,11 @@ inner, vectorisable loop of the sparse kernels; the input is transposed once on 
 logits once on exit. :meth:`ServedModel.from_packed` measures every applicable kernel of every
 layer on the layer's real input at the requested batch size (interleaved rounds, median, one
 thread) and keeps the fastest: :attr:`ServedModel.plan` lists each layer's choice and the
-measured milliseconds of every candidate. Every kernel computes in float32 from the same
+measured milliseconds of every candidate. Then every combination of the numba kernels fused
+into one compiled call (:func:`fused_chain`; for a planned batch size >= 16 also compiled for
+exactly that size, :func:`sparseprior.compress.kernels.batch_chain`) is timed through the
+batch-major entry point against the per-layer chain, and the fastest is kept (``fused_ms``).
+Every kernel computes in float32 from the same
 values as the decoded model (only the summation order and the place of the scale multiply
 differ), so outputs agree with ``unpack(path)`` to ~1e-6; :meth:`ServedModel.check` measures it.
 
