@@ -264,6 +264,23 @@ def time_ratio(fast: nn.Module, slow: nn.Module, inputs: dict[str, torch.Tensor]
             "speedup_max": max(ratios), "rounds": rounds}
 
 
+def search_ticket(config: EarlyBertConfig, prep: Prepared
+                  ) -> tuple[nn.Module, EarlyBertSearch, dict[str, Any]]:
+    """The search alone: the gated pre-trained classifier trained with the L1 penalty until
+    the early-bird test draws the ticket (or ``search_max_steps``). Returns the searched
+    model, the :class:`EarlyBertSearch` (``ticket``, ``drawn_step``, ``records``) and the
+    :func:`finetune` summary."""
+    model = add_gates(_classifier(config, len(prep.label_names)), scale=config.coef_lr_scale)
+    search = EarlyBertSearch(head_ratio=config.head_ratio, ffn_ratio=config.ffn_ratio,
+                             ffn_scope=config.ffn_scope, l1_heads=config.l1_heads,
+                             l1_ffn=config.l1_ffn, mask_every=config.mask_every,
+                             fifo_size=config.fifo_size, threshold=config.threshold)
+    searched = finetune(model, prep, config, steps=config.search_max_steps, callbacks=[search],
+                        schedule="constant", test=False)
+    assert search.ticket is not None and search.ticket_coef is not None
+    return model, search, searched
+
+
 def run_earlybert(config: EarlyBertConfig, run_dir: str | Path | RunDir) -> dict[str, Any]:
     """Run every phase (module doc) and write ``earlybert.json``, the plots, the slim model
     (``slim_model.safetensors`` + ``.json``, and ``slim_model.onnx``) into ``run_dir``."""
@@ -284,14 +301,7 @@ def _run(config: EarlyBertConfig, run: RunDir, plot_all: Callable) -> dict[str, 
     budget = _steps(config, len(prep.train))
 
     # 1. search on the gated pre-trained model
-    model = add_gates(_classifier(config, n_labels), scale=config.coef_lr_scale)
-    search = EarlyBertSearch(head_ratio=config.head_ratio, ffn_ratio=config.ffn_ratio,
-                             ffn_scope=config.ffn_scope, l1_heads=config.l1_heads,
-                             l1_ffn=config.l1_ffn, mask_every=config.mask_every,
-                             fifo_size=config.fifo_size, threshold=config.threshold)
-    searched = finetune(model, prep, config, steps=config.search_max_steps, callbacks=[search],
-                        schedule="constant", test=False)
-    assert search.ticket is not None and search.ticket_coef is not None
+    model, search, searched = search_ticket(config, prep)
     head_masks, ffn_masks = search.ticket
     search_steps = search.drawn_step or searched["steps"]
     log.info("search: %s after %d steps (%.1f s)", "drawn" if search.drawn else "not drawn",
