@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 
@@ -85,24 +84,18 @@ def runner(kind_obj: tuple[str, object], x: torch.Tensor):
     return lambda: ort_run(obj, arr)
 
 
-def ratio_stats(base: list[float], cand: list[float]) -> dict[str, float]:
-    ratios = [b / c for b, c in zip(base, cand, strict=True)]
-    q = statistics.quantiles(ratios, n=4)
-    return {"median": statistics.median(ratios), "q1": q[0], "q3": q[2]}
-
-
 def bench_model(deps: dict, test_x: torch.Tensor, batch: int, rounds: int) -> dict:
     x = test_x[:batch].contiguous()
     runners = {name: runner(obj, x) for name, (obj, _) in deps.items()}
     lat = measure_latency(runners, rounds=rounds, calls=max(1, 32 // batch), warmup=3)
-    base = lat.times_ms["fp32 PyTorch"]
+    ratios = lat.ratio_stats("fp32 PyTorch")
     rows = []
     fp32_bytes = len(deps["fp32 ORT"][1])
     for name, (_, onnx) in deps.items():
-        s = ratio_stats(base, lat.times_ms[name])
+        median, q1, q3 = ratios[name]
         rows.append({"deployment": name, "ms": round(lat.median_ms[name], 4),
-                     "speed-up vs fp32 PyTorch": round(s["median"], 2),
-                     "IQR": f"{s['q1']:.2f}-{s['q3']:.2f}",
+                     "speed-up vs fp32 PyTorch": round(median, 2),
+                     "IQR": f"{q1:.2f}-{q3:.2f}",
                      "ONNX KB": round(len(onnx) / 1024, 1),
                      "size x": round(fp32_bytes / len(onnx), 2)})
     return {"batch": batch, "rows": rows, "rounds": rounds}
@@ -146,12 +139,12 @@ def sparse_conv_probe(rounds: int, density: float = 0.1, seed: int = 0) -> list[
                 {"conv2d": lambda x=x, w=weight: F.conv2d(x, w, padding=1),
                  "im2col+CSR": lambda x=x, f=sparse: f(x)},
                 rounds=rounds, calls=max(1, 16 // batch), warmup=2)
-            s = ratio_stats(lat.times_ms["conv2d"], lat.times_ms["im2col+CSR"])
+            median, q1, q3 = lat.ratio_stats("conv2d")["im2col+CSR"]
             rows.append({"conv": f"{channels}->{channels} 3x3 @{size}x{size}", "batch": batch,
                          "density": density, "conv2d ms": round(lat.median_ms["conv2d"], 4),
                          "im2col+CSR ms": round(lat.median_ms["im2col+CSR"], 4),
-                         "sparse speed-up": round(s["median"], 2),
-                         "IQR": f"{s['q1']:.2f}-{s['q3']:.2f}", "max |diff|": f"{diff:.1e}"})
+                         "sparse speed-up": round(median, 2),
+                         "IQR": f"{q1:.2f}-{q3:.2f}", "max |diff|": f"{diff:.1e}"})
     return rows
 
 

@@ -30,7 +30,6 @@ import argparse
 import itertools
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 
@@ -54,10 +53,10 @@ from sparseprior.compress.serve import (  # noqa: E402
 from sparseprior.data import load_dataset  # noqa: E402
 
 
-def ratio_stats(base: list[float], cand: list[float]) -> dict[str, float]:
-    ratios = [b / c for b, c in zip(base, cand, strict=True)]
-    q = statistics.quantiles(ratios, n=4)
-    return {"median": statistics.median(ratios), "q1": q[0], "q3": q[2]}
+def ratio_stats(lat, baseline: str, candidate: str) -> dict[str, float]:
+    """Median and quartiles over rounds of ``t_baseline / t_candidate``."""
+    median, q1, q3 = lat.ratio_stats(baseline)[candidate]
+    return {"median": median, "q1": q1, "q3": q3}
 
 
 def cycling(fn, inputs: list[torch.Tensor]):
@@ -82,12 +81,11 @@ def bench_batch(path: Path, batch: int, test_x: torch.Tensor, rounds: int, plan_
                "ORT fp32": cycling(lambda x: ort_run(session, x), imgs),  # its own input shape
                "decoded module": cycling(decoded, flat)}
     lat = measure_latency(runners, rounds=rounds, calls=max(3, 200 // batch), warmup=5)
-    t = lat.times_ms
     return {"batch": batch, "plan": served.plan_rows(),
             "median_ms": lat.median_ms, "iqr_ms": lat.iqr_ms,
-            "vs_bare": ratio_stats(t["bare fp32 chain"], t["served"]),
-            "vs_ort": ratio_stats(t["ORT fp32"], t["served"]),
-            "vs_module": ratio_stats(t["decoded module"], t["served"])}
+            "vs_bare": ratio_stats(lat, "bare fp32 chain", "served"),
+            "vs_ort": ratio_stats(lat, "ORT fp32", "served"),
+            "vs_module": ratio_stats(lat, "decoded module", "served")}
 
 
 def check_outputs(path: Path, test_x: torch.Tensor, test_y: torch.Tensor) -> dict:

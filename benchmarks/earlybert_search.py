@@ -30,16 +30,11 @@ from sparseprior.nlp.model import load_tokenizer
 
 
 def parse_setting(text: str) -> dict[str, Any]:
-    """``"a=1,b=2e-3"`` -> ``{"a": 1.0, "b": 0.002}`` (numbers as float, ints as int)."""
-    out: dict[str, Any] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep:
-            raise SystemExit(f"error: setting {part!r} is not key=value")
-        num = float(value)
-        out[key.strip()] = int(num) if num.is_integer() and "." not in value and \
-            "e" not in value.lower() else num
-    return out
+    """``"a=1,b=2e-3"`` -> ``{"a": 1, "b": 0.002}`` (each value read as JSON)."""
+    pairs = [part.partition("=") for part in filter(None, map(str.strip, text.split(",")))]
+    if any(not sep for _, sep, _ in pairs):
+        raise SystemExit(f"error: setting {text!r} must be key=value pairs separated by commas")
+    return {key.strip(): json.loads(value) for key, _, value in pairs}
 
 
 def main() -> None:
@@ -59,7 +54,7 @@ def main() -> None:
     prep = prepare(base, load_tokenizer(base.model))
     rows, runs = [], []
     for text in args.settings:
-        config = base.replace(**parse_setting(text))
+        config = EarlyBertConfig.from_dict({**base.to_dict(), **parse_setting(text)})
         config.validate()
         start = time.perf_counter()
         _, search, searched = search_ticket(config, prep)

@@ -599,8 +599,6 @@ def speed_report(served: ServedModel, x: Tensor | None = None, *, rounds: int = 
                  seed: int = 0) -> dict[str, Any]:
     """Served vs the bare fp32 dense chain at ``served.batch_size``, one thread, interleaved:
     median ms of both and the median and quartiles of the per-round ratio."""
-    import statistics
-
     if x is None:
         g = torch.Generator().manual_seed(seed)
         x = torch.rand(served.batch_size, served.in_features, generator=g)
@@ -610,12 +608,9 @@ def speed_report(served: ServedModel, x: Tensor | None = None, *, rounds: int = 
     lat = measure_latency({"served": lambda: served(xt), "bare fp32 chain": lambda: chain(xt)},
                           rounds=check_positive_int(rounds, "rounds"),
                           calls=max(3, 200 // len(xt)), warmup=5)
-    ratios = [b / s for b, s in zip(lat.times_ms["bare fp32 chain"], lat.times_ms["served"],
-                                    strict=True)]
-    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    median, q1, q3 = lat.ratio_stats("bare fp32 chain")["served"]
     return {"batch": len(xt), "rounds": rounds, "median_ms": lat.median_ms,
-            "speedup_median": statistics.median(ratios), "speedup_q1": q[0],
-            "speedup_q3": q[2]}
+            "speedup_median": median, "speedup_q1": q1, "speedup_q3": q3}
 
 
 def serve_packed(path: str | Path, *, batch_size: int = 1, example: Tensor | None = None,
