@@ -3,7 +3,8 @@
 Runs only the search phase (gated MiniLM-L6, L1 on head and FFN coefficients, masks every
 ``--mask-every`` steps, early-bird FIFO test) for each setting in ``--settings`` and reports
 the step of the draw (or none within ``--search-max-steps``) and the FIFO's largest mask
-distance for heads and FFN neurons at every mask step. A training-time saving needs an early
+distance for heads and FFN neurons at every mask step (table, ``results.json`` and the plot
+``fifo.png``). A training-time saving needs an early
 draw (see ``benchmarks/earlybert_ticket_size.py`` for how early).
 
     python benchmarks/earlybert_search.py --out runs/earlybert_search \\
@@ -27,6 +28,7 @@ import torch
 from sparseprior.common.results import format_table
 from sparseprior.nlp.experiment import EarlyBertConfig, prepare, search_ticket
 from sparseprior.nlp.model import load_tokenizer
+from sparseprior.nlp.plots import plot_search_settings
 
 
 def parse_setting(text: str) -> dict[str, Any]:
@@ -72,8 +74,10 @@ def main() -> None:
     (args.out / "results.json").write_text(json.dumps(
         {"runs": runs, "max_train": args.max_train, "seed": args.seed,
          "threshold": base.threshold, "fifo_size": base.fifo_size}, indent=1))
+    plot_search_settings(args.out / "fifo.png", [r for r in runs if r["fifo_max"]],
+                         base.threshold)
     print(format_table(rows))
-    print(f"results in {args.out / 'results.json'}")
+    print(f"results and fifo.png in {args.out}")
 
 
 if __name__ == "__main__":

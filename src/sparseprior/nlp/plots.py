@@ -108,6 +108,23 @@ def plot_accuracy_time(path: Path, result: Mapping[str, Any]) -> Path:
     return _save(fig, ax, path)
 
 
+def plot_search_settings(path: Path, runs: list[Mapping[str, Any]], threshold: float) -> Path:
+    """FIFO maximum mask distance (heads solid, FFN dashed) vs search step, one colour per
+    search setting (``runs``: ``setting``, ``drawn_step``, ``fifo_max`` [(step, heads, ffn)])."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, run in enumerate(runs):
+        steps, heads, ffn = zip(*run["fifo_max"], strict=True)
+        drawn = f", drawn at {run['drawn_step']}" if run["drawn_step"] else ", not drawn"
+        ax.plot(steps, heads, "-o", color=f"C{i}", ms=3, label=f"{run['setting']}{drawn}")
+        ax.plot(steps, ffn, "--s", color=f"C{i}", ms=3)
+    ax.axhline(threshold, color="r", lw=0.8, label="threshold")
+    ax.set_xlabel("search step")
+    ax.set_ylabel("FIFO max distance (heads -, FFN --)")
+    ax.set_title("When is the EarlyBERT ticket drawn?")
+    return _save(fig, ax, path)
+
+
 def plot_all(folder: str | Path, result: Mapping[str, Any]) -> list[str]:
     folder = Path(folder)
     names = ["mask_distance.png", "coefficients.png", "accuracy_time.png"]
