@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the search's progress
     torch.set_num_threads(args.threads)
     base = EarlyBertConfig(max_train=args.max_train, max_eval=256, seed=args.seed,
                            search_max_steps=args.search_max_steps, mask_every=args.mask_every,
