@@ -107,3 +107,27 @@ def test_cli_bad_data_one_line(tiny_folder, tmp_path, capsys):
     assert err.value.code == 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert lines[-1].startswith("error: ") and "line 3: empty text" in lines[-1]
+
+
+def test_time_ratio_training_step_keeps_weights():
+    import torch
+    from torch import nn
+
+    from sparseprior.nlp.experiment import time_ratio
+
+    class Net(nn.Module):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(8, width), nn.ReLU(), nn.Linear(width, 3))
+
+        def forward(self, batch: dict) -> torch.Tensor:
+            return self.body(batch["x"])
+
+    torch.manual_seed(0)
+    fast, slow = Net(4), Net(256)
+    before = {k: v.clone() for k, v in slow.state_dict().items()}
+    inputs, targets = {"x": torch.randn(16, 8)}, torch.randint(0, 3, (16,))
+    out = time_ratio(fast, slow, inputs, rounds=3, train=True, targets=targets)
+    assert out["rounds"] == 3 and out["fast_s"] > 0 and out["slow_s"] > 0
+    assert all(torch.equal(before[k], v) for k, v in slow.state_dict().items())
+    assert all(p.grad is None for p in slow.parameters())

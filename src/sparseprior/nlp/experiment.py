@@ -231,12 +231,15 @@ def _batch(ds: nlp_data.EncodedTexts, n: int) -> dict[str, torch.Tensor]:
 def time_ratio(fast: nn.Module, slow: nn.Module, inputs: dict[str, torch.Tensor], *,
                rounds: int, train: bool = False, targets: torch.Tensor | None = None,
                threads: int | None = 1) -> dict[str, float]:
-    """Interleaved timing of ``slow`` and ``fast`` on ``inputs`` (forward, or forward+backward
-    when ``train``); median seconds of each and the median of the per-round ratio slow/fast."""
+    """Interleaved timing of ``slow`` and ``fast`` on ``inputs`` (forward, or with ``train`` one
+    training step: forward, backward and an AdamW step at lr 0, so the weights stay as they
+    are); median seconds of each and the median of the per-round ratio slow/fast."""
     old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     t_fast, t_slow = [], []
+    optimizers = {id(m): torch.optim.AdamW(m.parameters(), lr=0.0) for m in (fast, slow)} \
+        if train else {}
 
     def run(model: nn.Module) -> float:
         start = time.perf_counter()
@@ -244,6 +247,7 @@ def time_ratio(fast: nn.Module, slow: nn.Module, inputs: dict[str, torch.Tensor]
             model.train()
             loss = F.cross_entropy(model(inputs), targets)
             loss.backward()
+            optimizers[id(model)].step()
             model.zero_grad(set_to_none=True)
         else:
             model.eval()
