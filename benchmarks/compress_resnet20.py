@@ -21,6 +21,8 @@ The baseline (30 epochs, SGD 0.1 momentum 0.9, wd 5e-4, cosine, 1 warm-up epoch)
         --out runs/resnet20-fp32
     OMP_NUM_THREADS=1 python benchmarks/compress_resnet20.py runs/resnet20-fp32 \\
         --out runs/compress_resnet20
+    OMP_NUM_THREADS=1 python benchmarks/compress_resnet20.py runs/resnet20-fp32 \\
+        --ratio 0.4 --out runs/compress_resnet20_r04      # a milder slimming
 
 A finished compression (``<out>/compress/model.sppk`` with its ``results.json``) is reused;
 delete it to rerun. Writes ``<out>/results.json`` and prints tables.
@@ -72,14 +74,25 @@ def baseline(run_dir: Path, out: Path) -> tuple[torch.nn.Module, Path, dict[str,
     return model, weights, info
 
 
-def compress(weights: Path, recipe: Path, out: Path, threads: int) -> Path:
+def load_recipe(path: Path, ratio: float | None) -> dict[str, Any]:
+    """The recipe file, with the structured step's ``ratio`` replaced when given."""
+    recipe = json.loads(path.read_text())
+    if ratio is not None:
+        steps = [s for s in recipe["steps"] if s["kind"] == "structured"]
+        if not steps:
+            raise ValueError(f"--ratio: {path} has no structured step")
+        for step in steps:
+            step["options"] = {**step.get("options", {}), "ratio": ratio}
+    return recipe
+
+
+def compress(weights: Path, recipe: dict[str, Any], out: Path, threads: int) -> Path:
     """``<out>/model.sppk`` of the recipe applied to ``weights`` (reused when finished)."""
     packed = out / "model.sppk"
     if packed.exists() and (out / "results.json").exists():
         print(f"reusing {packed} (delete {out} to rerun the compression)")
         return packed
-    config = CompressRunConfig(model="resnet20", weights=str(weights),
-                               recipe_config=json.loads(recipe.read_text()),
+    config = CompressRunConfig(model="resnet20", weights=str(weights), recipe_config=recipe,
                                latency_rounds=0, threads=threads)
     return run_compress(config, out, echo=print).packed_path
 
@@ -98,6 +111,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("fp32_run", type=Path, help="finished `dst train --method dense` run")
     parser.add_argument("--recipe", type=Path, default=RECIPE)
+    parser.add_argument("--ratio", type=float, default=None,
+                        help="replace the structured step's ratio (fraction of channels removed)")
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1, help="threads of the fine-tuning")
     parser.add_argument("--out", type=Path, default=Path("runs/compress_resnet20"))
@@ -105,7 +120,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     original, weights, base = baseline(args.fp32_run, args.out)
-    packed = compress(weights, args.recipe, args.out / "compress", args.threads)
+    recipe = load_recipe(args.recipe, args.ratio)
+    packed = compress(weights, recipe, args.out / "compress", args.threads)
     torch.set_num_threads(1)
     acc = accuracies(original.eval(), packed)
     onnx_bytes = len(export_onnx(deployable_copy(unpack(packed)), original.example_input(1)))
@@ -114,7 +130,8 @@ def main() -> None:
              "packed .sppk": packed.stat().st_size}
     bench = bench_packed(packed, PackedBenchConfig(batch=[1, 64], rounds=args.rounds,
                                                    int8=False))
-    speed = {b: dict(zip(("median", "q1", "q3"), res.ratio_stats(ORIGINAL)[DEPLOYED]))
+    speed = {b: dict(zip(("median", "q1", "q3"), res.ratio_stats(ORIGINAL)[DEPLOYED],
+                             strict=True))
              for b, res in bench.latency.items()}
     drop = acc["fp32 original (PyTorch)"] - acc[DEPLOYED]
     storage = base["fp32_bytes"] / sizes["packed .sppk"]
@@ -135,7 +152,7 @@ def main() -> None:
           + ", ".join(f"{s['median']:.2f}x at batch {b}" for b, s in speed.items())
           + f", drop {drop:+.2f} pt -> {'MET' if verdict['met'] else 'MISSED'}")
     (args.out / "results.json").write_text(json.dumps(
-        {"baseline": base, "recipe": json.loads(args.recipe.read_text()), "accuracy": acc,
+        {"baseline": base, "recipe": recipe, "accuracy": acc,
          "sizes": sizes, "latency_rows": bench.rows, "latency_ratio": speed,
          "notes": bench.notes, "targets": TARGETS, "verdict": verdict}, indent=2))
 
