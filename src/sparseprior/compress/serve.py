@@ -38,7 +38,8 @@ values as the decoded model (only the summation order and the place of the scale
 differ), so outputs agree with ``unpack(path)`` to ~1e-6; :meth:`ServedModel.check` measures it.
 
 Supported architectures: chains of Linear layers with ReLU between them (the registry's
-``lenet300`` and ``mlp``); other models raise ``ValueError``.
+``lenet300`` and ``mlp``); :func:`serve_packed` serves any other registry model (conv nets)
+with ONNX Runtime instead (:mod:`.serve_ort`).
 """
 
 from __future__ import annotations
@@ -595,10 +596,16 @@ def bare_dense_chain(layers: Sequence[SparseLinear]) -> Callable[[Tensor], Tenso
     return run
 
 
-def speed_report(served: ServedModel, x: Tensor | None = None, *, rounds: int = 50,
+def speed_report(served: Any, x: Tensor | None = None, *, rounds: int = 50,
                  seed: int = 0) -> dict[str, Any]:
     """Served vs the bare fp32 dense chain at ``served.batch_size``, one thread, interleaved:
-    median ms of both and the median and quartiles of the per-round ratio."""
+    median ms of both and the median and quartiles of the per-round ratio. For a conv net
+    served by ONNX Runtime (:class:`~.serve_ort.OrtServedModel`) the baseline is the decoded
+    model in PyTorch eager."""
+    from sparseprior.compress.serve_ort import OrtServedModel
+
+    if isinstance(served, OrtServedModel):
+        return served.speed_report(rounds=rounds, seed=seed)
     if x is None:
         g = torch.Generator().manual_seed(seed)
         x = torch.rand(served.batch_size, served.in_features, generator=g)
@@ -609,14 +616,36 @@ def speed_report(served: ServedModel, x: Tensor | None = None, *, rounds: int = 
                           rounds=check_positive_int(rounds, "rounds"),
                           calls=max(3, 200 // len(xt)), warmup=5)
     median, q1, q3 = lat.ratio_stats("bare fp32 chain")["served"]
-    return {"batch": len(xt), "rounds": rounds, "median_ms": lat.median_ms,
-            "speedup_median": median, "speedup_q1": q1, "speedup_q3": q3}
+    return {"batch": len(xt), "rounds": rounds, "baseline": "bare fp32 dense chain",
+            "median_ms": lat.median_ms, "speedup_median": median, "speedup_q1": q1,
+            "speedup_q3": q3}
 
 
 def serve_packed(path: str | Path, *, batch_size: int = 1, example: Tensor | None = None,
-                 kernels: Sequence[str] | None = None, rounds: int = 15) -> ServedModel:
-    """:meth:`ServedModel.from_packed` and its check against the decoded model (1e-4)."""
-    served = ServedModel.from_packed(path, batch_size=batch_size, example=example,
-                                     kernels=kernels, rounds=rounds)
+                 kernels: Sequence[str] | None = None, rounds: int = 15,
+                 calibration: Tensor | None = None) -> Any:
+    """Serve the packed file at ``path`` and check it against the decoded model.
+
+    A chain of Linear layers (MLP) runs from its codes (:class:`ServedModel`, kernels chosen
+    by measured speed, checked to 1e-4); any other registry model (conv nets) runs in ONNX
+    Runtime (:class:`~.serve_ort.OrtServedModel`: fp32, or static int8 calibrated on
+    ``calibration`` when that measures faster).
+    """
+    from sparseprior.compress.pack import unpack
+    from sparseprior.compress.serve_ort import OrtServedModel
+
+    model = unpack(path)
+    try:
+        layers = chain_layers(model, where=f"packed file {str(path)!r}")
+    except ValueError:
+        if kernels:
+            raise ValueError(f"packed file {str(path)!r} is not a chain of Linear layers: it "
+                             f"is served by ONNX Runtime, kernels={list(kernels)} do not "
+                             f"apply") from None
+        served: Any = OrtServedModel.from_model(model, batch_size=batch_size,
+                                                calibration=calibration, rounds=rounds)
+    else:
+        served = ServedModel.from_layers(layers, batch_size=batch_size, example=example,
+                                         kernels=kernels, rounds=rounds, reference=model)
     served.check()
     return served
