@@ -1,7 +1,9 @@
 """ResNet-20 (width 1.0) on Fashion-MNIST: >= 10x storage and >= 3x latency at <= 1 pt (issue 15).
 
 Starts from a converged fp32 ResNet-20, a finished ``sparseprior dst train --method dense``
-run folder (its ``summary.json`` gives the epochs and test accuracy), runs the recipe
+run folder (its ``summary.json`` gives the epochs and test accuracy; its ``config.json`` the
+model and data, so a run on CIFAR-10 from ``--dataset cifar10 --data-root DIR`` works the
+same way), runs the recipe
 ``benchmarks/compress_recipe_resnet20.json`` (structured channel slimming + fine-tuning, then
 int8 per-channel QAT) through ``compress run``, and measures on the 10k test images:
 
@@ -57,6 +59,7 @@ from sparseprior.dst.train import load_run_model  # noqa: E402
 RECIPE = Path(__file__).with_name("compress_recipe_resnet20.json")
 DEPLOYED = "packed model (ONNX Runtime)"
 TARGETS = {"storage": 10.0, "latency": 3.0, "drop_pt": 1.0}
+DATA_KEYS = ("model", "model_options", "dataset", "dataset_options", "data_root")
 
 
 def baseline(run_dir: Path, out: Path) -> tuple[torch.nn.Module, Path, dict[str, Any]]:
@@ -66,11 +69,12 @@ def baseline(run_dir: Path, out: Path) -> tuple[torch.nn.Module, Path, dict[str,
         raise ValueError(f"{run_dir}: a sparse run; the baseline must be dense "
                          f"(--method dense)")
     summary = json.loads((run_dir / "summary.json").read_text())
-    train = json.loads((run_dir / "config.json").read_text()).get("train", {})
+    config = json.loads((run_dir / "config.json").read_text())
     weights = out / "fp32.safetensors"
     fp32_bytes = fp32_safetensors_size(model, weights)
-    info = {"run": str(run_dir), "epochs": train.get("epochs"),
-            "run_test_accuracy": summary["test_accuracy"], "fp32_bytes": fp32_bytes}
+    info = {"run": str(run_dir), "epochs": config.get("train", {}).get("epochs"),
+            "run_test_accuracy": summary["test_accuracy"], "fp32_bytes": fp32_bytes,
+            "data": {k: config.get(k) for k in DATA_KEYS}}
     return model, weights, info
 
 
@@ -86,20 +90,22 @@ def load_recipe(path: Path, ratio: float | None) -> dict[str, Any]:
     return recipe
 
 
-def compress(weights: Path, recipe: dict[str, Any], out: Path, threads: int) -> Path:
+def compress(weights: Path, recipe: dict[str, Any], data: dict[str, Any], out: Path,
+             threads: int) -> Path:
     """``<out>/model.sppk`` of the recipe applied to ``weights`` (reused when finished)."""
     packed = out / "model.sppk"
     if packed.exists() and (out / "results.json").exists():
         print(f"reusing {packed} (delete {out} to rerun the compression)")
         return packed
-    config = CompressRunConfig(model="resnet20", weights=str(weights), recipe_config=recipe,
+    config = CompressRunConfig(**data, weights=str(weights), recipe_config=recipe,
                                latency_rounds=0, threads=threads)
     return run_compress(config, out, echo=print).packed_path
 
 
-def accuracies(original: torch.nn.Module, packed: Path) -> dict[str, float]:
+def accuracies(original: torch.nn.Module, packed: Path, data: dict[str, Any]
+               ) -> dict[str, float]:
     """Test accuracy (%) of the original and of the packed model, decoded and in ORT."""
-    test = CompressRunConfig(model="resnet20").load_splits(0).test
+    test = CompressRunConfig(**data).load_splits(0).test
     small = deployable_copy(unpack(packed))
     session = ort_session(export_onnx(small, original.example_input(1)))
     return {"fp32 original (PyTorch)": 100 * evaluate(original, test),
@@ -121,9 +127,9 @@ def main() -> None:
 
     original, weights, base = baseline(args.fp32_run, args.out)
     recipe = load_recipe(args.recipe, args.ratio)
-    packed = compress(weights, recipe, args.out / "compress", args.threads)
+    packed = compress(weights, recipe, base["data"], args.out / "compress", args.threads)
     torch.set_num_threads(1)
-    acc = accuracies(original.eval(), packed)
+    acc = accuracies(original.eval(), packed, base["data"])
     onnx_bytes = len(export_onnx(deployable_copy(unpack(packed)), original.example_input(1)))
     sizes = {"fp32 safetensors (original)": base["fp32_bytes"],
              "fp32 ONNX (packed model decoded)": onnx_bytes,
