@@ -61,11 +61,14 @@ def test_int8_candidate_is_measured_and_checked(packed_resnet):
     assert sum(r["chosen"] for r in rows.values()) == 1
     assert served.kind == min(served.ms, key=served.ms.get)
     ref = served.reference(calib).detach()
-    int8 = torch.from_numpy(served.sessions["int8"].run(None, {"x": calib.numpy()})[0])
+    int8 = served.use("int8")(calib)
+    assert served.kind == "int8"
     assert float((int8 - ref).abs().max() / ref.abs().max()) < 0.1  # approximate, not exact
-    served.kind, served.session = "int8", served.sessions["int8"]
     with pytest.raises(ValueError, match="agrees"):
         served.check(min_agreement=1.01)  # the agreement rule can fail
+    assert served.use("fp32").check(calib) < 1e-4
+    with pytest.raises(ValueError, match="no candidate"):
+        served.use("int4")
 
 
 def test_speed_report_against_decoded_eager(packed_resnet):

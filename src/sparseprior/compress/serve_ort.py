@@ -20,6 +20,7 @@ model on the calibration inputs (``min_agreement``); measure accuracy on held-ou
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -32,28 +33,51 @@ from sparseprior.common.validation import check_positive_int
 __all__ = ["OrtServedModel"]
 
 
+@dataclasses.dataclass
+class OrtCandidate:
+    """One way to run the decoded model: an ONNX Runtime session and whether its outputs equal
+    the decoded model's up to float rounding (``exact``: fp32) or approximate them (int8)."""
+
+    name: str
+    session: Any
+    exact: bool
+
+
 class OrtServedModel:
     """A decoded model served by ONNX Runtime: fp32, or static int8 when it measures faster.
 
     Attributes:
-        kind: ``'fp32'`` or ``'int8'``, the candidate that runs.
+        candidates: name (``'fp32'``, ``'int8'``) -> :class:`OrtCandidate`.
+        chosen: the candidate that runs (:meth:`use` switches).
         ms: median milliseconds per call of each candidate at ``batch_size``.
         batch_size: the batch size the choice was measured at.
         reference: the decoded PyTorch model (eval mode) the outputs are checked against.
         input_shape: ``(C, H, W)`` (or ``(features,)``) of one example.
     """
 
-    def __init__(self, sessions: dict[str, Any], kind: str, ms: dict[str, float],
+    def __init__(self, candidates: dict[str, OrtCandidate], ms: dict[str, float],
                  batch_size: int, reference: nn.Module, input_shape: tuple[int, ...],
                  calibration: Tensor | None = None) -> None:
-        self.sessions = sessions
-        self.kind = kind
-        self.session = sessions[kind]
+        self.candidates = candidates
         self.ms = ms
         self.batch_size = batch_size
         self.reference = reference
         self.input_shape = input_shape
         self.calibration = calibration
+        self.chosen = candidates[min(ms, key=ms.__getitem__)] if len(ms) > 1 else \
+            next(iter(candidates.values()))
+
+    @property
+    def kind(self) -> str:
+        """Name of the candidate that runs."""
+        return self.chosen.name
+
+    def use(self, name: str) -> OrtServedModel:
+        """Run candidate ``name`` from now on (e.g. force fp32); returns ``self``."""
+        if name not in self.candidates:
+            raise ValueError(f"no candidate {name!r}; have {sorted(self.candidates)}")
+        self.chosen = self.candidates[name]
+        return self
 
     @classmethod
     def from_model(cls, model: nn.Module, *, batch_size: int = 1,
@@ -73,47 +97,46 @@ class OrtServedModel:
         if calibration is not None:
             calibration = _check_batch(calibration, input_shape, "calibration")
         onnx = export_onnx(reference, torch.zeros(1, *input_shape))
-        sessions = {"fp32": ort_session(onnx)}
+        candidates = {"fp32": OrtCandidate("fp32", ort_session(onnx), exact=True)}
         if calibration is not None:
-            sessions["int8"] = ort_session(ort_static_int8(onnx, calibration))
+            candidates["int8"] = OrtCandidate(
+                "int8", ort_session(ort_static_int8(onnx, calibration)), exact=False)
         g = torch.Generator().manual_seed(seed)
         x = np.ascontiguousarray(torch.rand(batch_size, *input_shape, generator=g).numpy())
         ms = {"fp32": math.nan}
-        if len(sessions) > 1:
-            result = measure_latency({k: (lambda s=s: s.run(None, {"x": x})) for k, s in
-                                      sessions.items()}, rounds=rounds,
+        if len(candidates) > 1:
+            result = measure_latency({k: (lambda s=c.session: s.run(None, {"x": x}))
+                                      for k, c in candidates.items()}, rounds=rounds,
                                      calls=max(3, 64 // batch_size), warmup=2)
             ms = dict(result.median_ms)
-        kind = min(ms, key=ms.__getitem__) if len(ms) > 1 else "fp32"
-        return cls(sessions, kind, ms, batch_size, reference, input_shape, calibration)
+        return cls(candidates, ms, batch_size, reference, input_shape, calibration)
 
     def __call__(self, x: Tensor) -> Tensor:
         """``(B, *input_shape)`` float -> logits ``(B, classes)`` (float32, CPU)."""
         arr = _check_batch(x, self.input_shape, "x").numpy()
-        return torch.from_numpy(self.session.run(None, {"x": arr})[0])
+        return torch.from_numpy(self.chosen.session.run(None, {"x": arr})[0])
 
     @torch.inference_mode()
     def check(self, x: Tensor | None = None, *, atol: float = 1e-4,
               min_agreement: float = 0.95, seed: int = 0) -> float:
-        """Largest ``|served(x) - decoded(x)|``; ``ValueError`` when fp32 is above ``atol``,
-        or int8's top-1 agreement with the decoded model falls below ``min_agreement``
-        (default ``x``: the calibration inputs for int8, else 64 uniform [0, 1) inputs)."""
+        """Largest ``|served(x) - decoded(x)|``; ``ValueError`` when an exact (fp32) candidate
+        is above ``atol``, or an approximate (int8) one's top-1 agreement with the decoded
+        model falls below ``min_agreement`` (default ``x``: the calibration inputs for int8,
+        else 64 uniform [0, 1) inputs)."""
+        exact = self.chosen.exact
         if x is None:
-            if self.kind == "int8":
-                x = self.calibration
-            else:
-                x = torch.rand(64, *self.input_shape,
-                               generator=torch.Generator().manual_seed(seed))
+            x = self.calibration if not exact else \
+                torch.rand(64, *self.input_shape, generator=torch.Generator().manual_seed(seed))
         ref, got = self.reference(x), self(x)
         diff = float((got - ref).abs().max())
-        if self.kind == "fp32" and (not math.isfinite(diff) or diff > atol):
+        if exact and (not math.isfinite(diff) or diff > atol):
             raise ValueError(f"served outputs differ from the decoded model by {diff:.3g} "
                              f"(> atol={atol})")
-        if self.kind == "int8":
+        if not exact:
             agree = float((got.argmax(1) == ref.argmax(1)).float().mean())
             if agree < min_agreement:
-                raise ValueError(f"int8 top-1 agrees with the decoded model on {agree:.1%} of "
-                                 f"the check inputs (< {min_agreement:.0%})")
+                raise ValueError(f"{self.kind} top-1 agrees with the decoded model on "
+                                 f"{agree:.1%} of the check inputs (< {min_agreement:.0%})")
         return diff
 
     def plan_rows(self) -> list[dict[str, Any]]:
