@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from sparseprior.common.validation import check_positive_int
 
-__all__ = ["OrtServedModel"]
+__all__ = ["OrtCandidate", "OrtServedModel"]
 
 
 @dataclasses.dataclass
