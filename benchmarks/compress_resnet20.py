@@ -102,12 +102,12 @@ def compress(weights: Path, recipe: dict[str, Any], data: dict[str, Any], out: P
     return run_compress(config, out, echo=print).packed_path
 
 
-def accuracies(original: torch.nn.Module, packed: Path, data: dict[str, Any]
-               ) -> dict[str, float]:
-    """Test accuracy (%) of the original and of the packed model, decoded and in ORT."""
+def accuracies(original: torch.nn.Module, small: torch.nn.Module, onnx: bytes,
+               data: dict[str, Any]) -> dict[str, float]:
+    """Test accuracy (%) of the original and of the packed model (``small``: decoded,
+    ``onnx``: its ONNX export), in PyTorch and in ORT."""
     test = CompressRunConfig(**data).load_splits(0).test
-    small = deployable_copy(unpack(packed))
-    session = ort_session(export_onnx(small, original.example_input(1)))
+    session = ort_session(onnx)
     return {"fp32 original (PyTorch)": 100 * evaluate(original, test),
             "packed model (PyTorch)": 100 * evaluate(small, test),
             DEPLOYED: 100 * accuracy(partial(ort_run, session), test)}
@@ -129,10 +129,11 @@ def main() -> None:
     recipe = load_recipe(args.recipe, args.ratio)
     packed = compress(weights, recipe, base["data"], args.out / "compress", args.threads)
     torch.set_num_threads(1)
-    acc = accuracies(original.eval(), packed, base["data"])
-    onnx_bytes = len(export_onnx(deployable_copy(unpack(packed)), original.example_input(1)))
+    small = deployable_copy(unpack(packed))
+    onnx = export_onnx(small, original.example_input(1))
+    acc = accuracies(original.eval(), small, onnx, base["data"])
     sizes = {"fp32 safetensors (original)": base["fp32_bytes"],
-             "fp32 ONNX (packed model decoded)": onnx_bytes,
+             "fp32 ONNX (packed model decoded)": len(onnx),
              "packed .sppk": packed.stat().st_size}
     bench = bench_packed(packed, PackedBenchConfig(batch=[1, 64], rounds=args.rounds,
                                                    int8=False))

@@ -132,8 +132,9 @@ def layer_codes(weight: Tensor, spec: QuantSpec | None) -> tuple[np.ndarray, np.
 
 
 def read_packed_layers(path: str | Path) -> tuple[list[SparseLinear], nn.Module]:
-    """The ONE adapter to :mod:`sparseprior.compress.pack`: the served layers of a packed
-    MLP and the decoded model (``unpack(path)``), for checks.
+    """The adapter to :mod:`sparseprior.compress.pack` (with :func:`serve_packed`, which decodes
+    once and then picks the MLP or the ONNX Runtime path): the served layers of a packed MLP
+    and the decoded model (``unpack(path)``), for checks.
 
     Raises ``ValueError`` for a file that does not hold a chain of Linear/ReLU layers.
     """
@@ -562,6 +563,21 @@ class ServedModel:
     def plan_rows(self) -> list[dict[str, Any]]:
         return [p.row() for p in self.plan]
 
+    def speed_report(self, x: Tensor | None = None, *, rounds: int = 50, seed: int = 0
+                     ) -> dict[str, Any]:
+        """Served vs the bare fp32 dense chain (:func:`bare_dense_chain`) at ``batch_size``
+        (default ``x``: uniform [0, 1) inputs), one thread, interleaved (see
+        :func:`speed_summary`)."""
+        if x is None:
+            g = torch.Generator().manual_seed(seed)
+            x = torch.rand(self.batch_size, self.in_features, generator=g)
+        xt = torch.from_numpy(np.ascontiguousarray(self._check_input(x)))
+        chain = bare_dense_chain(self.layers)
+        lat = measure_latency({"served": lambda: self(xt), "bare fp32 chain": lambda: chain(xt)},
+                              rounds=check_positive_int(rounds, "rounds"),
+                              calls=max(3, 200 // len(xt)), warmup=5)
+        return speed_summary(lat, "bare fp32 chain", "bare fp32 dense chain", len(xt), rounds)
+
 
 def _example_input(in_features: int, batch_size: int, example: Tensor | None, seed: int
                    ) -> np.ndarray:
@@ -598,27 +614,20 @@ def bare_dense_chain(layers: Sequence[SparseLinear]) -> Callable[[Tensor], Tenso
 
 def speed_report(served: Any, x: Tensor | None = None, *, rounds: int = 50,
                  seed: int = 0) -> dict[str, Any]:
-    """Served vs the bare fp32 dense chain at ``served.batch_size``, one thread, interleaved:
-    median ms of both and the median and quartiles of the per-round ratio. For a conv net
-    served by ONNX Runtime (:class:`~.serve_ort.OrtServedModel`) the baseline is the decoded
-    model in PyTorch eager."""
-    from sparseprior.compress.serve_ort import OrtServedModel
+    """``served.speed_report(x, rounds=, seed=)``: served vs its fp32 baseline at
+    ``served.batch_size`` (the bare dense chain for :class:`ServedModel`, the decoded model in
+    PyTorch eager for :class:`~.serve_ort.OrtServedModel`), one thread, interleaved."""
+    return served.speed_report(x, rounds=rounds, seed=seed)
 
-    if isinstance(served, OrtServedModel):
-        return served.speed_report(rounds=rounds, seed=seed)
-    if x is None:
-        g = torch.Generator().manual_seed(seed)
-        x = torch.rand(served.batch_size, served.in_features, generator=g)
-    flat = served._check_input(x)
-    xt = torch.from_numpy(np.ascontiguousarray(flat))
-    chain = bare_dense_chain(served.layers)
-    lat = measure_latency({"served": lambda: served(xt), "bare fp32 chain": lambda: chain(xt)},
-                          rounds=check_positive_int(rounds, "rounds"),
-                          calls=max(3, 200 // len(xt)), warmup=5)
-    median, q1, q3 = lat.ratio_stats("bare fp32 chain")["served"]
-    return {"batch": len(xt), "rounds": rounds, "baseline": "bare fp32 dense chain",
-            "median_ms": lat.median_ms, "speedup_median": median, "speedup_q1": q1,
-            "speedup_q3": q3}
+
+def speed_summary(lat: Any, baseline: str, label: str, batch: int, rounds: int
+                  ) -> dict[str, Any]:
+    """The report of a served-vs-``baseline`` measurement (:class:`~.latency.LatencyResult`
+    with candidates ``"served"`` and ``baseline``): median ms of both and the median and
+    quartiles of the per-round ratio; ``label`` names the baseline for people."""
+    median, q1, q3 = lat.ratio_stats(baseline)["served"]
+    return {"batch": batch, "rounds": rounds, "baseline": label, "median_ms": lat.median_ms,
+            "speedup_median": median, "speedup_q1": q1, "speedup_q3": q3}
 
 
 def serve_packed(path: str | Path, *, batch_size: int = 1, example: Tensor | None = None,

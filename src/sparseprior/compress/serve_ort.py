@@ -145,13 +145,17 @@ class OrtServedModel:
                  "ms": "" if math.isnan(v) else round(v, 4), "chosen": k == self.kind}
                 for k, v in self.ms.items()]
 
-    def speed_report(self, *, rounds: int = 50, seed: int = 0) -> dict[str, Any]:
-        """Served vs the decoded model in PyTorch eager at ``batch_size``, one thread,
-        interleaved: median ms of both and the median and quartiles of the per-round ratio."""
+    def speed_report(self, x: Tensor | None = None, *, rounds: int = 50, seed: int = 0
+                     ) -> dict[str, Any]:
+        """Served vs the decoded model in PyTorch eager at ``batch_size`` (default ``x``:
+        uniform [0, 1) inputs), one thread, interleaved (see :func:`.serve.speed_summary`)."""
         from sparseprior.compress.latency import measure_latency
+        from sparseprior.compress.serve import speed_summary
 
-        g = torch.Generator().manual_seed(seed)
-        x = torch.rand(self.batch_size, *self.input_shape, generator=g)
+        if x is None:
+            g = torch.Generator().manual_seed(seed)
+            x = torch.rand(self.batch_size, *self.input_shape, generator=g)
+        x = _check_batch(x, self.input_shape, "x")
         base = "decoded model (PyTorch)"
 
         def eager() -> Tensor:
@@ -160,11 +164,8 @@ class OrtServedModel:
 
         lat = measure_latency({"served": lambda: self(x), base: eager},
                               rounds=check_positive_int(rounds, "rounds"),
-                              calls=max(3, 64 // self.batch_size), warmup=3)
-        median, q1, q3 = lat.ratio_stats(base)["served"]
-        return {"batch": self.batch_size, "rounds": rounds, "baseline": base,
-                "median_ms": lat.median_ms, "speedup_median": median, "speedup_q1": q1,
-                "speedup_q3": q3}
+                              calls=max(3, 64 // len(x)), warmup=3)
+        return speed_summary(lat, base, base, len(x), rounds)
 
 
 def _input_shape(model: nn.Module) -> tuple[int, ...]:
