@@ -181,3 +181,30 @@ def test_result_reports_steps_and_last_thresholds(problem):
     assert result.total_steps == sum(r.steps for r in result.history) > 0
     assert result.thresholds == [float(layer["theta"]) for layer in model.layers]
     assert result.to_dict()["total_steps"] == result.total_steps
+
+
+def test_prefix_pool_trains_the_new_layer_on_cached_inputs(problem):
+    model = build_solver("ALISTA", problem.A, num_layers=3)
+    x_val, y_val = problem.validation_set()
+    before = evaluate_layers(model, x_val, y_val)
+    frozen = [p.detach().clone() for t in (1, 2) for p in model.layer_parameters(t)]
+    config = TINY.replace(init_lr=1e-2, max_steps_per_stage=40, eval_every=5, prefix_pool=64)
+    record = train_stage(model, problem, 3, 0, config, torch.Generator().manual_seed(0),
+                         (x_val, y_val))
+    after = evaluate_layers(model, x_val, y_val)
+    # The cached prefix gives the same validation NMSE as the full forward pass.
+    assert record.start_val_nmse_db == pytest.approx(before[2], abs=1e-4)
+    assert record.best_val_nmse_db == pytest.approx(after[2], abs=1e-4)
+    assert after[2] < before[2] - 0.5
+    assert after[:2] == before[:2]
+    for old, new in zip(frozen, [p for t in (1, 2) for p in model.layer_parameters(t)],
+                        strict=True):
+        assert torch.equal(old, new)
+
+
+def test_prefix_pool_is_refused_for_momentum_solvers_and_small_pools(problem):
+    model = build_solver("HyperLISTA", problem.A, num_layers=2)
+    with pytest.raises(ValueError, match="prefix_pool"):
+        train_staged(model, problem, TINY.replace(prefix_pool=32), progress=False)
+    with pytest.raises(ValueError, match="at least one batch"):
+        TINY.replace(prefix_pool=8)

@@ -180,6 +180,8 @@ class UnrolledSolver(nn.Module):
 
     name: ClassVar[str] = "unrolled"
     default_support_selection: ClassVar[bool] = False
+    #: Layer t reads only x_{t-1} and y (:meth:`step`); False for solvers with momentum.
+    markov: ClassVar[bool] = True
 
     def __init__(self, A: torch.Tensor, num_layers: int = 16, lam: float = 0.4, *,
                  support_selection: bool | None = None, ss_step: float = 1.2,
@@ -510,6 +512,7 @@ class HyperLISTA(UnrolledSolver):
 
     name = "HyperLISTA"
     default_support_selection = True
+    markov = False
     HYPERPARAMETERS: ClassVar[tuple[str, ...]] = ("c_beta", "c_theta", "c_ss")
     #: The shipped setting of the scale-free rule, chosen over a family of problem sizes and
     #: sparsities (``hyperlista_tuned.json`` holds it with the command that chose it).
