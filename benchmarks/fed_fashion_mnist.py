@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--readjust-every", type=int, default=10,
                    help="FedDST rounds between mask readjustments (scale down with --rounds)")
+    p.add_argument("--feddst-alpha", type=float, default=None,
+                   help="FedDST's readjustment fraction alpha (default: the config's 0.05); "
+                        "applies to the feddst strategies only")
     p.add_argument("--workers", type=int, default=1, help="parallel runs (1 thread each)")
     args = p.parse_args(argv)
     from sparseprior.federated.experiments import TITLES, claims, compare
@@ -74,7 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {"rounds": args.rounds, "clients": args.clients, "per_round": args.per_round,
                  "subset": args.subset, "eval_every": args.eval_every,
                  "readjust_every": args.readjust_every}
-    jobs = [{"strategy": s, "split": sp, "seed": int(seed), "overrides": overrides,
+    alpha = {} if args.feddst_alpha is None else {"alpha": args.feddst_alpha}
+    jobs = [{"strategy": s, "split": sp, "seed": int(seed),
+             "overrides": {**overrides, **(alpha if s.startswith("feddst") else {})},
              "test_images": args.test_images,
              "folder": str(out.path / sp.replace(":", "") / f"{s}-s{seed}")}
             for seed in args.seeds.split(",") for sp in args.splits.split(",")
@@ -96,8 +101,8 @@ def main(argv: list[str] | None = None) -> None:
                 plot_runs({TITLES[k]: v for k, v in hist.items()},
                           out.path / sp.replace(":", ""),
                           title=f"LeNet-5, Fashion-MNIST, {sp}, seed {seed}")
-    full = (args.rounds, args.clients, args.per_round, args.subset, args.readjust_every) == \
-        (200, 100, 10, None, 10)
+    full = (args.rounds, args.clients, args.per_round, args.subset, args.readjust_every,
+            args.feddst_alpha) == (200, 100, 10, None, 10, None)
     found = claims(comparisons, decides=full,
                    note="" if full else "reduced grid: reported, not decided")
     rows = [{"split": s["split"], "seed": s["seed"], "strategy": s["strategy"],

@@ -36,6 +36,8 @@ def main() -> None:
     p.add_argument("--prefix-pool", type=int, default=None,
                    help="stage A trains on a pool of this many samples run once through the "
                         "frozen layers (StagedTrainingConfig.prefix_pool; default: the preset's)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="training seed (StagedTrainingConfig.seed; default: the preset's)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     config = budget_for(args.solver, args.budget)
@@ -48,6 +50,8 @@ def main() -> None:
     if args.max_stage_steps is not None:
         config = config.replace(max_steps_per_stage=args.max_stage_steps,
                                 max_steps_fine_tune=args.max_stage_steps)
+    if args.seed is not None:
+        config = config.replace(seed=args.seed)
     if args.prefix_pool is not None:
         config = config.replace(prefix_pool=args.prefix_pool)
     problem = SparseRecoveryProblem.generate(ProblemConfig())
@@ -60,7 +64,7 @@ def main() -> None:
     save_solver(model, args.out / "model", meta={"stages": args.stages, "budget": args.budget})
     figures = evaluate(model, SparseRecoveryProblem.generate(ProblemConfig()))
     out = {"solver": args.solver, "budget": args.budget, "stages": args.stages,
-           "prefix_pool": config.prefix_pool,
+           "prefix_pool": config.prefix_pool, "seed": config.seed,
            "threads": torch.get_num_threads(), "wall_s": wall, "cpu_s": cpu,
            "steps": sum(r.steps for r in result.history),
            "val_nmse_db": result.val_nmse_db[-1], **figures}
