@@ -54,6 +54,7 @@ __all__ = [
     "StagedTrainingConfig",
     "TrainingResult",
     "budget_for",
+    "check_prefix_pool",
     "evaluate_layers",
     "stage_lr",
     "stage_name",
@@ -334,6 +335,14 @@ def evaluate_layers(model: UnrolledSolver, x: torch.Tensor, y: torch.Tensor,
     return [10.0 * math.log10(max(float(e) / ref, 1e-30)) for e in err]
 
 
+def check_prefix_pool(model: UnrolledSolver, config: StagedTrainingConfig) -> None:
+    """``ValueError`` when ``config.prefix_pool`` is set for a solver whose layer reads more
+    than x_{t-1} (:attr:`UnrolledSolver.markov` is False): its prefix cannot be cached."""
+    if config.prefix_pool is not None and not model.markov:
+        raise ValueError(f"prefix_pool caches x_(t-1), but a {model.name} layer also reads "
+                         f"earlier state (momentum); set prefix_pool=None for this solver")
+
+
 class _FreshBatches:
     """A stage's data: fresh samples through layers 1..t at every step (the published way)."""
 
@@ -362,6 +371,7 @@ class _PrefixPool:
     def __init__(self, model: UnrolledSolver, problem: SparseRecoveryProblem, layer: int,
                  config: StagedTrainingConfig, generator: torch.Generator,
                  val: tuple[torch.Tensor, torch.Tensor]) -> None:
+        check_prefix_pool(model, config)
         self.model, self.layer, self.generator = model, layer, generator
         self.batch_size = config.batch_size
         self.x, self.y = problem.sample(config.prefix_pool, generator, device=model.A.device)
@@ -560,9 +570,7 @@ def train_staged(model: UnrolledSolver, problem: SparseRecoveryProblem,
     if (model.m, model.n) != (problem.m, problem.n):
         raise ValueError(f"model is built for (m, n) = ({model.m}, {model.n}) but the problem "
                          f"has (m, n) = ({problem.m}, {problem.n})")
-    if config.prefix_pool is not None and not model.markov:
-        raise ValueError(f"prefix_pool caches x_(t-1), but a {model.name} layer also reads "
-                         f"earlier state (momentum); set prefix_pool=None for this solver")
+    check_prefix_pool(model, config)  # before the run folder is touched
     dev = resolve_device(device)
     model.to(dev)
     run = _as_run(run_dir)
