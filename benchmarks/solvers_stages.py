@@ -36,6 +36,9 @@ def main() -> None:
     p.add_argument("--prefix-pool", type=int, default=None,
                    help="stage A trains on a pool of this many samples run once through the "
                         "frozen layers (StagedTrainingConfig.prefix_pool; default: the preset's)")
+    p.add_argument("--fine-tune-window", type=int, default=None,
+                   help="fine-tuning stages train only the last K layers "
+                        "(StagedTrainingConfig.fine_tune_window; default: the preset's)")
     p.add_argument("--seed", type=int, default=None,
                    help="training seed (StagedTrainingConfig.seed; default: the preset's)")
     p.add_argument("--out", type=Path, required=True)
@@ -54,6 +57,8 @@ def main() -> None:
         config = config.replace(seed=args.seed)
     if args.prefix_pool is not None:
         config = config.replace(prefix_pool=args.prefix_pool)
+    if args.fine_tune_window is not None:
+        config = config.replace(fine_tune_window=args.fine_tune_window)
     problem = SparseRecoveryProblem.generate(ProblemConfig())
     model = build_solver(args.solver, problem.A, num_layers=args.layers)
     wall, cpu = time.perf_counter(), time.process_time()
@@ -64,10 +69,13 @@ def main() -> None:
     save_solver(model, args.out / "model", meta={"stages": args.stages, "budget": args.budget})
     figures = evaluate(model, SparseRecoveryProblem.generate(ProblemConfig()))
     out = {"solver": args.solver, "budget": args.budget, "stages": args.stages,
-           "prefix_pool": config.prefix_pool, "seed": config.seed,
+           "prefix_pool": config.prefix_pool, "fine_tune_window": config.fine_tune_window,
+           "seed": config.seed,
            "threads": torch.get_num_threads(), "wall_s": wall, "cpu_s": cpu,
            "steps": sum(r.steps for r in result.history),
-           "val_nmse_db": result.val_nmse_db[-1], **figures}
+           "val_nmse_db": result.val_nmse_db[-1], **figures,
+           "stages_run": [{k: v for k, v in r.to_dict().items() if k != "curve"}
+                          for r in result.history]}
     (args.out / "result.json").write_text(json.dumps(out, indent=1))
     print(f"{args.solver}, {args.stages} stage(s) per layer: {out['steps']} steps, "
           f"{wall:.0f} s wall, {cpu:.0f} s CPU; validation {out['val_nmse_db']:.2f} dB")

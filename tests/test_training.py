@@ -202,6 +202,34 @@ def test_prefix_pool_trains_the_new_layer_on_cached_inputs(problem):
         assert torch.equal(old, new)
 
 
+@pytest.mark.parametrize("pool", [None, 64])
+def test_fine_tune_window_trains_only_the_last_layers(problem, pool):
+    model = build_solver("ALISTA", problem.A, num_layers=4)
+    x_val, y_val = problem.validation_set()
+    before = evaluate_layers(model, x_val, y_val)
+    params = {t: [p.detach().clone() for p in model.layer_parameters(t)] for t in (1, 2, 3, 4)}
+    config = TINY.replace(fine_tune_lrs=(1e-2,), max_steps_fine_tune=30, eval_every=5,
+                          fine_tune_window=2, prefix_pool=pool)
+    assert [g["layer"] for g in stage_param_groups(model, 4, 1, config)] == [3, 4]
+    assert [g["layer"] for g in stage_param_groups(model, 1, 1, config)] == [1]
+    assert config.caches_prefix(1) is (pool is not None)
+    record = train_stage(model, problem, 4, 1, config, torch.Generator().manual_seed(0),
+                         (x_val, y_val))
+    after = evaluate_layers(model, x_val, y_val)
+    # The pool (or full forward pass) gives the validation NMSE of the whole model.
+    assert record.start_val_nmse_db == pytest.approx(before[3], abs=1e-4)
+    assert record.best_val_nmse_db == pytest.approx(after[3], abs=1e-4)
+    assert after[3] < before[3] - 0.5
+    assert after[:2] == before[:2]                      # layers 1, 2: outside the window
+    for t in (1, 2):
+        assert all(torch.equal(o, n) for o, n in zip(params[t], model.layer_parameters(t),
+                                                     strict=True))
+    assert any(not torch.equal(o, n) for o, n in zip(params[3], model.layer_parameters(3),
+                                                     strict=True))
+    with pytest.raises(ValueError, match="fine_tune_window"):
+        TINY.replace(fine_tune_window=0)
+
+
 def test_prefix_pool_is_refused_for_momentum_solvers_and_small_pools(problem):
     model = build_solver("HyperLISTA", problem.A, num_layers=2)
     with pytest.raises(ValueError, match="prefix_pool"):
