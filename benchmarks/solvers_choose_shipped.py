@@ -5,7 +5,8 @@ Selection data: the validation sets of the reduced transfer grid's problems draw
 seed (``--seed``, default 1: other A, other samples); ``benchmarks/solvers_transfer.py``
 reports on the seed-0 test sets, which the choice never sees. Gap on a problem:
 NMSE(setting) - NMSE(calibrated), counted as 0 when both are below -60 dB (the transfer
-target's own rule). Ranking: worst gap, then mean gap.
+target's own rule). Ranking: worst gap, then mean gap. Both HyperLISTAs are given each
+problem's noise level (its SNR) and sparsity p, properties of the problem like A.
 
     OMP_NUM_THREADS=1 python benchmarks/solvers_choose_shipped.py --out runs/choose-shipped
 """
@@ -46,7 +47,7 @@ def score_problem(spec: dict[str, Any], settings: list[dict[str, float]], sample
     x, y = problem.validation_set()
     calibrated = HyperLISTA.calibrate(problem.A, p=spec["p"], snr_db=spec.get("snr_db"),
                                       seed=seed + 17)
-    model = HyperLISTA(problem.A, num_layers=16)
+    model = HyperLISTA.for_problem(problem, num_layers=16)   # knows its SNR and p
     return {"problem": f"{problem.m}x{problem.n} p={spec['p']} {spec['label']}",
             "calibrated_db": hyper_db(calibrated, x, y),
             "calibrated": calibrated.calibration["best"],

@@ -2,7 +2,9 @@
 
 For each problem of the grid (Gaussian A with unit-norm columns, Bernoulli(p)-Gaussian x*):
 
-* shipped HyperLISTA (``HyperLISTA.DEFAULTS``, scale-free rule, 16 layers, no retuning);
+* shipped HyperLISTA (``HyperLISTA.DEFAULTS``, scale-free rule, 16 layers, no retuning), told
+  the problem's SNR and sparsity p (``HyperLISTA.for_problem``: properties of the problem, as
+  FISTA's lambda is chosen on data at that SNR and sparsity), and blind (neither given);
 * HyperLISTA calibrated for the problem's A with ``HyperLISTA.calibrate`` (samples drawn from
   the prior with another seed; no x* of the validation or test set is used);
 * FISTA and FISTA with lambda-continuation (x0.95 per iteration), 1000 iterations each, lambda
@@ -82,7 +84,8 @@ def run_problem(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
     val, test = problem.validation_set(), problem.test_set()
     A = problem.A
     start = time.perf_counter()
-    shipped = hyper_db(HyperLISTA(A, num_layers=16), *test)
+    shipped = hyper_db(HyperLISTA.for_problem(problem, num_layers=16), *test)
+    blind = hyper_db(HyperLISTA(A, num_layers=16), *test)
     cal_model = HyperLISTA.calibrate(A, p=spec["p"], snr_db=spec.get("snr_db"),
                                      rounds=args.calib_rounds, seed=args.seed + 17)
     calibrated = hyper_db(cal_model, *test)
@@ -92,7 +95,7 @@ def run_problem(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
     noisy = spec.get("snr_db") is not None
     floor = nmse_db(support_oracle_ls(A, test[1], test[0]), test[0]) if noisy else None
     row = {"problem": f"{problem.m}x{problem.n} p={spec['p']} {spec['label']}",
-           "shipped_db": shipped, "calibrated_db": calibrated,
+           "shipped_db": shipped, "shipped_blind_db": blind, "calibrated_db": calibrated,
            "calibrated": cal_model.calibration["best"],
            "calibration_s": cal_model.calibration["seconds"],
            "fista1000_db": fista_plain["test_db"], "fista_cont1000_db": fista_cont["test_db"],
@@ -101,7 +104,8 @@ def run_problem(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
            "near_calibrated": shipped <= calibrated + 3.0 or max(shipped, calibrated) < -60,
            "near_oracle": (calibrated <= floor + 5.0) if noisy else None,
            "seconds": time.perf_counter() - start}
-    print(f"{row['problem']:<34} shipped {shipped:8.2f}  calibrated {calibrated:8.2f}  "
+    print(f"{row['problem']:<34} shipped {shipped:8.2f} (blind {blind:8.2f})  "
+          f"calibrated {calibrated:8.2f}  "
           f"FISTA {fista_plain['test_db']:8.2f}  FISTA-cont {fista_cont['test_db']:8.2f}"
           + (f"  oracle {floor:7.2f}" if noisy else "")
           + f"  beats {'yes' if row['beats_fista'] else 'NO'}"
@@ -115,7 +119,7 @@ def robustness(args: argparse.Namespace) -> list[dict[str, Any]]:
     for fields in ({"m": 250, "n": 500, "p": 0.1}, {"m": 150, "n": 500, "p": 0.1}):
         problem = SparseRecoveryProblem.generate(ProblemConfig(**fields, n_test=args.samples))
         x, y = problem.test_set()
-        model = HyperLISTA(problem.A)
+        model = HyperLISTA.for_problem(problem)
         for key in HyperLISTA.HYPERPARAMETERS:
             row: dict[str, Any] = {"problem": f"{problem.m}x{problem.n} p={fields['p']}",
                                    "hyperparameter": key}

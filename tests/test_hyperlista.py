@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from sparseprior.solvers.analytic import analytic_weight
+from sparseprior.solvers.metrics import nmse_db
 from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem
 from sparseprior.solvers.unrolled import HyperLISTA, build_solver, load_solver, save_solver
 
@@ -42,7 +43,7 @@ def test_inference_reads_only_y(problem):
     assert not torch.allclose(x1, x2)
 
 
-def reference(A, y, T, c_beta, c_theta, c_ss, theta_scale=1.0, beta_scale=1.0):
+def reference(A, y, T, c_beta, c_theta, c_ss, theta_scale=1.0, beta_scale=1.0, noise_std=None):
     """Straightforward per-sample loop of the HyperLISTA update."""
     W = analytic_weight(A).double()
     A = A.double()
@@ -58,6 +59,8 @@ def reference(A, y, T, c_beta, c_theta, c_ss, theta_scale=1.0, beta_scale=1.0):
             r = yb - A @ x
             u = (pinv @ r).abs().sum()
             theta = c_theta * theta_scale * u
+            if noise_std is not None:   # per entry: at least c_theta noise std of W^T r
+                theta = torch.clamp(c_theta * noise_std * W.norm(dim=0), min=theta)
             p = min(max(c_ss * math.log(u0 / u), 0.0), 1.0)
             k = math.floor(p * n + 1e-6)
             beta = c_beta * beta_scale * int((x != 0).sum())
@@ -74,24 +77,26 @@ def reference(A, y, T, c_beta, c_theta, c_ss, theta_scale=1.0, beta_scale=1.0):
     return torch.stack(outs, dim=1)          # (T, batch, n)
 
 
-@pytest.mark.parametrize("rule", ["scale-free", "legacy"])
-def test_matches_the_per_sample_reference(problem, rule):
+@pytest.mark.parametrize(("rule", "noise_std"), [("scale-free", None), ("legacy", None),
+                                                 ("scale-free", 0.02)])
+def test_matches_the_per_sample_reference(problem, rule, noise_std):
     _, y = problem.sample(6, 1)
     hp = ({"c_beta": 0.01, "c_theta": 0.01, "c_ss": 0.8} if rule == "legacy"
           else {"c_beta": 0.3, "c_theta": 3.0, "c_ss": 0.8})
-    model = HyperLISTA(problem.A, num_layers=6, rule=rule, **hp)
+    model = HyperLISTA(problem.A, num_layers=6, rule=rule, noise_std=noise_std, **hp)
     with torch.no_grad():
         got = torch.stack(model(y)).double()
     ref = reference(problem.A, y, 6, **hp, theta_scale=model.theta_scale,
-                    beta_scale=model.beta_scale)
+                    beta_scale=model.beta_scale, noise_std=noise_std)
     torch.testing.assert_close(got, ref, atol=2e-4, rtol=1e-3)
 
 
 @pytest.mark.parametrize("c_ss", [0.0, 0.8, 50.0])  # no row selects / some do / all do
 @pytest.mark.parametrize("shared_matmul", [True, False])
-def test_inference_path_matches_the_autograd_path(problem, c_ss, shared_matmul):
+@pytest.mark.parametrize("snr_db", [None, 20.0])
+def test_inference_path_matches_the_autograd_path(problem, c_ss, shared_matmul, snr_db):
     _, y = problem.sample(64, 2)
-    model = HyperLISTA(problem.A, num_layers=8, c_ss=c_ss)
+    model = HyperLISTA(problem.A, num_layers=8, c_ss=c_ss, snr_db=snr_db)
     assert model.w_per_pinv.numel() == problem.A.shape[1]  # closed-form W = A^+T diag(d)
     torch.testing.assert_close(model.A_pinv_T * model.w_per_pinv, model.W, atol=1e-6,
                                rtol=1e-4)
@@ -165,3 +170,73 @@ def test_round_trip_and_bad_input(problem, tmp_path):
         HyperLISTA(problem.A, c_theta=float("nan"))
     with pytest.raises(ValueError, match="gamma"):
         HyperLISTA(problem.A, gamma=0.0)
+
+
+def test_noise_floor_follows_the_given_noise_level(problem):
+    _, y = problem.sample(5, 4)
+    w_norms = analytic_weight(problem.A).norm(dim=0)
+    assert HyperLISTA(problem.A).noise_floor(y) is None
+    by_std = HyperLISTA(problem.A, noise_std=0.1).noise_floor(y)
+    torch.testing.assert_close(by_std, 0.1 * w_norms.expand(5, -1), rtol=1e-5, atol=0)
+    # snr_db: sigma_b from ||y_b||: E||y||^2 = ||Ax||^2 (1 + 10^(-snr/10)),
+    # m sigma^2 = ||Ax||^2 10^(-snr/10)
+    by_snr = HyperLISTA(problem.A, snr_db=20.0).noise_floor(y)
+    sigma = y.norm(dim=1, keepdim=True) / math.sqrt(problem.m * 101.0)
+    torch.testing.assert_close(by_snr, sigma * w_norms, rtol=1e-5, atol=0)
+    # A noise level far above the signal thresholds every entry to zero.
+    with torch.no_grad():
+        assert not HyperLISTA(problem.A, noise_std=1e3)(y)[-1].any()
+
+
+def test_noise_level_helps_on_a_noisy_problem():
+    noisy = SparseRecoveryProblem.generate(ProblemConfig(m=100, n=200, p=0.1, snr_db=20.0,
+                                                         seed=2, n_val=1, n_test=256))
+    x, y = noisy.test_set()
+    blind = HyperLISTA(noisy.A)
+    aware = HyperLISTA.for_problem(noisy)
+    assert aware.snr_db == 20.0 and blind.snr_db is None
+    aware.p = None                 # the noise level alone
+    with torch.no_grad():
+        gain = nmse_db(blind(y)[-1], x) - nmse_db(aware(y)[-1], x)
+    assert gain > 1.0, f"knowing the SNR gained only {gain:.2f} dB"
+
+
+def test_noise_level_round_trips_and_is_validated(problem, tmp_path):
+    save_solver(HyperLISTA(problem.A, num_layers=4, snr_db=30.0), tmp_path / "n")
+    assert load_solver(tmp_path / "n.safetensors").snr_db == 30.0
+    with pytest.raises(ValueError, match="not both"):
+        HyperLISTA(problem.A, snr_db=20.0, noise_std=0.1)
+    with pytest.raises(ValueError, match="noise_std"):
+        HyperLISTA(problem.A, noise_std=-1.0)
+    with pytest.raises(ValueError, match="snr_db"):
+        HyperLISTA(problem.A, snr_db=float("inf"))
+
+
+def test_sparsity_factor_scales_the_threshold(problem):
+    _, y = problem.sample(16, 5)
+    # m = 30, n = 60: rho = p n / m = 2p; g = 1 at rho = 1/4.
+    assert HyperLISTA(problem.A).sparsity_factor == 1.0
+    assert HyperLISTA(problem.A, p=0.125).sparsity_factor == pytest.approx(1.0)
+    sparse = HyperLISTA(problem.A, p=0.025, num_layers=6)      # rho = 0.05
+    g = math.sqrt(math.log(20.0) / math.log(4.0))
+    assert sparse.sparsity_factor == pytest.approx(g)
+    assert HyperLISTA(problem.A, p=0.2).sparsity_factor < 1.0
+    same = HyperLISTA(problem.A, num_layers=6, c_theta=HyperLISTA.DEFAULTS["c_theta"] * g)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(y)[-1], same(y)[-1], atol=1e-6, rtol=1e-5)
+    assert HyperLISTA.for_problem(problem).p == problem.config.p
+    with pytest.raises(ValueError, match="p n < m"):
+        HyperLISTA(problem.A, p=0.5)
+    with pytest.raises(ValueError, match=r"in \(0, 1\)"):
+        HyperLISTA(problem.A, p=0.0)
+
+
+def test_knowing_the_sparsity_helps_near_the_phase_transition():
+    # m/n = 0.3, p = 0.1: 0.33 non-zeros per measurement, where the shipped c_theta is too high.
+    hard = SparseRecoveryProblem.generate(ProblemConfig(m=60, n=200, p=0.1, seed=4, n_val=1,
+                                                        n_test=256))
+    x, y = hard.test_set()
+    with torch.no_grad():
+        gain = (nmse_db(HyperLISTA(hard.A)(y)[-1], x)
+                - nmse_db(HyperLISTA.for_problem(hard)(y)[-1], x))
+    assert gain > 1.0, f"knowing p gained only {gain:.2f} dB"

@@ -208,7 +208,7 @@ def fit_solver(name: str, problem: SparseRecoveryProblem, config: FitConfig | No
                      f"{name} with T={config.num_layers} for (m, n) = ({problem.m}, "
                      f"{problem.n}) (parameters, gradients and Adam state)")
     run = RunDir(run_dir) if isinstance(run_dir, (str, Path)) else run_dir
-    model = spec.cls(problem.A, num_layers=config.num_layers).to(device)
+    model = spec.cls.for_problem(problem, num_layers=config.num_layers).to(device)
     start = time.perf_counter()
     if spec.fit is None:  # trained solvers use the staged trainer
         result = train_staged(model, problem, training_config(spec, config),

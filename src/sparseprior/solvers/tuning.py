@@ -217,7 +217,7 @@ def tune_hyperlista(problem: SparseRecoveryProblem, config: TuningConfig | None 
     run = RunDir(run_dir) if isinstance(run_dir, (str, Path)) else run_dir
     storage = storage or _default_storage(run)
     dev = resolve_device(device)
-    model = HyperLISTA(problem.A, num_layers=config.num_layers).to(dev)
+    model = HyperLISTA.for_problem(problem, num_layers=config.num_layers).to(dev)
     x, y = _validation(problem, config.val_samples, dev)
     default_value = evaluate_hyperparameters(model, HyperLISTA.DEFAULTS, x, y)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -284,7 +284,7 @@ def grid_search_hyperlista(problem: SparseRecoveryProblem, center: dict[str, flo
                          f"{list(HyperLISTA.HYPERPARAMETERS)}")
     run = RunDir(run_dir) if isinstance(run_dir, (str, Path)) else run_dir
     dev = resolve_device(device)
-    model = HyperLISTA(problem.A, num_layers=num_layers).to(dev)
+    model = HyperLISTA.for_problem(problem, num_layers=num_layers).to(dev)
     x, y = _validation(problem, val_samples, dev)
     start = time.perf_counter()
     default_value = evaluate_hyperparameters(model, HyperLISTA.DEFAULTS, x, y)
@@ -343,7 +343,7 @@ def calibrate_hyperlista(A: torch.Tensor, *, p: float = 0.1, snr_db: float | Non
     config = ProblemConfig(m=m, n=n, p=p, snr_db=snr_db, seed=seed, n_val=samples, n_test=1)
     prior = SparseRecoveryProblem(A, config)
     dev = resolve_device(device)
-    model = HyperLISTA(A, num_layers=num_layers).to(dev)
+    model = HyperLISTA.for_problem(prior, num_layers=num_layers).to(dev)
     x, y = _validation(prior, None, dev)
     start = time.perf_counter()
     best = dict(center or HyperLISTA.DEFAULTS)

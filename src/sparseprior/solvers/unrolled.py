@@ -231,6 +231,18 @@ class UnrolledSolver(nn.Module):
         """Fill in constructor arguments that older checkpoints did not store (identity)."""
         return config
 
+    @classmethod
+    def for_problem(cls, problem: Any, **kwargs: Any) -> UnrolledSolver:
+        """The solver for ``problem`` (a :class:`~sparseprior.solvers.problems.
+        SparseRecoveryProblem`): built on its A, plus what the class reads from its
+        description (:meth:`problem_options`). ``kwargs`` go to the constructor."""
+        return cls(problem.A, **{**cls.problem_options(problem.config), **kwargs})
+
+    @classmethod
+    def problem_options(cls, config: Any) -> dict[str, Any]:
+        """Constructor arguments taken from a problem's config (none by default)."""
+        return {}
+
     def layer_parameters(self, t: int) -> list[nn.Parameter]:
         """Parameters introduced by layer ``t`` (1-based); tied (shared) ones belong to layer 1."""
         self._check_layer(t)
@@ -412,9 +424,9 @@ class ALISTA(UnrolledSolver):
 def shrink_ss_rows(z: torch.Tensor, theta: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """eta_ss with a per-sample threshold and selection size.
 
-    z: (batch, n); theta: (batch, 1) thresholds; k: (batch,) integer counts in [0, n]. In row
-    b the entries among the ``k[b]`` largest magnitudes that also exceed ``theta[b]`` pass
-    through unchanged; the rest are soft thresholded by ``theta[b]``.
+    z: (batch, n); theta: (batch, 1) thresholds, or (batch, n) per entry; k: (batch,) integer
+    counts in [0, n]. In row b the entries among the ``k[b]`` largest magnitudes that also
+    exceed their threshold pass through unchanged; the rest are soft thresholded.
     """
     with torch.no_grad():
         mag = z.detach().abs()
@@ -484,13 +496,43 @@ HYPERLISTA_RULES: dict[str, Any] = {"scale-free": _scale_free_scales,
                                     "legacy": _legacy_scales}
 
 
+def _check_sparsity(p: float, m: int, n: int) -> float:
+    """p as a float in (0, 1) with p n < m (fewer expected non-zeros than measurements)."""
+    p = float(p)
+    if not (math.isfinite(p) and 0.0 < p < 1.0):
+        raise ValueError(f"p (expected fraction of non-zeros of x) must be in (0, 1), got {p!r}")
+    if p * n >= m:
+        raise ValueError(f"p = {p:g} means {p * n:g} expected non-zeros for m = {m} "
+                         f"measurements: sparse recovery needs p n < m")
+    return p
+
+
+def _noise_level(snr_db: float | None, noise_std: float | None
+                 ) -> tuple[float | None, float | None]:
+    """Validated (snr_db, noise_std) of a HyperLISTA: at most one given, finite, std >= 0."""
+    if snr_db is not None and noise_std is not None:
+        raise ValueError("give the noise level as snr_db or as noise_std, not both")
+    if snr_db is not None and not math.isfinite(float(snr_db)):
+        raise ValueError(f"snr_db must be a finite number of dB (None: noiseless), got {snr_db!r}")
+    if noise_std is not None and not (math.isfinite(float(noise_std)) and noise_std >= 0):
+        raise ValueError(f"noise_std must be a finite standard deviation >= 0 (None: "
+                         f"noiseless), got {noise_std!r}")
+    return (None if snr_db is None else float(snr_db),
+            None if noise_std is None else float(noise_std))
+
+
 class HyperLISTA(UnrolledSolver):
     """HyperLISTA (Chen, Liu, Wang & Yin, NeurIPS 2021): ALISTA with momentum whose
     per-layer quantities are computed from the current iterate of each sample, from exactly
     three hyperparameters (c_beta, c_theta, c_ss):
 
     * r_t = y - A x_t, u_t = ||A^+ r_t||_1 (per sample), u_0 = ||A^+ y||_1;
-    * threshold theta_t = c_theta * s_theta(A) * gamma * u_t;
+    * threshold theta_t = c_theta * g(rho) * gamma * max(s_theta(A) u_t, sigma ||w_i||_2):
+      c_theta times the larger of the cross-talk estimate and, when the noise level is given
+      (``snr_db`` or ``noise_std``), the standard deviation sigma ||w_i|| that measurement
+      noise of standard deviation sigma leaves in entry i of W^T r (per entry, per sample);
+      g(rho) = sqrt(ln(1/rho) / ln 4) when the expected sparsity ``p`` is given (rho = p n / m,
+      non-zeros per measurement; g = 1 at rho = 1/4), else 1;
     * momentum beta_t = c_beta * s_beta(A) * ||x_t||_0;
     * support-selection ratio p_t = clip(c_ss * log(u_0 / u_t), 0, 1): the top
       floor(p_t * n) entries by magnitude that exceed theta_t skip the shrinkage;
@@ -504,7 +546,9 @@ class HyperLISTA(UnrolledSolver):
     sizes; "legacy" (s = 1) is the earlier un-normalised rule, kept to load old checkpoints.
 
     W is ALISTA's analytic weight and gamma = 1 (W^T A has a unit diagonal); A^+ is the
-    pseudo-inverse. Inference reads only y: nothing here depends on x*. The three
+    pseudo-inverse. Inference reads only y (and the noise level and sparsity p, properties
+    of the problem like A, when given: :meth:`for_problem` passes both); nothing here depends
+    on x*. The three
     hyperparameters are ``nn.Parameter`` s (``n_params == 3``) so they can be tuned
     (:mod:`sparseprior.solvers.tuning`, :meth:`calibrate`) or trained by backpropagation; the
     support-selection count is not differentiated through.
@@ -516,13 +560,16 @@ class HyperLISTA(UnrolledSolver):
     HYPERPARAMETERS: ClassVar[tuple[str, ...]] = ("c_beta", "c_theta", "c_ss")
     #: The shipped setting of the scale-free rule, chosen over a family of problem sizes and
     #: sparsities (``hyperlista_tuned.json`` holds it with the command that chose it).
-    DEFAULTS: ClassVar[dict[str, float]] = {"c_beta": 1.0, "c_theta": 3.6, "c_ss": 3.0}
+    DEFAULTS: ClassVar[dict[str, float]] = {"c_beta": 1.25, "c_theta": 3.6, "c_ss": 3.0}
 
     def __init__(self, A: torch.Tensor, num_layers: int = 16, lam: float = 0.4, *,
                  c_beta: float | None = None, c_theta: float | None = None,
                  c_ss: float | None = None, gamma: float = 1.0, rule: str = "scale-free",
-                 **kwargs: Any) -> None:
+                 snr_db: float | None = None, noise_std: float | None = None,
+                 p: float | None = None, **kwargs: Any) -> None:
         super().__init__(A, num_layers, lam, **kwargs)
+        self.snr_db, self.noise_std = _noise_level(snr_db, noise_std)
+        self.p = None if p is None else _check_sparsity(p, self.m, self.n)
         if rule not in HYPERLISTA_RULES:
             raise ValueError(f"rule must be one of {sorted(HYPERLISTA_RULES)}, got {rule!r}")
         given = {"c_beta": c_beta, "c_theta": c_theta, "c_ss": c_ss}
@@ -540,12 +587,50 @@ class HyperLISTA(UnrolledSolver):
         self.register_buffer("A_pinv_T", pinv.T.contiguous(), persistent=False)  # (m, n)
         self.register_buffer("w_per_pinv", _column_ratio(self.W, self.A_pinv_T),
                              persistent=False)
+        self.register_buffer("w_norms", self.W.norm(dim=0), persistent=False)   # (n,)
         self.theta_scale, self.beta_scale = HYPERLISTA_RULES[rule](self.A, self.W)
 
     @classmethod
     def upgrade_config(cls, config: dict[str, Any]) -> dict[str, Any]:
         """Checkpoints written before ``rule`` existed used the legacy rule."""
         return {"rule": "legacy", **config}
+
+    #: rho (expected non-zeros per measurement) at which the sparsity factor g(rho) is 1.
+    RHO_REFERENCE: ClassVar[float] = 0.25
+
+    @classmethod
+    def problem_options(cls, config: Any) -> dict[str, Any]:
+        """The problem's noise level (``snr_db``, None when noiseless) and sparsity ``p``
+        (left out, with a warning, when p n >= m: no sparse recovery to adapt to)."""
+        rho = config.p * config.n / config.m
+        if rho >= 1.0:
+            log.warning("HyperLISTA: p n / m = %.3g >= 1; thresholds ignore the sparsity", rho)
+        return {"snr_db": config.snr_db, "p": config.p if rho < 1.0 else None}
+
+    @property
+    def sparsity_factor(self) -> float:
+        """g(rho) = sqrt(ln(1/rho) / ln(1/RHO_REFERENCE)), rho = p n / m; 1 when p is not
+        given. Sparser problems (fewer non-zeros per measurement) get higher thresholds, as
+        the minimax soft threshold sqrt(2 ln(1/eps)) of AMP theory does."""
+        if self.p is None:
+            return 1.0
+        rho = self.p * self.n / self.m
+        return math.sqrt(math.log(1.0 / rho) / math.log(1.0 / self.RHO_REFERENCE))
+
+    def noise_floor(self, y: torch.Tensor) -> torch.Tensor | None:
+        """gamma sigma_b ||w_i||_2 (batch, n): the standard deviation measurement noise leaves
+        in each entry of gamma W^T r; None when no noise level was given. With ``snr_db``,
+        sigma_b = ||y_b|| / sqrt(m (10^(snr/10) + 1)) (the SNR of each sample relative to its
+        ||A x||, as :class:`~sparseprior.solvers.problems.SparseRecoveryProblem` draws it);
+        with ``noise_std``, sigma_b = noise_std."""
+        if self.snr_db is not None:
+            sigma = y.norm(dim=1, keepdim=True) / math.sqrt(self.m * (10.0 ** (self.snr_db / 10.0)
+                                                                     + 1.0))
+        elif self.noise_std is not None:
+            sigma = y.new_full((y.shape[0], 1), self.noise_std)
+        else:
+            return None
+        return (self.gamma * sigma) * self.w_norms
 
     @property
     def hyperparameters(self) -> dict[str, float]:
@@ -555,6 +640,7 @@ class HyperLISTA(UnrolledSolver):
     @property
     def config(self) -> dict[str, Any]:
         return {**super().config, "gamma": self.gamma, "rule": self.rule,
+                "snr_db": self.snr_db, "noise_std": self.noise_std, "p": self.p,
                 **self.hyperparameters}
 
     def layer_parameters(self, t: int) -> list[nn.Parameter]:
@@ -569,16 +655,16 @@ class HyperLISTA(UnrolledSolver):
         if not torch.is_grad_enabled():
             return self._forward_inference(y, T)
         c_beta, c_theta, c_ss = (self.shared[k] for k in self.HYPERPARAMETERS)
-        theta_c = c_theta * (self.theta_scale * self.gamma)
         beta_c = c_beta * self.beta_scale
         tiny = torch.finfo(y.dtype).tiny
+        floor = self.noise_floor(y)
         x = x_prev = y.new_zeros(y.shape[0], self.n)
         u0 = (y @ self.A_pinv_T).abs().sum(dim=1).clamp_min(tiny)
         outputs = []
         for _ in range(T):
             r = self.residual(x, y)
             u = (r @ self.A_pinv_T).abs().sum(dim=1).clamp_min(tiny)
-            theta = (theta_c * u).unsqueeze(1)
+            theta = (c_theta * self.sparsity_factor) * self._spread(u, floor)
             with torch.no_grad():
                 ratio = (c_ss.detach() * torch.log(u0 / u)).clamp(0.0, 1.0)
                 k = torch.floor(ratio * self.n + 1e-6)
@@ -589,6 +675,12 @@ class HyperLISTA(UnrolledSolver):
             outputs.append(x)
         return outputs
 
+    def _spread(self, u: torch.Tensor, floor: torch.Tensor | None) -> torch.Tensor:
+        """What theta_t is c_theta times: gamma s_theta u_t (batch, 1), or its maximum with the
+        noise floor (batch, n)."""
+        spread = (self.gamma * self.theta_scale) * u.unsqueeze(1)
+        return spread if floor is None else torch.maximum(spread, floor)
+
     def _forward_inference(self, y: torch.Tensor, T: int) -> list[torch.Tensor]:
         """:meth:`forward` without autograd, in fewer passes over memory: one matmul for the
         residual (``addmm``) and one for ``A^+ r`` (the closed-form analytic W is
@@ -597,10 +689,11 @@ class HyperLISTA(UnrolledSolver):
         the autograd path up to float rounding (``tests/test_hyperlista.py``)."""
         n = self.n
         shared_mm = self.w_per_pinv.numel() == n  # W = A^+T diag(d): one matmul gives both
-        theta_c = float(self.shared["c_theta"]) * self.theta_scale * self.gamma
+        c_theta = float(self.shared["c_theta"]) * self.sparsity_factor
         beta_c = float(self.shared["c_beta"]) * self.beta_scale
         c_ss = float(self.shared["c_ss"])
         tiny = torch.finfo(y.dtype).tiny
+        floor = self.noise_floor(y)
         pinv_w = self.A_pinv_T if shared_mm else torch.cat([self.A_pinv_T, self.gamma * self.W],
                                                            dim=1)  # (m, n) or (m, 2n)
         step = self.gamma * self.w_per_pinv
@@ -611,7 +704,7 @@ class HyperLISTA(UnrolledSolver):
         for _ in range(T):
             q = torch.addmm(y, x, minus_at) @ pinv_w  # r = y - A x, then A^+ r (| gamma W^T r)
             u = torch.linalg.vector_norm(q[:, :n], ord=1, dim=1).clamp_min(tiny)
-            theta = (theta_c * u).unsqueeze(1)
+            theta = c_theta * self._spread(u, floor)
             k = torch.floor((c_ss * torch.log(u0 / u)).clamp(0.0, 1.0) * n + 1e-6)
             beta = beta_c * torch.linalg.vector_norm(x, ord=0, dim=1, keepdim=True)  # ||x||_0
             z = torch.addcmul(x, q, step) if shared_mm else q[:, n:].add_(x)
