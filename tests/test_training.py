@@ -11,6 +11,7 @@ from sparseprior.solvers.training import (
     stage_param_groups,
     train_stage,
     train_staged,
+    trained_layers,
     warm_start_layer,
 )
 from sparseprior.solvers.unrolled import build_solver, load_solver
@@ -228,6 +229,20 @@ def test_fine_tune_window_trains_only_the_last_layers(problem, pool):
                                                      strict=True))
     with pytest.raises(ValueError, match="fine_tune_window"):
         TINY.replace(fine_tune_window=0)
+
+
+def test_fine_tune_window_keeps_tied_parameters_training(problem):
+    # TiLISTA's tied matrix acts in every layer: no prefix is frozen, so the window is off.
+    model = build_solver("TiLISTA", problem.A, num_layers=4)
+    config = TINY.replace(fine_tune_window=2, prefix_pool=64)
+    assert list(trained_layers(model, 4, 1, config)) == [1, 2, 3, 4]
+    assert list(trained_layers(model, 4, 0, config)) == [4]
+    shared = {id(p) for p in model.shared.values()}
+    assert shared and shared <= {id(p) for g in stage_param_groups(model, 4, 1, config)
+                                 for p in g["params"]}
+    record = train_stage(model, problem, 4, 1, config.replace(max_steps_fine_tune=4),
+                         torch.Generator().manual_seed(0), problem.validation_set())
+    assert record.steps == 4
 
 
 def test_prefix_pool_is_refused_for_momentum_solvers_and_small_pools(problem):
