@@ -184,6 +184,13 @@ def test_result_reports_steps_and_last_thresholds(problem):
     assert result.to_dict()["total_steps"] == result.total_steps
 
 
+def _assert_stage_trained(record, before, after, layer):
+    """The stage's validation NMSE at ``layer`` is the whole model's, and it improved."""
+    assert record.start_val_nmse_db == pytest.approx(before[layer - 1], abs=1e-4)
+    assert record.best_val_nmse_db == pytest.approx(after[layer - 1], abs=1e-4)
+    assert after[layer - 1] < before[layer - 1] - 0.5
+
+
 def test_prefix_pool_trains_the_new_layer_on_cached_inputs(problem):
     model = build_solver("ALISTA", problem.A, num_layers=3)
     x_val, y_val = problem.validation_set()
@@ -194,9 +201,7 @@ def test_prefix_pool_trains_the_new_layer_on_cached_inputs(problem):
                          (x_val, y_val))
     after = evaluate_layers(model, x_val, y_val)
     # The cached prefix gives the same validation NMSE as the full forward pass.
-    assert record.start_val_nmse_db == pytest.approx(before[2], abs=1e-4)
-    assert record.best_val_nmse_db == pytest.approx(after[2], abs=1e-4)
-    assert after[2] < before[2] - 0.5
+    _assert_stage_trained(record, before, after, 3)
     assert after[:2] == before[:2]
     for old, new in zip(frozen, [p for t in (1, 2) for p in model.layer_parameters(t)],
                         strict=True):
@@ -218,9 +223,7 @@ def test_fine_tune_window_trains_only_the_last_layers(problem, pool):
                          (x_val, y_val))
     after = evaluate_layers(model, x_val, y_val)
     # The pool (or full forward pass) gives the validation NMSE of the whole model.
-    assert record.start_val_nmse_db == pytest.approx(before[3], abs=1e-4)
-    assert record.best_val_nmse_db == pytest.approx(after[3], abs=1e-4)
-    assert after[3] < before[3] - 0.5
+    _assert_stage_trained(record, before, after, 4)
     assert after[:2] == before[:2]                      # layers 1, 2: outside the window
     for t in (1, 2):
         assert all(torch.equal(o, n) for o, n in zip(params[t], model.layer_parameters(t),

@@ -159,13 +159,6 @@ class StagedTrainingConfig(Config):
         """Stages per layer: A plus one per fine-tuning learning rate."""
         return 1 + len(self.fine_tune_lrs)
 
-    def first_trained_layer(self, layer: int, stage: int) -> int:
-        """The first layer (1-based) that (``layer``, ``stage``) trains: ``layer`` in stage A,
-        else ``layer - fine_tune_window + 1`` (at least 1)."""
-        if stage == 0:
-            return layer
-        return max(1, layer - (self.fine_tune_window or layer) + 1)
-
     def caches_prefix(self, stage: int) -> bool:
         """Whether the stage trains on a pool run once through its frozen layers: stage A,
         and the fine-tuning stages when they have a window (needs ``prefix_pool``)."""
@@ -269,8 +262,15 @@ def trained_layers(model: UnrolledSolver, layer: int, stage: int,
     """The layers (1-based) that (``layer``, ``stage``) trains: ``layer`` in stage A; in the
     fine-tuning stages the last ``fine_tune_window`` layers, or all of them when the solver has
     tied parameters (``model.shared``: they act in every layer, so no prefix stays frozen)."""
-    first = 1 if stage > 0 and len(model.shared) else config.first_trained_layer(layer, stage)
-    return range(first, layer + 1)
+    if stage == 0:
+        return range(layer, layer + 1)
+    window = layer if _tied(model) else (config.fine_tune_window or layer)
+    return range(max(1, layer - window + 1), layer + 1)
+
+
+def _tied(model: UnrolledSolver) -> bool:
+    """Whether the solver has tied parameters (``model.shared``), used by every layer."""
+    return len(model.shared) > 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,10 +400,9 @@ class _PrefixPool:
 
     def __init__(self, model: UnrolledSolver, problem: SparseRecoveryProblem, layer: int,
                  config: StagedTrainingConfig, generator: torch.Generator,
-                 val: tuple[torch.Tensor, torch.Tensor], first: int | None = None) -> None:
+                 val: tuple[torch.Tensor, torch.Tensor], first: int) -> None:
         check_prefix_pool(model, config)
-        self.model, self.layer, self.generator = model, layer, generator
-        self.first = layer if first is None else first
+        self.model, self.layer, self.first, self.generator = model, layer, first, generator
         self.batch_size = config.batch_size
         self.x, self.y = problem.sample(config.prefix_pool, generator, device=model.A.device)
         self.prev = self._prefix(self.y)
@@ -469,8 +468,8 @@ def train_stage(model: UnrolledSolver, problem: SparseRecoveryProblem, layer: in
     params = [p for g in groups for p in g["params"]]
     optimizer = torch.optim.Adam(groups)
     cap = config.max_steps(stage)
-    first = trained_layers(model, layer, stage, config).start
-    if config.caches_prefix(stage) and (stage == 0 or not len(model.shared)):
+    if config.caches_prefix(stage) and (stage == 0 or not _tied(model)):
+        first = trained_layers(model, layer, stage, config).start
         data: _FreshBatches | _PrefixPool = _PrefixPool(model, problem, layer, config,
                                                         generator, val, first=first)
     else:
