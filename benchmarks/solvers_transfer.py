@@ -21,14 +21,19 @@ moved by -20/-10/+10/+20 %.
     # the full family (4 sizes x 3 m/n x 3 p x 4 conditions = 144 problems; hours on 1 thread)
     OMP_NUM_THREADS=1 python benchmarks/solvers_transfer.py --grid full --samples 500 \
         --out runs/transfer-full
+    # one size of it; reuse the classic baselines of an earlier run (same seed and samples)
+    OMP_NUM_THREADS=1 python benchmarks/solvers_transfer.py --grid full --sizes 1000 \
+        --no-robustness --out runs/transfer-full-n1000 [--reuse runs/X/transfer.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -89,12 +94,17 @@ def run_problem(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
     cal_model = HyperLISTA.calibrate(A, p=spec["p"], snr_db=spec.get("snr_db"),
                                      rounds=args.calib_rounds, seed=args.seed + 17)
     calibrated = hyper_db(cal_model, *test)
-    fista_plain = fista_best(A, val, test, args.lams, args.iters, None)
-    fista_cont = fista_best(A, val, test, args.lams, args.iters, 0.95)
-    best_fista = min(fista_plain["test_db"], fista_cont["test_db"])
+    name = f"{problem.m}x{problem.n} p={spec['p']} {spec['label']}"
     noisy = spec.get("snr_db") is not None
-    floor = nmse_db(support_oracle_ls(A, test[1], test[0]), test[0]) if noisy else None
-    row = {"problem": f"{problem.m}x{problem.n} p={spec['p']} {spec['label']}",
+    old = args.reuse.get(name)
+    if old is not None:      # the classic baselines do not depend on HyperLISTA
+        fista_plain, fista_cont, floor = old["fista"], old["fista_cont"], old["oracle_db"]
+    else:
+        fista_plain = fista_best(A, val, test, args.lams, args.iters, None)
+        fista_cont = fista_best(A, val, test, args.lams, args.iters, 0.95)
+        floor = nmse_db(support_oracle_ls(A, test[1], test[0]), test[0]) if noisy else None
+    best_fista = min(fista_plain["test_db"], fista_cont["test_db"])
+    row = {"problem": name,
            "shipped_db": shipped, "shipped_blind_db": blind, "calibrated_db": calibrated,
            "calibrated": cal_model.calibration["best"],
            "calibration_s": cal_model.calibration["seconds"],
@@ -111,6 +121,21 @@ def run_problem(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
           + f"  beats {'yes' if row['beats_fista'] else 'NO'}"
           f"  ~cal {'yes' if row['near_calibrated'] else 'NO'}", flush=True)
     return row
+
+
+def reused_baselines(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Problem name -> row of ``args.reuse`` (empty without it); refuses a file written with
+    another seed, sample count, iteration count or lambda grid."""
+    if args.reuse is None:
+        return {}
+    old = json.loads(Path(args.reuse).read_text())
+    settings = old.get("settings", {})
+    ours = {"seed": args.seed, "samples": args.samples, "iters": args.iters,
+            "lams": list(args.lams)}
+    if settings != ours:
+        raise SystemExit(f"--reuse {args.reuse}: written with {settings or 'unknown settings'}, "
+                         f"this run uses {ours}")
+    return {row["problem"]: row for row in old["rows"]}
 
 
 def robustness(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -144,16 +169,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     default=LAMS)
     ap.add_argument("--calib-rounds", type=int, default=3)
     ap.add_argument("--limit", type=int, default=None, help="first N problems of the grid")
+    ap.add_argument("--sizes", type=lambda s: {int(v) for v in s.split(",")}, default=None,
+                    help="only the problems with these n (comma-separated)")
+    ap.add_argument("--reuse", default=None,
+                    help="a transfer.json of the same --seed/--samples/--iters/--lams: take "
+                         "its FISTA and oracle figures instead of recomputing them")
     ap.add_argument("--no-robustness", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    problems = family(args.grid)[:args.limit]
+    args.reuse = reused_baselines(args)
+    problems = [p for p in family(args.grid) if args.sizes is None or p["n"] in args.sizes]
+    problems = problems[:args.limit]
     rows = [run_problem(spec, args) for spec in problems]
     robust = [] if args.no_robustness else robustness(args)
     result = {"command": "python " + " ".join(sys.argv), "shipped": HyperLISTA.DEFAULTS,
+              "settings": {"seed": args.seed, "samples": args.samples, "iters": args.iters,
+                           "lams": list(args.lams)},
               "rows": rows, "robustness": robust,
               "all_beat_fista": all(r["beats_fista"] for r in rows),
               "all_near_calibrated": all(r["near_calibrated"] for r in rows)}
