@@ -160,6 +160,16 @@ def robustness(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def summary(args: argparse.Namespace, rows: list[dict[str, Any]], robust: list[dict[str, Any]],
+            complete: bool) -> dict[str, Any]:
+    return {"command": "python " + " ".join(sys.argv), "shipped": HyperLISTA.DEFAULTS,
+            "settings": {"seed": args.seed, "samples": args.samples, "iters": args.iters,
+                         "lams": list(args.lams)},
+            "complete": complete, "rows": rows, "robustness": robust,
+            "all_beat_fista": all(r["beats_fista"] for r in rows),
+            "all_near_calibrated": all(r["near_calibrated"] for r in rows)}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--grid", choices=("reduced", "full"), default="reduced")
@@ -183,14 +193,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.reuse = reused_baselines(args)
     problems = [p for p in family(args.grid) if args.sizes is None or p["n"] in args.sizes]
     problems = problems[:args.limit]
-    rows = [run_problem(spec, args) for spec in problems]
-    robust = [] if args.no_robustness else robustness(args)
-    result = {"command": "python " + " ".join(sys.argv), "shipped": HyperLISTA.DEFAULTS,
-              "settings": {"seed": args.seed, "samples": args.samples, "iters": args.iters,
-                           "lams": list(args.lams)},
-              "rows": rows, "robustness": robust,
-              "all_beat_fista": all(r["beats_fista"] for r in rows),
-              "all_near_calibrated": all(r["near_calibrated"] for r in rows)}
+    rows: list[dict[str, Any]] = []
+    for spec in problems:      # saved after every problem: a killed run can --reuse its file
+        rows.append(run_problem(spec, args))
+        result = summary(args, rows, [], complete=False)
+        if args.out:
+            RunDir(args.out).write_json("transfer.json", result)
+    result = summary(args, rows, [] if args.no_robustness else robustness(args), complete=True)
     print(f"shipped beats best FISTA@1000 on {sum(r['beats_fista'] for r in rows)}/{len(rows)}"
           f"; within 3 dB of calibrated on {sum(r['near_calibrated'] for r in rows)}/"
           f"{len(rows)}")
