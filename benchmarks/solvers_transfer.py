@@ -18,10 +18,10 @@ moved by -20/-10/+10/+20 %.
 
     # reduced grid (this machine, ~10 min when it is idle)
     OMP_NUM_THREADS=1 python benchmarks/solvers_transfer.py --grid reduced --out runs/transfer
-    # the full family (4 sizes x 3 m/n x 3 p x 4 conditions = 144 problems; hours on 1 thread)
+    # the full family (4 sizes x 3 m/n x 4 p x 4 conditions = 192 problems; hours on 1 thread)
     OMP_NUM_THREADS=1 python benchmarks/solvers_transfer.py --grid full --samples 500 \
         --out runs/transfer-full
-    # one size of it; reuse the classic baselines of an earlier run (same seed and samples)
+    # one size (or --shapes 300x500,...) of it; reuse the classic baselines of an earlier run
     OMP_NUM_THREADS=1 python benchmarks/solvers_transfer.py --grid full --sizes 1000 \
         --no-robustness --out runs/transfer-full-n1000 [--reuse runs/X/transfer.json]
 """
@@ -50,11 +50,11 @@ CONDITIONS: dict[str, dict[str, float]] = {"noiseless": {}, "kappa100": {"kappa"
 
 
 def family(grid: str) -> list[dict[str, Any]]:
-    """The problems of ``grid``: "full" (144) or "reduced" (a spread of 8 of them)."""
+    """The problems of ``grid``: "full" (192) or "reduced" (a spread of 8 of them)."""
     if grid == "full":
         return [{"m": round(r * n), "n": n, "p": p, **CONDITIONS[c], "label": c}
                 for n, r, p, c in itertools.product((200, 500, 1000, 2000), (0.3, 0.45, 0.6),
-                                                    (0.05, 0.1, 0.15), CONDITIONS)]
+                                                    (0.02, 0.05, 0.1, 0.15), CONDITIONS)]
     picks = [(200, 0.5, 0.05, "noiseless"), (200, 0.5, 0.15, "noiseless"),
              (500, 0.5, 0.1, "noiseless"), (500, 0.3, 0.1, "noiseless"),
              (500, 0.6, 0.15, "kappa100"), (500, 0.5, 0.1, "snr20"),
@@ -181,6 +181,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--limit", type=int, default=None, help="first N problems of the grid")
     ap.add_argument("--sizes", type=lambda s: {int(v) for v in s.split(",")}, default=None,
                     help="only the problems with these n (comma-separated)")
+    ap.add_argument("--shapes", type=lambda s: set(s.split(",")), default=None,
+                    help="only these shapes of the grid, e.g. 300x500,150x500")
     ap.add_argument("--reuse", default=None,
                     help="a transfer.json of the same --seed/--samples/--iters/--lams: take "
                          "its FISTA and oracle figures instead of recomputing them")
@@ -191,7 +193,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.reuse = reused_baselines(args)
-    problems = [p for p in family(args.grid) if args.sizes is None or p["n"] in args.sizes]
+    problems = [p for p in family(args.grid) if (args.sizes is None or p["n"] in args.sizes)
+                and (args.shapes is None or f"{p['m']}x{p['n']}" in args.shapes)]
     problems = problems[:args.limit]
     rows: list[dict[str, Any]] = []
     for spec in problems:      # saved after every problem: a killed run can --reuse its file

@@ -109,6 +109,7 @@ def test_config_validation_and_tuned_file():
     with pytest.raises(ValueError, match="continuations"):
         HeadlineConfig(continuations=(1.0,))
     assert set(tuned_hyperparameters()) == set(HyperLISTA.HYPERPARAMETERS)
+    assert tuned_hyperparameters() == HyperLISTA.DEFAULTS      # the file records the defaults
 
 
 def test_fista_continuation():

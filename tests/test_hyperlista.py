@@ -8,7 +8,7 @@ import torch
 
 from sparseprior.solvers.analytic import analytic_weight
 from sparseprior.solvers.metrics import nmse_db
-from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem
+from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem, l1_phase_transition
 from sparseprior.solvers.unrolled import HyperLISTA, build_solver, load_solver, save_solver
 
 
@@ -214,13 +214,17 @@ def test_noise_level_round_trips_and_is_validated(problem, tmp_path):
 
 def test_sparsity_factor_scales_the_threshold(problem):
     _, y = problem.sample(16, 5)
-    # m = 30, n = 60: rho = p n / m = 2p; g = 1 at rho = 1/4.
+    # m = 30, n = 60: delta = 1/2, rho*(1/2) = 0.3857, so m rho* = 11.57 non-zeros.
     assert HyperLISTA(problem.A).sparsity_factor == 1.0
-    assert HyperLISTA(problem.A, p=0.125).sparsity_factor == pytest.approx(1.0)
-    sparse = HyperLISTA(problem.A, p=0.025, num_layers=6)      # rho = 0.05
-    g = math.sqrt(math.log(20.0) / math.log(4.0))
+    sparse = HyperLISTA(problem.A, p=0.025, num_layers=6)
+    k = 0.025 * 60 + 3.0 * math.sqrt(60 * 0.025 * 0.975)          # p n + 3 binomial stds
+    g = (k / (30 * l1_phase_transition(0.5))) ** -0.25
     assert sparse.sparsity_factor == pytest.approx(g)
-    assert HyperLISTA(problem.A, p=0.2).sparsity_factor < 1.0
+    assert g > 1.2
+    # At and beyond the phase transition the threshold is the p-blind one.
+    assert HyperLISTA(problem.A, p=0.125).sparsity_factor == 1.0
+    factors = [HyperLISTA(problem.A, p=p).sparsity_factor for p in (0.01, 0.02, 0.05, 0.1)]
+    assert factors == sorted(factors, reverse=True)
     same = HyperLISTA(problem.A, num_layers=6, c_theta=HyperLISTA.DEFAULTS["c_theta"] * g)
     with torch.no_grad():
         torch.testing.assert_close(sparse(y)[-1], same(y)[-1], atol=1e-6, rtol=1e-5)
@@ -229,14 +233,45 @@ def test_sparsity_factor_scales_the_threshold(problem):
         HyperLISTA(problem.A, p=0.5)
     with pytest.raises(ValueError, match=r"in \(0, 1\)"):
         HyperLISTA(problem.A, p=0.0)
+    with pytest.raises(ValueError, match="sparsity_rule must be one of"):
+        HyperLISTA(problem.A, p=0.1, sparsity_rule="amp")
 
 
-def test_knowing_the_sparsity_helps_near_the_phase_transition():
-    # m/n = 0.3, p = 0.1: 0.33 non-zeros per measurement, where the shipped c_theta is too high.
-    hard = SparseRecoveryProblem.generate(ProblemConfig(m=60, n=200, p=0.1, seed=4, n_val=1,
+def test_rho_sparsity_rule_and_checkpoints_without_it(problem, tmp_path):
+    import json
+
+    # The rule of the first p-aware release: sqrt(ln(1/rho) / ln 4), rho = p n / m.
+    old = HyperLISTA(problem.A, num_layers=4, p=0.025, sparsity_rule="rho")
+    assert old.sparsity_factor == pytest.approx(math.sqrt(math.log(20.0) / math.log(4.0)))
+    assert HyperLISTA(problem.A, p=0.2, sparsity_rule="rho").sparsity_factor < 1.0
+    save_solver(old, tmp_path / "old")
+    meta = tmp_path / "old.json"
+    header = json.loads(meta.read_text())
+    assert header["config"].pop("sparsity_rule") == "rho"
+    meta.write_text(json.dumps(header))
+    loaded = load_solver(tmp_path / "old.safetensors", A=problem.A)
+    assert loaded.sparsity_rule == "rho"
+    assert loaded.sparsity_factor == pytest.approx(old.sparsity_factor)
+    fresh = HyperLISTA(problem.A, num_layers=4, p=0.025)
+    save_solver(fresh, tmp_path / "new")
+    assert load_solver(tmp_path / "new.safetensors", A=problem.A).sparsity_rule == \
+        "phase-transition"
+
+
+def test_knowing_the_sparsity_helps_far_inside_the_phase_transition():
+    # m/n = 1/2, p = 0.02: about 4 non-zeros for 100 measurements, far inside the transition;
+    # the raised threshold (g = 1.40) converges faster.
+    easy = SparseRecoveryProblem.generate(ProblemConfig(m=100, n=200, p=0.02, seed=4, n_val=1,
                                                         n_test=256))
-    x, y = hard.test_set()
+    x, y = easy.test_set()
     with torch.no_grad():
-        gain = (nmse_db(HyperLISTA(hard.A)(y)[-1], x)
-                - nmse_db(HyperLISTA.for_problem(hard)(y)[-1], x))
-    assert gain > 1.0, f"knowing p gained only {gain:.2f} dB"
+        gain = (nmse_db(HyperLISTA(easy.A)(y)[-1], x)
+                - nmse_db(HyperLISTA.for_problem(easy)(y)[-1], x))
+    assert gain > 20.0, f"knowing p gained only {gain:.2f} dB"
+    # m/n = 0.3, p = 0.1: at the transition p changes nothing.
+    hard = SparseRecoveryProblem.generate(ProblemConfig(m=60, n=200, p=0.1, seed=4, n_val=1,
+                                                        n_test=64))
+    _, y = hard.test_set()
+    with torch.no_grad():
+        torch.testing.assert_close(HyperLISTA.for_problem(hard)(y)[-1], HyperLISTA(hard.A)(y)[-1])
+

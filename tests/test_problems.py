@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem
+from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem, l1_phase_transition
 
 
 def test_default_statistics():
@@ -94,3 +94,16 @@ def test_bad_matrices(tmp_path):
         SparseRecoveryProblem.from_matrix(torch.randn(5))
     with pytest.raises(ValueError, match=".npz or .safetensors"):
         SparseRecoveryProblem.generate(ProblemConfig(m=4, n=8)).save(tmp_path / "p.txt")
+
+
+def test_l1_phase_transition_curve():
+    deltas = [0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0]
+    rho = [l1_phase_transition(d) for d in deltas]
+    assert all(a < b for a, b in zip(rho, rho[1:], strict=False))   # more measurements, more k
+    assert rho[-1] == pytest.approx(1.0, abs=1e-3)
+    # Donoho-Tanner weak threshold (signed x*), e.g. Donoho, Maleki & Montanari 2009, Fig. 1.
+    assert 0.38 < l1_phase_transition(0.5) < 0.39
+    assert 0.18 < l1_phase_transition(0.1) < 0.20
+    for bad in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="delta"):
+            l1_phase_transition(bad)

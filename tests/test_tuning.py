@@ -19,7 +19,16 @@ def problem() -> SparseRecoveryProblem:
                                                        n_test=128))
 
 
-def test_tiny_budget_improves_over_defaults_and_resumes(problem, tmp_path):
+@pytest.fixture(scope="module")
+def sparse_problem() -> SparseRecoveryProblem:
+    """p = 0.05 at m/n = 1/2: far inside the phase transition, where the shipped c_theta
+    (chosen for transfer) is below the problem's own optimum, so tuning has room to gain."""
+    return SparseRecoveryProblem.generate(ProblemConfig(m=30, n=60, p=0.05, seed=3, n_val=128,
+                                                       n_test=128))
+
+
+def test_tiny_budget_improves_over_defaults_and_resumes(sparse_problem, tmp_path):
+    problem = sparse_problem
     config = TuningConfig(n_trials=12, timeout_s=60, num_layers=6, seed=0)
     res = tune_hyperlista(problem, config, run_dir=tmp_path / "tune")
     assert res.best_nmse_db < res.default_nmse_db - 1.0
@@ -69,9 +78,10 @@ def test_cli_tune(cli, tmp_path):
     assert (tmp_path / "t" / "model.safetensors").is_file()
 
 
-def test_backprop_variant_improves_over_defaults(problem):
-    model = HyperLISTA(problem.A, num_layers=6)
+def test_backprop_variant_recovers_from_a_poor_start(problem):
+    # The shipped setting is close to this problem's optimum; a c_theta 45 % too high is not.
+    model = HyperLISTA(problem.A, num_layers=6, c_theta=5.0)
     res = fit_hyperlista(model, problem, steps=60, batch_size=64, rel_lr=0.05, eval_every=10)
-    assert res["best_nmse_db"] < res["start_nmse_db"]
+    assert res["best_nmse_db"] < res["start_nmse_db"] - 5.0
     assert model.hyperparameters == pytest.approx(res["best"])
     assert model.n_params == 3

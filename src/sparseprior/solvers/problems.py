@@ -8,6 +8,7 @@ with N(0, 1) values, noiseless.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import math
 from pathlib import Path
@@ -87,6 +88,28 @@ def condition_matrix(A: torch.Tensor, kappa: float, rounds: int = 50) -> torch.T
 def condition_number(A: torch.Tensor) -> float:
     s = torch.linalg.svdvals(A.double())
     return float(s[0] / s[-1])
+
+
+@functools.lru_cache(maxsize=256)
+def l1_phase_transition(delta: float) -> float:
+    """rho*(delta): the largest k/m at which l1 minimisation (and soft-threshold AMP) recovers
+    a k-sparse signed x* from m = delta n Gaussian measurements, asymptotically (the
+    Donoho-Tanner weak threshold, in the closed form of Donoho, Maleki & Montanari 2009):
+    max over z >= 0 of (1 - (2/delta) t(z)) / (1 + z^2 - 2 t(z)), t(z) = (1+z^2) Phi(-z) -
+    z phi(z); about 0.386 at delta = 0.5, 1 at delta = 1. ``delta`` in (0, 1]."""
+    delta = float(delta)
+    if not (0.0 < delta <= 1.0):
+        raise ValueError(f"delta = m/n must be in (0, 1], got {delta!r}")
+    z = np.linspace(1e-4, 8.0, 8001)
+    for _ in range(3):                       # a grid, refined twice around its maximum
+        phi = np.exp(-z * z / 2.0) / math.sqrt(2.0 * math.pi)
+        tail = 0.5 * np.array([math.erfc(v / math.sqrt(2.0)) for v in z])
+        t = (1.0 + z * z) * tail - z * phi
+        rho = (1.0 - (2.0 / delta) * t) / (1.0 + z * z - 2.0 * t)
+        i = int(np.argmax(rho))
+        step = z[1] - z[0]
+        z = np.linspace(max(z[i] - step, 1e-6), z[i] + step, 401)
+    return float(rho[i])
 
 
 class SparseRecoveryProblem:
