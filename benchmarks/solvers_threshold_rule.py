@@ -8,7 +8,7 @@ reports on the seed-0 test sets, which this never sees.
    with c_beta and c_ss at the shipped values and c_theta swept over a log grid (the
    *effective* threshold factor), and the NMSE of a per-problem calibrated HyperLISTA
    (``HyperLISTA.calibrate``, the reference of the transfer target).
-2. ``fit``: rules c_eff = c * h(problem) from a few families (h = 1; the shipped
+2. ``fit``: rules c_eff = c * h(problem) from a few families (h = 1; the previous rule
    sqrt(ln(1/rho)); functions of r = k / (m rho*(m/n)), the sparsity relative to the l1
    phase transition, k counted z binomial deviations above p n) with c chosen per rule;
    ranked by problems more than 3 dB behind calibrated (0 when both are below -60 dB), then
@@ -18,7 +18,8 @@ reports on the seed-0 test sets, which this never sees.
     OMP_NUM_THREADS=1 python benchmarks/solvers_threshold_rule.py --sizes 200,500,1000 \\
         --out runs/threshold-rule
     python benchmarks/solvers_threshold_rule.py --curves runs/threshold-rule/curves.json
-    (``--curves a.json,b.json`` fits the rows of several collects, e.g. one per size)
+    (``--curves a.json,b.json`` fits the rows of several collects, e.g. one per size;
+    ``--with-undersampling`` also ranks rules with a factor (m/n / 0.45)^b, not shipped)
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def rule_families() -> dict[str, Callable[[int, int, float], float]]:
     """name -> h(m, n, p)."""
     rules: dict[str, Callable[[int, int, float], float]] = {
         "none": lambda m, n, p: 1.0,
-        "sqrt ln(1/rho) (shipped)": lambda m, n, p: math.sqrt(math.log(m / (p * n))),
+        "sqrt ln(1/rho) (previous)": lambda m, n, p: math.sqrt(math.log(m / (p * n))),
     }
     for z in (0.0, 1.0, 2.0, 3.0):
         for cap in (0.6, 0.8, 0.9, 1.0):
@@ -105,6 +106,19 @@ def rule_families() -> dict[str, Callable[[int, int, float], float]]:
                 rules[f"z{z:g} max(b+ln(1/r),0.05)^{a}, b={b}"] = (
                     lambda m, n, p, b=b, a=a, z=z:
                     max(b + math.log(1.0 / pt_ratio(m, n, p, z)), 0.05) ** a)
+    return rules
+
+
+def undersampling_families() -> dict[str, Callable[[int, int, float], float]]:
+    """The phase-transition rules times (m/n / 0.45)^b: a threshold that also grows with the
+    undersampling ratio (b = 0: the plain rule). Candidates, not shipped."""
+    rules: dict[str, Callable[[int, int, float], float]] = {}
+    for z in (2.0, 3.0):
+        for a in (0.0, 0.25, 0.35):
+            for b in (0.0, 0.2, 0.4):
+                rules[f"z{z:g} min(r,1.0)^-{a} (m/n/0.45)^{b}"] = (
+                    lambda m, n, p, z=z, a=a, b=b:
+                    min(pt_ratio(m, n, p, z), 1.0) ** -a * (m / n / 0.45) ** b)
     return rules
 
 
@@ -126,8 +140,11 @@ def score_rule(rows: list[dict[str, Any]], h: Callable[[int, int, float], float]
     return best
 
 
-def fit(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    ranked = [{"rule": name, **score_rule(rows, h)} for name, h in rule_families().items()]
+def fit(rows: list[dict[str, Any]],
+        families: dict[str, Callable[[int, int, float], float]] | None = None
+        ) -> list[dict[str, Any]]:
+    families = rule_families() if families is None else families
+    ranked = [{"rule": name, **score_rule(rows, h)} for name, h in families.items()]
     ranked.sort(key=lambda s: (s["fails"], round(s["worst_gap_db"], 2), s["mean_gap_db"]))
     return ranked
 
@@ -139,6 +156,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--curves", default=None,
                     help="curves.json of earlier collects (comma-separated: rows joined)")
+    ap.add_argument("--with-undersampling", action="store_true",
+                    help="also rank the candidates x (m/n / 0.45)^b (not shipped)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -172,8 +191,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "mean gap dB": f"{s['mean_gap_db']:.2f}"}
                         for s in ranked[:12] + [s for s in ranked[12:]
                                                 if s["rule"] in ("none",
-                                                                 "sqrt ln(1/rho) (shipped)")]]))
+                                                                 "sqrt ln(1/rho) (previous)")]]))
+    candidates = fit(rows, undersampling_families()) if args.with_undersampling else []
+    if candidates:
+        print("candidates with an undersampling factor (not shipped):")
+        print(format_table([{"rule": s["rule"], "c": f"{s['c']:.3f}", "fails": s["fails"],
+                             "worst gap dB": f"{s['worst_gap_db']:.2f}",
+                             "mean gap dB": f"{s['mean_gap_db']:.2f}"} for s in candidates[:6]]))
     result = {"command": "python " + " ".join(sys.argv), "pick": pick, "ranked": ranked,
+              "undersampling_candidates": candidates,
               "problems": [r["problem"] for r in rows]}
     if out:
         out.write_json("fit.json", result)
