@@ -21,10 +21,9 @@ from typing import Any
 
 import torch
 
-from solvers_transfer import family, hyper_db
+from solvers_transfer import family, family_problem, hyper_db
 from sparseprior.common.results import format_table
 from sparseprior.common.runs import RunDir
-from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem
 from sparseprior.solvers.tuning import evaluate_hyperparameters
 from sparseprior.solvers.unrolled import HyperLISTA
 
@@ -41,14 +40,12 @@ def gap(value: float, calibrated: float) -> float:
 def score_problem(spec: dict[str, Any], settings: list[dict[str, float]], samples: int,
                   seed: int) -> dict[str, Any]:
     """Calibrated NMSE and every setting's NMSE on one problem's validation set."""
-    fields = {k: v for k, v in spec.items() if k != "label"}
-    problem = SparseRecoveryProblem.generate(ProblemConfig(**fields, seed=seed, n_val=samples,
-                                                           n_test=1))
+    problem, name = family_problem(spec, seed, samples, 1)
     x, y = problem.validation_set()
     calibrated = HyperLISTA.calibrate(problem.A, p=spec["p"], snr_db=spec.get("snr_db"),
                                       seed=seed + 17)
     model = HyperLISTA.for_problem(problem, num_layers=16)   # knows its SNR and p
-    return {"problem": f"{problem.m}x{problem.n} p={spec['p']} {spec['label']}",
+    return {"problem": name,
             "calibrated_db": hyper_db(calibrated, x, y),
             "calibrated": calibrated.calibration["best"],
             "settings_db": [evaluate_hyperparameters(model, s, x, y) for s in settings]}

@@ -25,12 +25,11 @@ from typing import Any
 
 import torch
 
-from solvers_transfer import family, hyper_db
+from solvers_transfer import family, family_problem, hyper_db
 from sparseprior.common.results import format_table
 from sparseprior.common.runs import RunDir
 from sparseprior.solvers.classic import support_oracle_ls
 from sparseprior.solvers.metrics import nmse_db
-from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem
 from sparseprior.solvers.unrolled import HyperLISTA
 
 C_NOISE = (2.0, 3.0, 4.0, 5.0, 6.0)
@@ -44,13 +43,11 @@ def scaled_snr_db(snr_db: float, factor: float) -> float:
 
 @torch.no_grad()
 def score(spec: dict[str, Any], samples: int, seed: int) -> dict[str, Any]:
-    fields = {k: v for k, v in spec.items() if k != "label"}
-    problem = SparseRecoveryProblem.generate(ProblemConfig(**fields, seed=seed, n_val=samples,
-                                                           n_test=1))
+    problem, name = family_problem(spec, seed, samples, 1)
     x, y = problem.validation_set()
     c_theta = HyperLISTA.DEFAULTS["c_theta"]
     aware = HyperLISTA.for_problem(problem)
-    row: dict[str, Any] = {"problem": f"{problem.m}x{problem.n} p={spec['p']} {spec['label']}",
+    row: dict[str, Any] = {"problem": name,
                            "blind_db": hyper_db(HyperLISTA(problem.A), x, y),
                            "aware_db": hyper_db(aware, x, y),
                            "aware_refit_db": nmse_db(support_oracle_ls(problem.A, y,

@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from solvers_transfer import family, hyper_db
+from solvers_transfer import family, family_problem, hyper_db
 from sparseprior.common.results import format_table
 from sparseprior.common.runs import RunDir
-from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem, l1_phase_transition
+from sparseprior.solvers.problems import l1_phase_transition
 from sparseprior.solvers.tuning import evaluate_hyperparameters
 from sparseprior.solvers.unrolled import HyperLISTA
 
@@ -53,9 +53,7 @@ def gap(value: float, calibrated: float) -> float:
 
 @torch.no_grad()
 def collect_problem(spec: dict[str, Any], samples: int, seed: int) -> dict[str, Any]:
-    fields = {k: v for k, v in spec.items() if k != "label"}
-    problem = SparseRecoveryProblem.generate(ProblemConfig(**fields, seed=seed, n_val=samples,
-                                                           n_test=1))
+    problem, name = family_problem(spec, seed, samples, 1)
     x, y = problem.validation_set()
     start = time.perf_counter()
     calibrated = HyperLISTA.calibrate(problem.A, p=spec["p"], snr_db=spec.get("snr_db"),
@@ -63,7 +61,7 @@ def collect_problem(spec: dict[str, Any], samples: int, seed: int) -> dict[str, 
     model = HyperLISTA(problem.A, 16, snr_db=spec.get("snr_db"))      # told the SNR, not p
     curve = [evaluate_hyperparameters(model, {**HyperLISTA.DEFAULTS, "c_theta": c}, x, y)
              for c in C_EFF]
-    return {"problem": f"{problem.m}x{problem.n} p={spec['p']} {spec['label']}",
+    return {"problem": name,
             "m": problem.m, "n": problem.n, "p": spec["p"], "label": spec["label"],
             "calibrated_db": hyper_db(calibrated, x, y),
             "calibrated": calibrated.calibration["best"],

@@ -81,11 +81,18 @@ def hyper_db(model: HyperLISTA, x: torch.Tensor, y: torch.Tensor) -> float:
     return nmse_db(out, x) if bool(torch.isfinite(out).all()) else float("inf")
 
 
-def run_problem(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+def family_problem(spec: dict[str, Any], seed: int, n_val: int, n_test: int
+                   ) -> tuple[SparseRecoveryProblem, str]:
+    """The problem of a :func:`family` entry, drawn with ``seed``, and its name
+    ("MxN p=P condition")."""
     fields = {k: v for k, v in spec.items() if k != "label"}
-    problem = SparseRecoveryProblem.generate(ProblemConfig(**fields, seed=args.seed,
-                                                           n_val=args.samples,
-                                                           n_test=args.samples))
+    problem = SparseRecoveryProblem.generate(ProblemConfig(**fields, seed=seed, n_val=n_val,
+                                                           n_test=n_test))
+    return problem, f"{problem.m}x{problem.n} p={spec['p']} {spec['label']}"
+
+
+def run_problem(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    problem, name = family_problem(spec, args.seed, args.samples, args.samples)
     val, test = problem.validation_set(), problem.test_set()
     A = problem.A
     start = time.perf_counter()
@@ -94,7 +101,6 @@ def run_problem(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
     cal_model = HyperLISTA.calibrate(A, p=spec["p"], snr_db=spec.get("snr_db"),
                                      rounds=args.calib_rounds, seed=args.seed + 17)
     calibrated = hyper_db(cal_model, *test)
-    name = f"{problem.m}x{problem.n} p={spec['p']} {spec['label']}"
     noisy = spec.get("snr_db") is not None
     old = args.reuse.get(name)
     if old is not None:      # the classic baselines do not depend on HyperLISTA

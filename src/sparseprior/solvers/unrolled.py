@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -521,8 +522,8 @@ def _rho_factor(m: int, n: int, p: float) -> float:
 
 
 #: How HyperLISTA's threshold scales with the prior's sparsity p when p is given.
-SPARSITY_RULES: dict[str, Any] = {"phase-transition": _phase_transition_factor,
-                                  "rho": _rho_factor}
+SPARSITY_RULES: dict[str, Callable[[int, int, float], float]] = {
+    "phase-transition": _phase_transition_factor, "rho": _rho_factor}
 
 
 def _check_sparsity(p: float, m: int, n: int) -> float:
