@@ -41,7 +41,7 @@ from sparseprior.common.results import format_table
 from sparseprior.common.runs import RunDir
 from sparseprior.solvers.problems import l1_phase_transition
 from sparseprior.solvers.tuning import evaluate_hyperparameters
-from sparseprior.solvers.unrolled import HyperLISTA
+from sparseprior.solvers.unrolled import SPARSITY_EXPONENT, SPARSITY_Z, HyperLISTA
 
 C_EFF = tuple(float(v) for v in np.geomspace(1.6, 8.0, 34))
 
@@ -147,6 +147,40 @@ def fit(rows: list[dict[str, Any]],
     return ranked
 
 
+def plot_rule(path: Path, rows: list[dict[str, Any]], pick: dict[str, Any]) -> Path:
+    """Each problem's best swept c_eff (and the range within 3 dB of its best) against its
+    phase-transition ratio r, coloured by m/n, with the shipped rule c min(r, 1)^-1/4."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.0, 4.6))
+    for delta, colour in zip((0.3, 0.45, 0.6), ("tab:red", "tab:blue", "tab:green"),
+                             strict=True):
+        sel = [r for r in rows if abs(r["m"] / r["n"] - delta) < 1e-6]
+        ratio = [pt_ratio(r["m"], r["n"], r["p"], SPARSITY_Z) for r in sel]
+        curves = [np.asarray(r["curve_db"]) for r in sel]
+        best = [C_EFF[int(np.argmin(c))] for c in curves]
+        good = [[v for v, db in zip(C_EFF, c, strict=True) if db <= c.min() + 3.0]
+                for c in curves]
+        ax.vlines(ratio, [min(g) for g in good], [max(g) for g in good], color=colour,
+                  alpha=0.3, lw=3)
+        ax.scatter(ratio, best, color=colour, s=14, label=f"m/n = {delta} (best; bar: 3 dB)")
+    r = np.geomspace(0.05, 2.0, 200)
+    ax.plot(r, pick["c"] * np.minimum(r, 1.0) ** -SPARSITY_EXPONENT, "k--",
+            label=f"shipped rule: {pick['c']:.2f} min(r, 1)^-1/4")
+    ax.set_xscale("log")
+    ax.set_xlabel("r = (p n + 3 sd) / (m rho*(m/n))  (1: the l1 phase transition)")
+    ax.set_ylabel("effective threshold factor c_eff")
+    ax.set_title("HyperLISTA threshold: best c_eff per validation problem")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="200,500", help="n of the family's problems")
@@ -201,6 +235,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "problems": [r["problem"] for r in rows]}
     if out:
         out.write_json("fit.json", result)
+        print(f"plot: {plot_rule(out.file('rule.png'), rows, pick)}")
     return result
 
 
