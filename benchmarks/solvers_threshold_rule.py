@@ -13,13 +13,15 @@ reports on the seed-0 test sets, which this never sees.
    phase transition, k counted z binomial deviations above p n) with c chosen per rule;
    ranked by problems more than 3 dB behind calibrated (0 when both are below -60 dB), then
    worst gap, then mean gap. The pick is the best rule with h = 1 at and beyond the phase
-   transition (one c_theta for HyperLISTAs told p and those not told it).
+   transition (one c_theta for HyperLISTAs told p and those not told it); it set c_theta.
+   ``--with-undersampling`` ranks the same rules times (m/n / 0.45)^b: the shipped sparsity
+   rule ("phase-transition-delta") is the pick times (m/n / 0.45)^0.2 at the pick's c, and
+   the table "at the shipped c_theta" shows why the factor is applied only when p is given.
 
     OMP_NUM_THREADS=1 python benchmarks/solvers_threshold_rule.py --sizes 200,500,1000 \\
         --out runs/threshold-rule
     python benchmarks/solvers_threshold_rule.py --curves runs/threshold-rule/curves.json
-    (``--curves a.json,b.json`` fits the rows of several collects, e.g. one per size;
-    ``--with-undersampling`` also ranks rules with a factor (m/n / 0.45)^b, not shipped)
+    (``--curves a.json,b.json`` fits the rows of several collects, e.g. one per size)
 """
 
 from __future__ import annotations
@@ -41,7 +43,14 @@ from sparseprior.common.results import format_table
 from sparseprior.common.runs import RunDir
 from sparseprior.solvers.problems import l1_phase_transition
 from sparseprior.solvers.tuning import evaluate_hyperparameters
-from sparseprior.solvers.unrolled import SPARSITY_EXPONENT, SPARSITY_Z, HyperLISTA
+from sparseprior.solvers.unrolled import (
+    SPARSITY_EXPONENT,
+    SPARSITY_RULES,
+    SPARSITY_Z,
+    UNDERSAMPLING_EXPONENT,
+    UNDERSAMPLING_REFERENCE,
+    HyperLISTA,
+)
 
 C_EFF = tuple(float(v) for v in np.geomspace(1.6, 8.0, 34))
 
@@ -109,7 +118,8 @@ def rule_families() -> dict[str, Callable[[int, int, float], float]]:
 
 def undersampling_families() -> dict[str, Callable[[int, int, float], float]]:
     """The phase-transition rules times (m/n / 0.45)^b: a threshold that also grows with the
-    undersampling ratio (b = 0: the plain rule). Candidates, not shipped."""
+    undersampling ratio (b = 0: the plain rule). The shipped "phase-transition-delta" rule is
+    z = 3, a = 0.25, b = 0.2."""
     rules: dict[str, Callable[[int, int, float], float]] = {}
     for z in (2.0, 3.0):
         for a in (0.0, 0.25, 0.35):
@@ -138,6 +148,30 @@ def score_rule(rows: list[dict[str, Any]], h: Callable[[int, int, float], float]
     return best
 
 
+def fixed_c(rows: list[dict[str, Any]], h: Callable[[int, int, float], float], c: float
+            ) -> dict[str, Any]:
+    """Misses and worst gap of the rule c * h at a given c (the shipped c_theta)."""
+    gaps = [gap(nmse_at(r, c * h(r["m"], r["n"], r["p"])), r["calibrated_db"]) for r in rows]
+    return {"c": c, "fails": sum(g > 3.0 for g in gaps), "worst_gap_db": max(gaps),
+            "mean_gap_db": float(np.mean(gaps))}
+
+
+def shipped_checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The shipped c_theta with the shipped sparsity rule (told p) and with the p-blind
+    threshold, each with and without the undersampling factor: why the factor is applied
+    only when p is given."""
+    c = HyperLISTA.DEFAULTS["c_theta"]
+    told = SPARSITY_RULES[HyperLISTA.DEFAULT_SPARSITY_RULE]
+
+    def delta(m: int, n: int, p: float) -> float:
+        return (m / n / UNDERSAMPLING_REFERENCE) ** UNDERSAMPLING_EXPONENT
+
+    rules = {f"told p: {HyperLISTA.DEFAULT_SPARSITY_RULE} (shipped)": told,
+             "told p: phase-transition": SPARSITY_RULES["phase-transition"],
+             "blind: 1 (shipped)": lambda m, n, p: 1.0, "blind: undersampling factor": delta}
+    return [{"rule": name, **fixed_c(rows, h, c)} for name, h in rules.items()]
+
+
 def fit(rows: list[dict[str, Any]],
         families: dict[str, Callable[[int, int, float], float]] | None = None
         ) -> list[dict[str, Any]]:
@@ -147,9 +181,10 @@ def fit(rows: list[dict[str, Any]],
     return ranked
 
 
-def plot_rule(path: Path, rows: list[dict[str, Any]], pick: dict[str, Any]) -> Path:
+def plot_rule(path: Path, rows: list[dict[str, Any]], c_theta: float) -> Path:
     """Each problem's best swept c_eff (and the range within 3 dB of its best) against its
-    phase-transition ratio r, coloured by m/n, with the shipped rule c min(r, 1)^-1/4."""
+    phase-transition ratio r, coloured by m/n, with the shipped rule
+    c min(r, 1)^-1/4 (m/n / 0.45)^0.2 for each m/n."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,9 +202,12 @@ def plot_rule(path: Path, rows: list[dict[str, Any]], pick: dict[str, Any]) -> P
         ax.vlines(ratio, [min(g) for g in good], [max(g) for g in good], color=colour,
                   alpha=0.3, lw=3)
         ax.scatter(ratio, best, color=colour, s=14, label=f"m/n = {delta} (best; bar: 3 dB)")
-    r = np.geomspace(0.05, 2.0, 200)
-    ax.plot(r, pick["c"] * np.minimum(r, 1.0) ** -SPARSITY_EXPONENT, "k--",
-            label=f"shipped rule: {pick['c']:.2f} min(r, 1)^-1/4")
+        r = np.geomspace(0.05, 2.0, 200)
+        factor = (delta / UNDERSAMPLING_REFERENCE) ** UNDERSAMPLING_EXPONENT
+        ax.plot(r, c_theta * factor * np.minimum(r, 1.0) ** -SPARSITY_EXPONENT, "--",
+                color=colour, lw=1)
+    ax.plot([], [], "k--", lw=1, label=f"shipped rule: {c_theta:.2f} min(r, 1)^-1/4 "
+            f"(m/n / {UNDERSAMPLING_REFERENCE})^{UNDERSAMPLING_EXPONENT}")
     ax.set_xscale("log")
     ax.set_xlabel("r = (p n + 3 sd) / (m rho*(m/n))  (1: the l1 phase transition)")
     ax.set_ylabel("effective threshold factor c_eff")
@@ -189,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--curves", default=None,
                     help="curves.json of earlier collects (comma-separated: rows joined)")
     ap.add_argument("--with-undersampling", action="store_true",
-                    help="also rank the candidates x (m/n / 0.45)^b (not shipped)")
+                    help="also rank the rules x (m/n / 0.45)^b (the shipped one among them)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -226,16 +264,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                                  "sqrt ln(1/rho) (previous)")]]))
     candidates = fit(rows, undersampling_families()) if args.with_undersampling else []
     if candidates:
-        print("candidates with an undersampling factor (not shipped):")
+        print("rules with an undersampling factor:")
         print(format_table([{"rule": s["rule"], "c": f"{s['c']:.3f}", "fails": s["fails"],
                              "worst gap dB": f"{s['worst_gap_db']:.2f}",
                              "mean gap dB": f"{s['mean_gap_db']:.2f}"} for s in candidates[:6]]))
+    shipped = shipped_checks(rows)
+    print("at the shipped c_theta:")
+    print(format_table([{"threshold": s["rule"], "fails": s["fails"],
+                         "worst gap dB": f"{s['worst_gap_db']:.2f}",
+                         "mean gap dB": f"{s['mean_gap_db']:.2f}"} for s in shipped]))
     result = {"command": "python " + " ".join(sys.argv), "pick": pick, "ranked": ranked,
-              "undersampling_candidates": candidates,
+              "undersampling_candidates": candidates, "shipped": shipped,
               "problems": [r["problem"] for r in rows]}
     if out:
         out.write_json("fit.json", result)
-        print(f"plot: {plot_rule(out.file('rule.png'), rows, pick)}")
+        print(f"plot: {plot_rule(out.file('rule.png'), rows, HyperLISTA.DEFAULTS['c_theta'])}")
     return result
 
 

@@ -169,6 +169,7 @@ def robustness(args: argparse.Namespace) -> list[dict[str, Any]]:
 def summary(args: argparse.Namespace, rows: list[dict[str, Any]], robust: list[dict[str, Any]],
             complete: bool) -> dict[str, Any]:
     return {"command": "python " + " ".join(sys.argv), "shipped": HyperLISTA.DEFAULTS,
+            "sparsity_rule": HyperLISTA.DEFAULT_SPARSITY_RULE,
             "settings": {"seed": args.seed, "samples": args.samples, "iters": args.iters,
                          "lams": list(args.lams)},
             "complete": complete, "rows": rows, "robustness": robust,

@@ -9,6 +9,7 @@ import torch
 from sparseprior.common.runs import RunDir
 from sparseprior.solvers.classic import CLASSIC_SOLVERS, fista
 from sparseprior.solvers.experiments import iterations_to_reach
+from sparseprior.solvers.fit import TUNED_FILE
 from sparseprior.solvers.headline import (
     HeadlineConfig,
     add_wall_clock,
@@ -110,6 +111,11 @@ def test_config_validation_and_tuned_file():
         HeadlineConfig(continuations=(1.0,))
     assert set(tuned_hyperparameters()) == set(HyperLISTA.HYPERPARAMETERS)
     assert tuned_hyperparameters() == HyperLISTA.DEFAULTS      # the file records the defaults
+    entry = json.loads(TUNED_FILE.read_text())["default"]
+    assert (entry["rule"], entry["sparsity_rule"]) == (
+        "scale-free", HyperLISTA.DEFAULT_SPARSITY_RULE)
+    A = SparseRecoveryProblem.generate(ProblemConfig(m=10, n=20, seed=1)).A
+    assert HyperLISTA(A).rule == entry["rule"]
 
 
 def test_fista_continuation():
