@@ -42,7 +42,7 @@ from sparseprior.common.runs import RunDir
 from sparseprior.solvers.classic import fista, support_oracle_ls
 from sparseprior.solvers.metrics import nmse_db
 from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem
-from sparseprior.solvers.unrolled import HyperLISTA
+from sparseprior.solvers.unrolled import SPARSITY_RULES, HyperLISTA
 
 LAMS = (0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
 CONDITIONS: dict[str, dict[str, float]] = {"noiseless": {}, "kappa100": {"kappa": 100.0},
@@ -81,14 +81,18 @@ def hyper_db(model: HyperLISTA, x: torch.Tensor, y: torch.Tensor) -> float:
     return nmse_db(out, x) if bool(torch.isfinite(out).all()) else float("inf")
 
 
+def problem_name(spec: dict[str, Any]) -> str:
+    """The name of a :func:`family` entry: "MxN p=P condition"."""
+    return f"{spec['m']}x{spec['n']} p={spec['p']} {spec['label']}"
+
+
 def family_problem(spec: dict[str, Any], seed: int, n_val: int, n_test: int
                    ) -> tuple[SparseRecoveryProblem, str]:
-    """The problem of a :func:`family` entry, drawn with ``seed``, and its name
-    ("MxN p=P condition")."""
+    """The problem of a :func:`family` entry, drawn with ``seed``, and its name."""
     fields = {k: v for k, v in spec.items() if k != "label"}
     problem = SparseRecoveryProblem.generate(ProblemConfig(**fields, seed=seed, n_val=n_val,
                                                            n_test=n_test))
-    return problem, f"{problem.m}x{problem.n} p={spec['p']} {spec['label']}"
+    return problem, problem_name(spec)
 
 
 def run_problem(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -96,10 +100,12 @@ def run_problem(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
     val, test = problem.validation_set(), problem.test_set()
     A = problem.A
     start = time.perf_counter()
-    shipped = hyper_db(HyperLISTA.for_problem(problem, num_layers=16), *test)
+    shipped = hyper_db(HyperLISTA.for_problem(problem, num_layers=16,
+                                              sparsity_rule=args.sparsity_rule), *test)
     blind = hyper_db(HyperLISTA(A, num_layers=16), *test)
     cal_model = HyperLISTA.calibrate(A, p=spec["p"], snr_db=spec.get("snr_db"),
-                                     rounds=args.calib_rounds, seed=args.seed + 17)
+                                     rounds=args.calib_rounds, seed=args.seed + 17,
+                                     sparsity_rule=args.sparsity_rule)
     calibrated = hyper_db(cal_model, *test)
     noisy = spec.get("snr_db") is not None
     old = args.reuse.get(name)
@@ -150,7 +156,7 @@ def robustness(args: argparse.Namespace) -> list[dict[str, Any]]:
     for fields in ({"m": 250, "n": 500, "p": 0.1}, {"m": 150, "n": 500, "p": 0.1}):
         problem = SparseRecoveryProblem.generate(ProblemConfig(**fields, n_test=args.samples))
         x, y = problem.test_set()
-        model = HyperLISTA.for_problem(problem)
+        model = HyperLISTA.for_problem(problem, sparsity_rule=args.sparsity_rule)
         for key in HyperLISTA.HYPERPARAMETERS:
             row: dict[str, Any] = {"problem": f"{problem.m}x{problem.n} p={fields['p']}",
                                    "hyperparameter": key}
@@ -169,7 +175,7 @@ def robustness(args: argparse.Namespace) -> list[dict[str, Any]]:
 def summary(args: argparse.Namespace, rows: list[dict[str, Any]], robust: list[dict[str, Any]],
             complete: bool) -> dict[str, Any]:
     return {"command": "python " + " ".join(sys.argv), "shipped": HyperLISTA.DEFAULTS,
-            "sparsity_rule": HyperLISTA.DEFAULT_SPARSITY_RULE,
+            "sparsity_rule": args.sparsity_rule,
             "settings": {"seed": args.seed, "samples": args.samples, "iters": args.iters,
                          "lams": list(args.lams)},
             "complete": complete, "rows": rows, "robustness": robust,
@@ -194,6 +200,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="a transfer.json of the same --seed/--samples/--iters/--lams: take "
                          "its FISTA and oracle figures instead of recomputing them")
     ap.add_argument("--no-robustness", action="store_true")
+    ap.add_argument("--sparsity-rule", choices=sorted(SPARSITY_RULES),
+                    default=HyperLISTA.DEFAULT_SPARSITY_RULE,
+                    help="HyperLISTA's sparsity rule (shipped and calibrated alike)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)

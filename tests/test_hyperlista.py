@@ -216,20 +216,19 @@ def test_sparsity_factor_scales_the_threshold(problem):
     _, y = problem.sample(16, 5)
     # m = 30, n = 60: delta = 1/2, rho*(1/2) = 0.3857, so m rho* = 11.57 non-zeros.
     assert HyperLISTA(problem.A).sparsity_factor == 1.0
-    sparse = HyperLISTA(problem.A, p=0.025, num_layers=6, sparsity_rule="phase-transition")
+    sparse = HyperLISTA(problem.A, p=0.025, num_layers=6)
     k = 0.025 * 60 + 3.0 * math.sqrt(60 * 0.025 * 0.975)          # p n + 3 binomial stds
     g = (k / (30 * l1_phase_transition(0.5))) ** -0.25
     assert sparse.sparsity_factor == pytest.approx(g)
     assert g > 1.2
     # At and beyond the phase transition the threshold is the p-blind one.
-    assert HyperLISTA(problem.A, p=0.125, sparsity_rule="phase-transition"
-                      ).sparsity_factor == 1.0
+    assert HyperLISTA(problem.A, p=0.125).sparsity_factor == 1.0
     factors = [HyperLISTA(problem.A, p=p).sparsity_factor for p in (0.01, 0.02, 0.05, 0.1)]
     assert factors == sorted(factors, reverse=True)
-    # The default rule also scales with the undersampling ratio, (1/2 / 0.45)^0.2 here.
-    default = HyperLISTA(problem.A, p=0.025)
-    assert default.sparsity_rule == "phase-transition-delta"
-    assert default.sparsity_factor == pytest.approx(g * (0.5 / 0.45) ** 0.2)
+    assert sparse.sparsity_rule == HyperLISTA.DEFAULT_SPARSITY_RULE == "phase-transition"
+    # The candidate rule also scales with the undersampling ratio, (1/2 / 0.45)^0.2 here.
+    delta = HyperLISTA(problem.A, p=0.025, sparsity_rule="phase-transition-delta")
+    assert delta.sparsity_factor == pytest.approx(g * (0.5 / 0.45) ** 0.2)
     same = HyperLISTA(problem.A, num_layers=6, c_theta=HyperLISTA.DEFAULTS["c_theta"] * g)
     with torch.no_grad():
         torch.testing.assert_close(sparse(y)[-1], same(y)[-1], atol=1e-6, rtol=1e-5)
@@ -260,7 +259,11 @@ def test_rho_sparsity_rule_and_checkpoints_without_it(problem, tmp_path):
     fresh = HyperLISTA(problem.A, num_layers=4, p=0.025)
     save_solver(fresh, tmp_path / "new")
     assert load_solver(tmp_path / "new.safetensors", A=problem.A).sparsity_rule == \
-        "phase-transition-delta"
+        "phase-transition"
+    delta = HyperLISTA(problem.A, num_layers=4, p=0.025, sparsity_rule="phase-transition-delta")
+    save_solver(delta, tmp_path / "delta")
+    loaded = load_solver(tmp_path / "delta.safetensors", A=problem.A)
+    assert loaded.sparsity_factor == pytest.approx(delta.sparsity_factor)
 
 
 def test_knowing_the_sparsity_helps_far_inside_the_phase_transition():
@@ -273,16 +276,15 @@ def test_knowing_the_sparsity_helps_far_inside_the_phase_transition():
         gain = (nmse_db(HyperLISTA(easy.A)(y)[-1], x)
                 - nmse_db(HyperLISTA.for_problem(easy)(y)[-1], x))
     assert gain > 20.0, f"knowing p gained only {gain:.2f} dB"
-    # m/n = 0.3, p = 0.1: at the transition p changes nothing but the undersampling factor.
+    # m/n = 0.3, p = 0.1: at the transition p changes nothing (the candidate rule: only its
+    # undersampling factor).
     hard = SparseRecoveryProblem.generate(ProblemConfig(m=60, n=200, p=0.1, seed=4, n_val=1,
                                                         n_test=64))
     _, y = hard.test_set()
-    told = HyperLISTA.for_problem(hard)
-    assert told.sparsity_factor == pytest.approx((0.3 / 0.45) ** 0.2)
-    same = HyperLISTA(hard.A, c_theta=HyperLISTA.DEFAULTS["c_theta"] * told.sparsity_factor)
+    delta = HyperLISTA.for_problem(hard, sparsity_rule="phase-transition-delta")
+    assert delta.sparsity_factor == pytest.approx((0.3 / 0.45) ** 0.2)
+    same = HyperLISTA(hard.A, c_theta=HyperLISTA.DEFAULTS["c_theta"] * delta.sparsity_factor)
     with torch.no_grad():
-        torch.testing.assert_close(told(y)[-1], same(y)[-1])
-        torch.testing.assert_close(
-            HyperLISTA.for_problem(hard, sparsity_rule="phase-transition")(y)[-1],
-            HyperLISTA(hard.A)(y)[-1])
+        torch.testing.assert_close(delta(y)[-1], same(y)[-1])
+        torch.testing.assert_close(HyperLISTA.for_problem(hard)(y)[-1], HyperLISTA(hard.A)(y)[-1])
 

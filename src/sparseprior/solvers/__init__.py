@@ -1,4 +1,5 @@
-"""Learned sparse solvers (pillar 1): problems, classic solvers, the LISTA family, training.
+"""Learned sparse solvers (pillar 1): problems, classic solvers and Bayes-AMP, the LISTA family,
+training.
 
 ::
 
@@ -11,6 +12,7 @@
 A new learned solver is one class plus :func:`register_solver` (docs/extending.md).
 """
 
+from sparseprior.solvers.amp import AMPResult, bayes_amp
 from sparseprior.solvers.classic import (
     ClassicResult,
     fista,
@@ -55,9 +57,10 @@ from sparseprior.solvers.unrolled import (
 
 __all__ = [
     "BUDGETS", "LEARNED_SOLVERS", "LISTA", "LISTA_CP", "LISTA_CPSS", "LISTA_SS", "SOLVERS",
-    "ClassicResult", "FitConfig", "FitResult", "LearnedSolver", "ProblemConfig",
+    "AMPResult", "ClassicResult", "FitConfig", "FitResult", "LearnedSolver", "ProblemConfig",
     "SparseRecoveryProblem", "StagedTrainingConfig", "TiLISTA", "TrainingResult",
-    "UnrolledSolver", "build_solver", "fista", "fit_solver", "ista", "lasso_objective",
-    "load_solver", "nmse_db", "nmse_db_per_step", "per_sample_nmse_db", "register_solver",
-    "save_solver", "soft_threshold", "support_oracle_ls", "support_recovery", "train_staged",
+    "UnrolledSolver", "bayes_amp", "build_solver", "fista", "fit_solver", "ista",
+    "lasso_objective", "load_solver", "nmse_db", "nmse_db_per_step", "per_sample_nmse_db",
+    "register_solver", "save_solver", "soft_threshold", "support_oracle_ls", "support_recovery",
+    "train_staged",
 ]

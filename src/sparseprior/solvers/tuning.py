@@ -316,6 +316,7 @@ def calibrate_hyperlista(A: torch.Tensor, *, p: float = 0.1, snr_db: float | Non
                          num_layers: int = 16, samples: int | None = None, rounds: int = 3,
                          factors: tuple[float, ...] = (0.6, 1.0, 1.6),
                          center: dict[str, float] | None = None, seed: int = 0,
+                         sparsity_rule: str | None = None,
                          device: str | torch.device = "cpu") -> HyperLISTA:
     """Tune HyperLISTA's 3 hyperparameters for a user's A on samples drawn from the prior.
 
@@ -325,6 +326,7 @@ def calibrate_hyperlista(A: torch.Tensor, *, p: float = 0.1, snr_db: float | Non
     :attr:`HyperLISTA.DEFAULTS`): ``rounds`` rounds of len(factors)**3 settings, factors
     shrinking as f**(1/round) so later rounds refine. Budget: 1 + rounds * len(factors)**3
     evaluations (82 by default; about 10-40 s on one CPU thread up to 1000 x 2000).
+    ``sparsity_rule``: the HyperLISTA's (default :attr:`HyperLISTA.DEFAULT_SPARSITY_RULE`).
 
     Returns the solver with the best setting; ``model.calibration`` holds the record
     (best, prior NMSE of the shipped and of the best setting, evaluations, seconds).
@@ -343,7 +345,8 @@ def calibrate_hyperlista(A: torch.Tensor, *, p: float = 0.1, snr_db: float | Non
     config = ProblemConfig(m=m, n=n, p=p, snr_db=snr_db, seed=seed, n_val=samples, n_test=1)
     prior = SparseRecoveryProblem(A, config)
     dev = resolve_device(device)
-    model = HyperLISTA.for_problem(prior, num_layers=num_layers).to(dev)
+    model = HyperLISTA.for_problem(prior, num_layers=num_layers,
+                                   sparsity_rule=sparsity_rule).to(dev)
     x, y = _validation(prior, None, dev)
     start = time.perf_counter()
     best = dict(center or HyperLISTA.DEFAULTS)

@@ -524,12 +524,13 @@ UNDERSAMPLING_EXPONENT = 0.2
 
 
 def _phase_transition_delta_factor(m: int, n: int, p: float) -> float:
-    """The phase-transition factor times (delta / 0.45)^0.2, delta = m/n: the best threshold
-    also grows with the undersampling ratio (15 % from m/n 0.3 to 0.6). Fitted on the same
-    seed-1 validation sets with c_theta unchanged: 1 of 132 problems more than 3 dB behind
-    per-problem calibration, against 4 without the factor (``benchmarks/
-    solvers_threshold_rule.py --with-undersampling``). Applied only when p is given: on the
-    p-blind threshold the factor costs more than it gains (7 misses against 5)."""
+    """The phase-transition factor times (delta / 0.45)^0.2, delta = m/n (15 % more from m/n
+    0.3 to 0.6). Fitted on the seed-1 validation sets with c_theta unchanged: 1 of 132 problems
+    more than 3 dB behind per-problem calibration, against 4 without the factor
+    (``benchmarks/solvers_threshold_rule.py --with-undersampling``). Not the default: on the
+    seed-0 test grid (n 200 / 500) it gains nothing (mean change 0.01 dB, 94 / 96 within 3 dB
+    either way) and loses 7-12 dB on some problems far inside the transition at m/n 0.3
+    (docs/solvers.md)."""
     delta = m / n
     return (_phase_transition_factor(m, n, p)
             * (delta / UNDERSAMPLING_REFERENCE) ** UNDERSAMPLING_EXPONENT)
@@ -581,9 +582,9 @@ class HyperLISTA(UnrolledSolver):
       c_theta times the larger of the cross-talk estimate and, when the noise level is given
       (``snr_db`` or ``noise_std``), the standard deviation sigma ||w_i|| that measurement
       noise of standard deviation sigma leaves in entry i of W^T r (per entry, per sample);
-      g comes from the expected sparsity ``p`` when it is given (``sparsity_rule``,
-      :data:`SPARSITY_RULES`: higher thresholds far inside the l1 phase transition, times
-      (m/n / 0.45)^0.2 for the default "phase-transition-delta"), else g = 1;
+      g >= 1 comes from the expected sparsity ``p`` when it is given (``sparsity_rule``,
+      :data:`SPARSITY_RULES`: higher thresholds far inside the l1 phase transition, g = 1 at
+      and beyond it), else g = 1;
     * momentum beta_t = c_beta * s_beta(A) * ||x_t||_0;
     * support-selection ratio p_t = clip(c_ss * log(u_0 / u_t), 0, 1): the top
       floor(p_t * n) entries by magnitude that exceed theta_t skip the shrinkage;
@@ -613,7 +614,7 @@ class HyperLISTA(UnrolledSolver):
     #: sparsities (``hyperlista_tuned.json`` holds it with the command that chose it).
     DEFAULTS: ClassVar[dict[str, float]] = {"c_beta": 1.25, "c_theta": 3.46, "c_ss": 3.0}
     #: The sparsity rule :attr:`DEFAULTS` were chosen with.
-    DEFAULT_SPARSITY_RULE: ClassVar[str] = "phase-transition-delta"
+    DEFAULT_SPARSITY_RULE: ClassVar[str] = "phase-transition"
 
     def __init__(self, A: torch.Tensor, num_layers: int = 16, lam: float = 0.4, *,
                  c_beta: float | None = None, c_theta: float | None = None,
@@ -668,9 +669,9 @@ class HyperLISTA(UnrolledSolver):
     def sparsity_factor(self) -> float:
         """g, the factor the threshold gets from the prior's sparsity p (1 when p is not
         given): :data:`SPARSITY_RULES` [``sparsity_rule``] of (m, n, p). The default
-        "phase-transition-delta" rule raises the thresholds of problems far inside the l1
-        phase transition and scales them by (m/n / 0.45)^0.2 ("phase-transition": without
-        that factor, so g = 1 at and beyond the transition)."""
+        "phase-transition" rule raises the thresholds of problems far inside the l1 phase
+        transition (g = 1 at and beyond it); "phase-transition-delta" also scales them by
+        (m/n / 0.45)^0.2."""
         if self.p is None:
             return 1.0
         return float(SPARSITY_RULES[self.sparsity_rule](self.m, self.n, self.p))
