@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from sparseprior.common.runs import RunDir
+from sparseprior.solvers.amp import bayes_amp
 from sparseprior.solvers.classic import CLASSIC_SOLVERS, fista
-from sparseprior.solvers.experiments import iterations_to_reach
+from sparseprior.solvers.experiments import iterations_to_reach, reach_label
 from sparseprior.solvers.fit import TUNED_FILE
 from sparseprior.solvers.headline import (
     HeadlineConfig,
@@ -67,6 +68,11 @@ def test_results_are_consistent(headline):
             assert wall["speedup_vs_strongest"] == pytest.approx(statistics.median(ratios))
             low, high = wall["speedup_vs_strongest_iqr"]
             assert low <= wall["speedup_vs_strongest"] <= high
+    # Bayes-AMP (told p and the SNR) is a reference column, recomputable from the test set
+    amp = bayes_amp(prob.A, y, 0.1, snr_db=20.0, max_iter=100, x_true=x).nmse_db
+    assert data["bayes_amp_nmse_db"] == pytest.approx(amp, abs=1e-6)
+    for row in data["table"]:
+        assert row["Bayes-AMP iters"] == reach_label(amp, row["target dB"])
     # the lambda grid was extended below the given one until the bias floor cleared every
     # reachable target (or lam_min stopped it)
     assert data["lams_used"][:3] == [0.05, 0.01, 0.002]
@@ -129,3 +135,13 @@ def test_fista_continuation():
     torch.testing.assert_close(same, ref, atol=1e-3, rtol=0)        # same LASSO solution
     with pytest.raises(ValueError, match="continuation"):
         fista(prob.A, y, 0.1, continuation=1.0)
+
+
+def test_amp_reference_only_for_iid_gaussian_a():
+    from sparseprior.solvers.headline import _amp_reference
+
+    ill = SparseRecoveryProblem.generate(ProblemConfig(m=30, n=60, kappa=30.0, n_test=8))
+    assert _amp_reference(ill, *ill.test_set(), 10) is None
+    iid = SparseRecoveryProblem.generate(ProblemConfig(m=30, n=60, n_test=8))
+    trace = _amp_reference(iid, *iid.test_set(), 10)
+    assert len(trace) == 10 and trace[-1] < trace[0]

@@ -46,7 +46,8 @@ def iterations_to_reach(trace: Sequence[float], target_db: float) -> int | None:
     return next((k + 1 for k, v in enumerate(trace) if v <= target_db), None)
 
 
-def _reach_label(trace: Sequence[float], target_db: float) -> str:
+def reach_label(trace: Sequence[float], target_db: float) -> str:
+    """The iterations to reach ``target_db`` as text ("> len" when never reached)."""
     k = iterations_to_reach(trace, target_db)
     return str(k) if k is not None else f"> {len(trace)}"
 
@@ -65,7 +66,7 @@ class ClassicSweep:
             for lam, trace in by_lam.items():
                 row: dict[str, Any] = {"solver": solver, "lambda": lam}
                 row.update({f"NMSE@{k}": trace[k - 1] for k in iters if k <= len(trace)})
-                row.update({f"iters to {t:g} dB": _reach_label(trace, t) for t in targets})
+                row.update({f"iters to {t:g} dB": reach_label(trace, t) for t in targets})
                 rows.append(row)
         return rows
 

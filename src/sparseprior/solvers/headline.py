@@ -45,8 +45,14 @@ from sparseprior.common.config import Config
 from sparseprior.common.results import format_table
 from sparseprior.common.runs import RunDir
 from sparseprior.common.validation import check_positive_int
+from sparseprior.solvers.amp import bayes_amp
 from sparseprior.solvers.classic import CLASSIC_SOLVERS, support_oracle_ls
-from sparseprior.solvers.experiments import ClassicSweep, iterations_to_reach, plot_nmse
+from sparseprior.solvers.experiments import (
+    ClassicSweep,
+    iterations_to_reach,
+    plot_nmse,
+    reach_label,
+)
 from sparseprior.solvers.fit import (
     LEARNED_SOLVERS,
     FitConfig,
@@ -111,6 +117,8 @@ class HeadlineConfig(Config):
         wall_rounds: interleaved timing rounds of each (learned solver, baseline) pair; the
             reported ratio is the median of the per-round ratios.
         seed: seeds the wall-clock problems.
+        amp_iters: iterations of the Bayes-AMP reference (told p and the SNR; reported for
+            i.i.d. Gaussian A only, not a LASSO baseline: it never enters "strongest").
         m: measurements (the suite's is 250; smaller sizes are for smoke tests).
         n: signal size (the suite's is 500).
     """
@@ -134,6 +142,7 @@ class HeadlineConfig(Config):
     wall_clock: bool = True
     wall_rounds: int = 5
     seed: int = 0
+    amp_iters: int = 100
     m: int = 250
     n: int = 500
 
@@ -156,7 +165,7 @@ class HeadlineConfig(Config):
         if not self.lams or any(not (lam > 0 and math.isfinite(lam)) for lam in self.lams):
             raise ValueError(f"lams must be positive numbers, got {self.lams!r}")
         for key in ("num_layers", "ista_iters", "fista_iters", "n_wall", "grid_rounds", "m",
-                    "n", "wall_rounds"):
+                    "n", "wall_rounds", "amp_iters"):
             check_positive_int(getattr(self, key), key)
         if self.n_eval is not None:
             check_positive_int(self.n_eval, "n_eval")
@@ -436,6 +445,16 @@ def wall_clock_race(problem: SparseRecoveryProblem, models: dict[str, UnrolledSo
     return result
 
 
+def _amp_reference(problem: SparseRecoveryProblem, x: torch.Tensor, y: torch.Tensor,
+                   iters: int) -> list[float] | None:
+    """Test NMSE (dB) per iteration of Bayes-AMP told p and the SNR; None for an
+    ill-conditioned A, where AMP's i.i.d. assumption fails (it diverges)."""
+    if problem.config.kappa is not None:
+        return None
+    return bayes_amp(problem.A.to(x.device), y, problem.config.p,
+                     snr_db=problem.config.snr_db, max_iter=iters, x_true=x).nmse_db
+
+
 def _learned_curves(model: UnrolledSolver, x: torch.Tensor, y: torch.Tensor
                     ) -> tuple[list[float], torch.Tensor]:
     with torch.no_grad():
@@ -487,6 +506,7 @@ def run_headline_problem(run: RunDir, problem_name: str, config: HeadlineConfig,
     fista_split = _best_fista_split(problem, traces, settings, tests, x, y, device, config)
     fista1000 = {f: min(t[min(1000, len(t)) - 1] for t in traces[f].values())
                  for f in CLASSIC if f != "ISTA"}
+    amp = _amp_reference(problem, x, y, config.amp_iters)
     noisy = problem.config.snr_db is not None
     races: dict[str, list[dict[str, Any]]] = {}
     rows = []
@@ -518,6 +538,7 @@ def run_headline_problem(run: RunDir, problem_name: str, config: HeadlineConfig,
                 "ISTA iters": ista_e["label"],
                 "ISTA x": (f"{ista_e['ratio']:.0f}x" if ista_e["reached"]
                            else f"> {ista_e['ratio_at_least']:.0f}x"),
+                "Bayes-AMP iters": _amp_label(amp, race["target_db"]),
                 "L16": final, "median sample": info["median_sample_nmse_db"],
                 f"dense tail ({info['split']['n_dense']})": info["split"]["dense_nmse_db"],
                 "gap to oracle dB": (final - floor) if noisy else "n/a"})
@@ -526,7 +547,7 @@ def run_headline_problem(run: RunDir, problem_name: str, config: HeadlineConfig,
     data = {"problem": problem_name, "problem_config": problem.config.to_dict(),
             "config": config.to_dict(), "device": str(device), "n_eval": int(y.shape[0]),
             "learned": learned, "oracle_floor_db": floor, "fista_best_at_1000_db": fista1000,
-            "fista_best_split": fista_split, "lams_used": lams,
+            "fista_best_split": fista_split, "lams_used": lams, "bayes_amp_nmse_db": amp,
             "baseline_floor_db": floor_grid,
             "classic": {k: {key: [round(v_, 3) for v_ in t] for key, t in v.items()}
                         for k, v in traces.items()},
@@ -541,6 +562,11 @@ def run_headline_problem(run: RunDir, problem_name: str, config: HeadlineConfig,
               f"{problem_name}: NMSE on {y.shape[0]} test samples (classic: validation)",
               floor if problem.config.snr_db is not None else None)
     return data
+
+
+def _amp_label(amp: list[float] | None, target: float) -> str:
+    """Iterations Bayes-AMP needs to reach ``target`` ("n/a": not a Gaussian A)."""
+    return "n/a (not i.i.d.)" if amp is None else reach_label(amp, target)
 
 
 def _best_fista_split(problem: SparseRecoveryProblem, traces: dict[str, dict[str, list[float]]],
@@ -564,7 +590,9 @@ def _write_table(run: RunDir, problem: SparseRecoveryProblem, data: dict[str, An
             f"validation set; lambda grid {[f'{v:g}' for v in data['lams_used']]}; bias floor "
             f"of the grid (best final validation NMSE, dB): {grid_floor}. Best after 1000 "
             "iterations: " + ", ".join(f"{k} {v:.2f} dB" for k, v in fista1000.items())
-            + ".\n")
+            + ". Bayes-AMP: approximate message passing with the prior's posterior mean, told "
+            "p and the SNR; a reference for i.i.d. Gaussian A (it diverges on "
+            "ill-conditioned A), not a LASSO baseline.\n")
     if wall is not None:
         wall_rows = [{"solver": e["solver"], "target dB": e["target_db"], "layers": e["layers"],
                       "seconds": e["seconds"], "NMSE dB": e["nmse_db"],

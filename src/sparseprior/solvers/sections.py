@@ -68,6 +68,11 @@ def solvers_section(run: RunDir, mode: str, device: torch.device) -> Section:
         f"{wall['n_problems']} problems "
         f"to the same target, side by side on {wall['device']} ({wall['threads']} threads); "
         "the only timing in this section, so the only figures that vary from run to run.",
+        "'Bayes-AMP iters': iterations of approximate message passing with the prior's "
+        "posterior mean, told p and the SNR (sparseprior.solvers.amp), to the same target: a "
+        "reference for i.i.d. Gaussian A, not a LASSO baseline (it diverges on "
+        "ill-conditioned A); on the default problem it needs about as many iterations as the "
+        "learned solvers' layers (docs/solvers.md).",
     ]
     return Section("Learned sparse solvers: the headline benchmark",
                    rows=with_parameter_counts(rows, data), key="solvers",
