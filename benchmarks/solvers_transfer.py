@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--limit", type=int, default=None, help="first N problems of the grid")
     ap.add_argument("--sizes", type=lambda s: {int(v) for v in s.split(",")}, default=None,
                     help="only the problems with these n (comma-separated)")
+    ap.add_argument("--only", type=lambda s: set(s.split(",")), default=None,
+                    help='only these problems, by name ("600x2000 p=0.1 snr20,...")')
     ap.add_argument("--shapes", type=lambda s: set(s.split(",")), default=None,
                     help="only these shapes of the grid, e.g. 300x500,150x500")
     ap.add_argument("--reuse", default=None,
@@ -210,7 +212,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     args.reuse = reused_baselines(args)
     problems = [p for p in family(args.grid) if (args.sizes is None or p["n"] in args.sizes)
-                and (args.shapes is None or f"{p['m']}x{p['n']}" in args.shapes)]
+                and (args.shapes is None or f"{p['m']}x{p['n']}" in args.shapes)
+                and (args.only is None or problem_name(p) in args.only)]
+    missing = (args.only or set()) - {problem_name(p) for p in problems}
+    if missing:
+        raise SystemExit(f"--only: not in the {args.grid} grid (or outside --sizes/--shapes): "
+                         f"{sorted(missing)}")
     problems = problems[:args.limit]
     rows: list[dict[str, Any]] = []
     for spec in problems:      # saved after every problem: a killed run can --reuse its file
