@@ -144,12 +144,29 @@ def test_calibrate_uses_prior_samples_and_improves_on_them():
     A = SparseRecoveryProblem.generate(ProblemConfig(m=40, n=80, seed=5)).A
     start = {"c_beta": 1.0, "c_theta": 8.0, "c_ss": 3.0}       # a poor start
     model = HyperLISTA.calibrate(A, p=0.1, num_layers=8, samples=64, rounds=1,
-                                 factors=(0.5, 1.0), center=start)
+                                 factors=(0.5, 1.0), center=start, confirm=3)
     info = model.calibration
     assert info["evaluations"] == 8 and info["samples"] == 64
     assert info["prior_nmse_db"] < info["shipped_prior_nmse_db"] - 1.0
     assert model.hyperparameters == pytest.approx(info["best"])
     assert model.num_layers == 8 and model.rule == "scale-free"
+    # the search's best settings are re-scored on a second prior set of the same size
+    assert info["holdout_evaluations"] == 4 and info["holdout_nmse_db"] < -1.0
+
+
+def test_holdout_confirmation_rejects_a_setting_that_only_the_search_set_liked():
+    from sparseprior.solvers.tuning import confirm_on_holdout, evaluate_hyperparameters
+
+    prob = SparseRecoveryProblem.generate(ProblemConfig(m=40, n=80, seed=5, n_val=1, n_test=64))
+    x, y = prob.test_set()
+    model = HyperLISTA.for_problem(prob, num_layers=8)
+    poor = {**HyperLISTA.DEFAULTS, "c_theta": 0.05}            # barely thresholds: no recovery
+    tried = [(-20.0, dict(HyperLISTA.DEFAULTS)), (-90.0, poor)]  # a lucky score for the poor one
+    held_poor = evaluate_hyperparameters(model, poor, x, y)
+    best, value, held = confirm_on_holdout(model, tried, x, y, top=3)
+    assert held_poor > max(-20.0, held)                        # the premise: poor on holdout
+    assert best == HyperLISTA.DEFAULTS and value == -20.0
+    assert confirm_on_holdout(model, tried, x, y, top=0)[0] == HyperLISTA.DEFAULTS
 
 
 def test_instance_adaptive_thresholds_give_scale_equivariance(problem):
