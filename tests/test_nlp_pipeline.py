@@ -85,6 +85,43 @@ def test_run_earlybert_end_to_end(tiny_folder, tiny_csv, tmp_path):
         run_earlybert(_config(tiny_folder, tiny_csv, seed=1), tmp_path / "run")
 
 
+def test_run_earlybert_resumes_after_a_crash(tiny_folder, tiny_csv, tmp_path, monkeypatch):
+    """A run killed in the full fine-tuning phase resumes after the finished phases and ends
+    with the same results and slim model as an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from sparseprior.nlp import experiment
+
+    config = _config(tiny_folder, tiny_csv, export_onnx=False, epochs=1, search_max_steps=8)
+    whole = experiment.run_earlybert(config, tmp_path / "whole")
+    assert whole["resumed_phases"] == []
+
+    real, calls = experiment.finetune, []
+
+    def crash_at_full(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:          # search, EarlyBERT, random ticket, then full
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "finetune", crash_at_full)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run_earlybert(config, tmp_path / "cut")
+    monkeypatch.setattr(experiment, "finetune", real)
+    assert not (tmp_path / "cut" / "phases" / "full.json").exists()
+    resumed = experiment.run_earlybert(config, tmp_path / "cut")
+    assert resumed["resumed_phases"] == ["search", "earlybert", "random_ticket"]
+    for key in ("earlybert", "random_ticket", "full"):    # same-time: its budget is timed
+        assert resumed[key]["test_acc"] == whole[key]["test_acc"], key
+        assert resumed[key]["steps"] == whole[key]["steps"], key
+    assert resumed["full_same_time"]["steps"] == resumed["same_time_steps"]
+    assert resumed["structure"] == whole["structure"]
+    assert resumed["search"]["records"] == whole["search"]["records"]
+    a = load_file(tmp_path / "whole" / "slim_model.safetensors")
+    b = load_file(tmp_path / "cut" / "slim_model.safetensors")
+    assert sorted(a) == sorted(b) and all(bool((a[k] == b[k]).all()) for k in a)
+
+
 def test_mlm_search_tiny(tiny_folder, tiny_csv):
     from sparseprior.nlp.pretrain import run_mlm_search
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparseprior.common.checkpoint import ensure_folder
 from sparseprior.common.config import Config
 from sparseprior.common.runs import RunDir
 from sparseprior.common.validation import check_choice, check_positive_int, check_range
@@ -48,7 +49,14 @@ from sparseprior.nlp.model import (
     load_tokenizer,
 )
 from sparseprior.nlp.search import FFN_SCOPES, EarlyBertSearch, random_masks
-from sparseprior.nlp.slim import export_onnx, masked_model, save_slim, slim_, slim_model
+from sparseprior.nlp.slim import (
+    export_onnx,
+    load_slim_weights,
+    masked_model,
+    save_slim,
+    slim_,
+    slim_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -297,47 +305,73 @@ def run_earlybert(config: EarlyBertConfig, run_dir: str | Path | RunDir) -> dict
         return _run(config, run, plot_all)
 
 
-def _run(config: EarlyBertConfig, run: RunDir, plot_all: Callable) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    tokenizer = load_tokenizer(config.model)
-    prep = prepare(config, tokenizer)
-    n_labels = len(prep.label_names)
-    budget = _steps(config, len(prep.train))
+class PhaseStore:
+    """Finished phases of a run, one JSON file each under ``<run>/phases/``, so a rerun of the
+    same config resumes after the last finished phase (phases are seeded independently, so a
+    resumed run gives the same results as an uninterrupted one)."""
 
-    # 1. search on the gated pre-trained model
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self.folder = ensure_folder(run.file("phases"), "phases folder")
+        self.resumed: list[str] = []
+
+    def get(self, name: str) -> Any:
+        if not (self.folder / f"{name}.json").is_file():
+            return None
+        self.resumed.append(name)
+        log.info("resume: phase %r already finished, loaded from %s", name, self.folder)
+        return self.run.read_json(f"phases/{name}.json")
+
+    def once(self, name: str, compute: Callable[[], Any]) -> Any:
+        """The stored result of phase ``name``, or ``compute()`` stored atomically."""
+        done = self.get(name)
+        if done is None:
+            done = compute()
+            self.run.write_json(f"phases/{name}.json", done)
+        return done
+
+
+def _search_phase(config: EarlyBertConfig, prep: Prepared) -> dict[str, Any]:
+    """Phase 1: the search, and slim == masked on the searched model (coefficients folded)."""
     model, search, searched = search_ticket(config, prep)
     head_masks, ffn_masks = search.ticket
-    search_steps = search.drawn_step or searched["steps"]
     log.info("search: %s after %d steps (%.1f s)", "drawn" if search.drawn else "not drawn",
-             search_steps, searched["seconds"])
-
-    # slim == masked, on the searched model (learned coefficients folded)
+             search.drawn_step or searched["steps"], searched["seconds"])
     model.eval()
     probe = _batch(prep.test, 8)
     with torch.no_grad():
-        slim_probe = slim_model(model, head_masks, ffn_masks)
         diff = float((masked_model(model, head_masks, ffn_masks)(probe)
-                      - slim_probe(probe)).abs().max())
-    del model, slim_probe
+                      - slim_model(model, head_masks, ffn_masks)(probe)).abs().max())
+    head_coef, ffn_coef = search.ticket_coef
+    return {"drawn": search.drawn, "drawn_step": search.drawn_step,
+            "steps": search.drawn_step or searched["steps"], "steps_run": searched["steps"],
+            "seconds": searched["seconds"], "mask_steps": search.mask_steps,
+            "records": search.records,
+            "head_masks": [m.tolist() for m in head_masks],
+            "ffn_masks": [m.tolist() for m in ffn_masks],
+            "ticket_head_coef": [c.tolist() for c in head_coef],
+            "ticket_ffn_coef_sorted": [sorted(c.abs().tolist(), reverse=True) for c in ffn_coef],
+            "max_abs_diff_masked_vs_slim": diff}
 
-    # 2. EarlyBERT: pre-trained weights of the kept structure, fine-tuned
-    slim = slim_(_classifier(config, n_labels), head_masks, ffn_masks)
+
+def _earlybert_phase(slim: nn.Module, prep: Prepared, config: EarlyBertConfig, budget: int,
+                     phases: PhaseStore) -> dict[str, Any]:
+    """Phase 2: fine-tune the slim model; its weights are kept so a resumed run can save it."""
+    weights = "phases/earlybert_slim.safetensors"
+    done = phases.get("earlybert")
+    if done is not None:
+        load_slim_weights(slim, phases.run.file(weights))
+        return done
     eb = finetune(slim, prep, config, steps=budget)
+    save_slim(slim, phases.run.file(weights), label_names=prep.label_names)
+    phases.run.write_json("phases/earlybert.json", eb)
+    return eb
 
-    # 3. random ticket
-    rand = None
-    if config.random_ticket:
-        rh, rf = random_masks(head_masks, ffn_masks, seed=config.seed + 1)
-        rand = finetune(slim_(_classifier(config, n_labels), rh, rf), prep, config,
-                        steps=budget)
 
-    # 4. full fine-tuning
-    full_model = _classifier(config, n_labels)
-    full = finetune(full_model, prep, config, steps=budget)
-
-    # timing: training step ratio (sets the same-time budget), inference speed-up
-    slim.eval()
-    full_model.eval()
+def _timing(slim: nn.Module, full_model: nn.Module, prep: Prepared, config: EarlyBertConfig
+            ) -> tuple[dict[str, float], dict[str, float]]:
+    """Interleaved slim/full timing: one training step at the config's batch size and
+    threads, and inference at batch 32 (length ``max_length``, one thread)."""
     train_batch = _batch(prep.train, config.batch_size)
     train_t = time_ratio(slim, full_model, train_batch, rounds=max(3, config.timing_rounds // 2),
                          train=True, targets=prep.train.labels[:len(train_batch["input_ids"])],
@@ -346,12 +380,49 @@ def _run(config: EarlyBertConfig, run: RunDir, plot_all: Callable) -> dict[str, 
     infer_batch = {"input_ids": infer_batch["input_ids"],
                    "attention_mask": torch.ones_like(infer_batch["attention_mask"])}
     infer_t = time_ratio(slim, full_model, infer_batch, rounds=config.timing_rounds, threads=1)
+    return train_t, infer_t
+
+
+def _run(config: EarlyBertConfig, run: RunDir, plot_all: Callable) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    tokenizer = load_tokenizer(config.model)
+    prep = prepare(config, tokenizer)
+    n_labels = len(prep.label_names)
+    budget = _steps(config, len(prep.train))
+    phases = PhaseStore(run)
+
+    # 1. search on the gated pre-trained model
+    found = phases.once("search", lambda: _search_phase(config, prep))
+    head_masks = [torch.tensor(m, dtype=torch.bool) for m in found["head_masks"]]
+    ffn_masks = [torch.tensor(m, dtype=torch.bool) for m in found["ffn_masks"]]
+    search_steps = found["steps"]
+
+    # 2. EarlyBERT: pre-trained weights of the kept structure, fine-tuned
+    slim = slim_(_classifier(config, n_labels), head_masks, ffn_masks)
+    eb = _earlybert_phase(slim, prep, config, budget, phases)
+
+    # 3. random ticket
+    rand = None
+    if config.random_ticket:
+        rh, rf = random_masks(head_masks, ffn_masks, seed=config.seed + 1)
+        rand = phases.once("random_ticket", lambda: finetune(
+            slim_(_classifier(config, n_labels), rh, rf), prep, config, steps=budget))
+
+    # 4. full fine-tuning
+    full_model = _classifier(config, n_labels)
+    full = phases.once("full", lambda: finetune(full_model, prep, config, steps=budget))
+
+    # timing: training step ratio (sets the same-time budget), inference speed-up
+    slim.eval()
+    full_model.eval()
+    train_t, infer_t = phases.once("timing", lambda: _timing(slim, full_model, prep, config))
 
     # 5. full fine-tuning for EarlyBERT's time, as a step budget
     same = None
     same_steps = max(1, round(search_steps + eb["steps"] / train_t["speedup"]))
     if config.same_time_baseline:
-        same = finetune(_classifier(config, n_labels), prep, config, steps=same_steps)
+        same = phases.once("full_same_time", lambda: finetune(
+            _classifier(config, n_labels), prep, config, steps=same_steps))
 
     ckpt = save_slim(slim.cpu().eval(), run.file("slim_model.safetensors"),
                      label_names=prep.label_names,
@@ -360,16 +431,13 @@ def _run(config: EarlyBertConfig, run: RunDir, plot_all: Callable) -> dict[str, 
         if config.export_onnx else None
 
     full_params, slim_params = encoder_layer_params(full_model), encoder_layer_params(slim)
-    eb_time = searched["seconds"] * search_steps / max(1, searched["steps"]) + eb["seconds"]
+    search_counted = found["seconds"] * search_steps / max(1, found["steps_run"])
+    eb_time = search_counted + eb["seconds"]
     result: dict[str, Any] = {
         "config": config.to_dict(), "data": prep.describe, "labels": prep.label_names,
-        "search": {"drawn": search.drawn, "drawn_step": search.drawn_step,
-                   "steps": search_steps, "steps_run": searched["steps"],
-                   "seconds": searched["seconds"], "mask_steps": search.mask_steps,
-                   "records": search.records,
-                   "ticket_head_coef": [c.tolist() for c in search.ticket_coef[0]],
-                   "ticket_ffn_coef_sorted": [sorted(c.abs().tolist(), reverse=True)
-                                              for c in search.ticket_coef[1]]},
+        "search": {k: found[k] for k in ("drawn", "drawn_step", "steps", "steps_run",
+                                         "seconds", "mask_steps", "records",
+                                         "ticket_head_coef", "ticket_ffn_coef_sorted")},
         "structure": {"heads_full": heads_per_layer(full_model),
                       "heads_slim": heads_per_layer(slim),
                       "ffn_full": ffn_per_layer(full_model), "ffn_slim": ffn_per_layer(slim),
@@ -377,7 +445,7 @@ def _run(config: EarlyBertConfig, run: RunDir, plot_all: Callable) -> dict[str, 
         "params": {"encoder_layers_full": full_params, "encoder_layers_slim": slim_params,
                    "encoder_layers_reduction_pct": 100 * (1 - slim_params / full_params),
                    "total_full": count_params(full_model), "total_slim": count_params(slim)},
-        "max_abs_diff_masked_vs_slim": diff,
+        "max_abs_diff_masked_vs_slim": found["max_abs_diff_masked_vs_slim"],
         "earlybert": eb, "random_ticket": rand, "full": full, "full_same_time": same,
         "same_time_steps": same_steps,
         "wall_time": {"earlybert_total": eb_time, "full": full["seconds"],
@@ -386,9 +454,9 @@ def _run(config: EarlyBertConfig, run: RunDir, plot_all: Callable) -> dict[str, 
                       "saving_pct_from_step_timing": 100 * (1 - (search_steps + eb["steps"]
                                                                  / train_t["speedup"])
                                                             / full["steps"]),
-                      "search_counted": searched["seconds"] * search_steps
-                      / max(1, searched["steps"]),
+                      "search_counted": search_counted,
                       "run_total": time.perf_counter() - t0},
+        "resumed_phases": phases.resumed,
         "train_step_timing": train_t, "inference_timing_b32": infer_t,
         "onnx": onnx, "checkpoint": ckpt.name,
     }

@@ -155,6 +155,24 @@ def save_slim(model: TextClassifier, path: str | Path, *, label_names: Sequence[
                                        meta=meta)
 
 
+def load_slim_weights(model: TextClassifier, path: str | Path) -> TextClassifier:
+    """Load the tensors of a :func:`save_slim` file into ``model`` (already slimmed to the same
+    structure, e.g. to resume a run); ``ValueError`` if names or shapes differ."""
+    tensors, _ = load_safetensors_checkpoint(path, kind=KIND)
+    return _load_matching(model, tensors, path)
+
+
+def _load_matching(model: TextClassifier, tensors: dict[str, Tensor], path: str | Path
+                   ) -> TextClassifier:
+    expected = model.state_dict()
+    if sorted(expected) != sorted(tensors) or any(
+            tuple(expected[k].shape) != tuple(tensors[k].shape) for k in expected):
+        raise ValueError(f"slim checkpoint {str(path)!r}: tensors do not match the structure "
+                         "of the model (or the one in its header)")
+    model.load_state_dict(tensors)
+    return model
+
+
 def _int_list(value: Any, name: str, n: int, high: int) -> list[int]:
     if not isinstance(value, list) or len(value) != n or not all(
             isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= high for v in value):
@@ -193,13 +211,7 @@ def load_slim(path: str | Path) -> tuple[TextClassifier, dict[str, Any]]:
     model = TextClassifier(new_encoder(config), num_labels)
     hm, fm = structure_masks(heads, ffn, config.num_attention_heads, config.intermediate_size)
     slim_(model, hm, fm)
-    expected = model.state_dict()
-    if sorted(expected) != sorted(tensors) or any(
-            tuple(expected[k].shape) != tuple(tensors[k].shape) for k in expected):
-        raise ValueError(f"slim checkpoint {str(path)!r}: tensors do not match the structure "
-                         "in its header")
-    model.load_state_dict(tensors)
-    return model.eval(), header
+    return _load_matching(model, tensors, path).eval(), header
 
 
 # --------------------------------------------------------------------------- ONNX
