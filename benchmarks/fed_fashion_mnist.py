@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--feddst-alpha", type=float, default=None,
                    help="FedDST's readjustment fraction alpha (default: the config's 0.05); "
                         "applies to the feddst strategies only")
+    p.add_argument("--sparse-init", default=None, choices=("rescaled", "unscaled"),
+                   help="initial weights of the sparse strategies (default: the config's "
+                        "'rescaled'; 'unscaled' is the masked dense init)")
     p.add_argument("--workers", type=int, default=1, help="parallel runs (1 thread each)")
     args = p.parse_args(argv)
     from sparseprior.federated.experiments import TITLES, claims, compare
@@ -76,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     out = RunDir(args.out)
     overrides = {"rounds": args.rounds, "clients": args.clients, "per_round": args.per_round,
                  "subset": args.subset, "eval_every": args.eval_every,
-                 "readjust_every": args.readjust_every}
+                 "readjust_every": args.readjust_every,
+                 **({} if args.sparse_init is None else {"sparse_init": args.sparse_init})}
     alpha = {} if args.feddst_alpha is None else {"alpha": args.feddst_alpha}
     jobs = [{"strategy": s, "split": sp, "seed": int(seed),
              "overrides": {**overrides, **(alpha if s.startswith("feddst") else {})},

@@ -8,6 +8,7 @@ from typing import Any
 
 from sparseprior.common.validation import check_choice, check_positive_int, check_range
 from sparseprior.engine import TrainConfig
+from sparseprior.sparsity import SPARSE_INITS
 from sparseprior.workloads import ModelDataConfig
 
 #: Wire formats of weight values (see :mod:`sparseprior.federated.comm`).
@@ -46,6 +47,9 @@ class FedRunConfig(ModelDataConfig):
         sparsity: fraction of zero weights among the prunable weights (sparse strategies).
         distribution: per-layer densities of the sparse strategies: erk, uniform or er.
         include_output: also sparsify the output layer.
+        sparse_init: initial weights of the sparse strategies: "rescaled" (each unit's kept
+            weights scaled by sqrt(fan_in / kept fan_in), so masking does not shrink the
+            signal; :mod:`sparseprior.sparsity.init`) or "unscaled" (the dense init, masked).
         alpha: initial fraction of each layer's active weights a client drops and regrows in a
             readjustment round (cosine-decayed to 0 at readjust_end).
         readjust_every: rounds between mask readjustments (FedDST; 0: never).
@@ -77,6 +81,7 @@ class FedRunConfig(ModelDataConfig):
     sparsity: float = 0.8
     distribution: str = "erk"
     include_output: bool = False
+    sparse_init: str = "rescaled"
     alpha: float = 0.05
     readjust_every: int = 10
     readjust_end: float = 0.8
@@ -116,6 +121,7 @@ class FedRunConfig(ModelDataConfig):
             raise ValueError(f"sparsity must be in [0, 1) (fraction of zero weights), got "
                              f"{self.sparsity!r}")
         check_choice(self.distribution, "distribution", FED_DISTRIBUTIONS)
+        check_choice(self.sparse_init, "sparse_init", tuple(SPARSE_INITS))
         check_range(_number(self.alpha, "alpha"), "alpha", 0.0, 1.0)
         check_positive_int(self.readjust_every, "readjust_every", allow_zero=True)
         check_range(_number(self.readjust_end, "readjust_end"), "readjust_end", 0.0, 1.0,

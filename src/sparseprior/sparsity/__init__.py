@@ -15,6 +15,7 @@ from sparseprior.sparsity.density import (
     layer_densities,
     uniform_densities,
 )
+from sparseprior.sparsity.init import SPARSE_INITS, kept_fan_in_scale, rescale_to_kept_fan_in
 from sparseprior.sparsity.masks import (
     LayerSparsity,
     MaskSet,
@@ -47,6 +48,7 @@ from sparseprior.sparsity.sparsify import SparsityConfig, sparsify_
 __all__ = [
     "DISTRIBUTIONS",
     "SCORE_FUNCTIONS",
+    "SPARSE_INITS",
     "LayerSparsity",
     "MaskSet",
     "SparsityConfig",
@@ -59,6 +61,7 @@ __all__ = [
     "gradient_scores",
     "imp_density",
     "imp_levels_for",
+    "kept_fan_in_scale",
     "kept_counts",
     "layer_densities",
     "layer_shapes",
@@ -67,6 +70,7 @@ __all__ = [
     "output_layer_name",
     "prunable_parameters",
     "random_scores",
+    "rescale_to_kept_fan_in",
     "scores_for",
     "select_masks",
     "sparsify_",

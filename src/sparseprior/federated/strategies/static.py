@@ -14,6 +14,7 @@ from sparseprior.federated.strategies.base import (
     Strategy,
     random_erk_masks,
 )
+from sparseprior.sparsity import SPARSE_INITS
 
 
 @STRATEGIES.register("static")
@@ -26,7 +27,8 @@ class StaticSparse(Strategy):
     def init_state(self, model: nn.Module) -> ServerState:
         state = super().init_state(model)
         masks = random_erk_masks(model, self.config)
-        return ServerState(0, apply_masks(state.weights, masks), masks)
+        weights = SPARSE_INITS[self.config.sparse_init](state.weights, masks)
+        return ServerState(0, apply_masks(weights, masks), masks)
 
     def budgets(self, state: ServerState) -> dict[str, int] | None:
         return {n: int(m.sum()) for n, m in (state.masks or {}).items()}
