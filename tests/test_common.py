@@ -63,3 +63,21 @@ def test_validation_messages():
     assert resolve_device("cpu").type == "cpu"
     with pytest.raises(ValueError, match="not a valid device"):
         resolve_device("tpu9")
+
+
+def test_phase_store_computes_once_and_resumes(tmp_path):
+    from sparseprior.common.runs import PhaseStore, RunDir
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"acc": 0.5, "steps": [1, 2]}
+
+    first = PhaseStore(RunDir(tmp_path / "run"))
+    assert first.once("train", compute) == {"acc": 0.5, "steps": [1, 2]}
+    assert first.resumed == [] and len(calls) == 1
+    again = PhaseStore(RunDir(tmp_path / "run"))       # a rerun of the same folder
+    assert again.once("train", compute) == {"acc": 0.5, "steps": [1, 2]}
+    assert again.resumed == ["train"] and len(calls) == 1
+    assert again.get("other") is None

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from sparseprior.common.checkpoint import (
     ensure_folder,
     remove_stale_temp_files,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _jsonable(value: Any) -> Any:
@@ -134,6 +137,33 @@ class RunDir:
             yield
         finally:
             fh.close()
+
+
+class PhaseStore:
+    """Finished phases of a run, one JSON file each under ``<run>/phases/``, so a rerun of the
+    same config resumes after the last finished phase (phases are seeded independently, so a
+    resumed run gives the same results as an uninterrupted one)."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self.folder = ensure_folder(run.file("phases"), "phases folder")
+        self.resumed: list[str] = []
+
+    def get(self, name: str) -> Any:
+        """The stored result of phase ``name`` (noted in ``resumed``), or ``None``."""
+        if not (self.folder / f"{name}.json").is_file():
+            return None
+        self.resumed.append(name)
+        log.info("resume: phase %r already finished, loaded from %s", name, self.folder)
+        return self.run.read_json(f"phases/{name}.json")
+
+    def once(self, name: str, compute: Callable[[], Any]) -> Any:
+        """The stored result of phase ``name``, or ``compute()`` stored atomically."""
+        done = self.get(name)
+        if done is None:
+            done = compute()
+            self.run.write_json(f"phases/{name}.json", done)
+        return done
 
 
 def _drop_torn_tail(path: Path) -> None:

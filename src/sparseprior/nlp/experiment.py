@@ -31,9 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparseprior.common.checkpoint import ensure_folder
 from sparseprior.common.config import Config
-from sparseprior.common.runs import RunDir
+from sparseprior.common.runs import PhaseStore, RunDir
 from sparseprior.common.validation import check_choice, check_positive_int, check_range
 from sparseprior.engine.callbacks import Callback
 from sparseprior.engine.config import TrainConfig
@@ -303,32 +302,6 @@ def run_earlybert(config: EarlyBertConfig, run_dir: str | Path | RunDir) -> dict
     run.claim(config, may_differ=("num_threads", "progress"), kind="EarlyBERT run")
     with run.lock():
         return _run(config, run, plot_all)
-
-
-class PhaseStore:
-    """Finished phases of a run, one JSON file each under ``<run>/phases/``, so a rerun of the
-    same config resumes after the last finished phase (phases are seeded independently, so a
-    resumed run gives the same results as an uninterrupted one)."""
-
-    def __init__(self, run: RunDir) -> None:
-        self.run = run
-        self.folder = ensure_folder(run.file("phases"), "phases folder")
-        self.resumed: list[str] = []
-
-    def get(self, name: str) -> Any:
-        if not (self.folder / f"{name}.json").is_file():
-            return None
-        self.resumed.append(name)
-        log.info("resume: phase %r already finished, loaded from %s", name, self.folder)
-        return self.run.read_json(f"phases/{name}.json")
-
-    def once(self, name: str, compute: Callable[[], Any]) -> Any:
-        """The stored result of phase ``name``, or ``compute()`` stored atomically."""
-        done = self.get(name)
-        if done is None:
-            done = compute()
-            self.run.write_json(f"phases/{name}.json", done)
-        return done
 
 
 def _search_phase(config: EarlyBertConfig, prep: Prepared) -> dict[str, Any]:
