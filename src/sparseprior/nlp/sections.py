@@ -97,6 +97,9 @@ def earlybert_section(run: Any, mode: str, device: Any) -> Section:
         "Wall times are measured training-loop seconds on this machine (budgets are steps); "
         "speed-up is the median of interleaved rounds.",
     ]
+    if result.get("resumed_phases"):
+        notes.append(f"Resumed: phases {', '.join(result['resumed_phases'])} were loaded from "
+                     "an earlier run in this folder (use a new --out to measure again).")
     return Section(title, rows=summary_rows(result), plots=result["plots"], notes=notes,
                    data={k: v for k, v in result.items() if k not in ("search",)},
                    claims=claims(result, decide=mode == "full"), key="earlybert")
