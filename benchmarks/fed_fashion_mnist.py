@@ -30,6 +30,7 @@ from typing import Any
 
 from sparseprior.common.results import format_table
 from sparseprior.common.runs import RunDir
+from sparseprior.sparsity import SPARSE_INITS
 
 STRATEGIES = ["feddst", "feddst-noadj", "fedavg", "fedavgm", "static"]
 SPLITS = ["shards:2", "dirichlet:0.3"]
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--feddst-alpha", type=float, default=None,
                    help="FedDST's readjustment fraction alpha (default: the config's 0.05); "
                         "applies to the feddst strategies only")
-    p.add_argument("--sparse-init", default=None, choices=("rescaled", "unscaled"),
+    p.add_argument("--sparse-init", default=None, choices=tuple(SPARSE_INITS),
                    help="initial weights of the sparse strategies (default: the config's "
                         "'rescaled'; 'unscaled' is the masked dense init)")
     p.add_argument("--workers", type=int, default=1, help="parallel runs (1 thread each)")

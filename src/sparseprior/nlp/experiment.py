@@ -327,20 +327,6 @@ def _search_phase(config: EarlyBertConfig, prep: Prepared) -> dict[str, Any]:
             "max_abs_diff_masked_vs_slim": diff}
 
 
-def _earlybert_phase(slim: nn.Module, prep: Prepared, config: EarlyBertConfig, budget: int,
-                     phases: PhaseStore) -> dict[str, Any]:
-    """Phase 2: fine-tune the slim model; its weights are kept so a resumed run can save it."""
-    weights = "phases/earlybert_slim.safetensors"
-    done = phases.get("earlybert")
-    if done is not None:
-        load_slim_weights(slim, phases.run.file(weights))
-        return done
-    eb = finetune(slim, prep, config, steps=budget)
-    save_slim(slim, phases.run.file(weights), label_names=prep.label_names)
-    phases.run.write_json("phases/earlybert.json", eb)
-    return eb
-
-
 def _timing(slim: nn.Module, full_model: nn.Module, prep: Prepared, config: EarlyBertConfig
             ) -> tuple[dict[str, float], dict[str, float]]:
     """Interleaved slim/full timing: one training step at the config's batch size and
@@ -372,7 +358,16 @@ def _run(config: EarlyBertConfig, run: RunDir, plot_all: Callable) -> dict[str, 
 
     # 2. EarlyBERT: pre-trained weights of the kept structure, fine-tuned
     slim = slim_(_classifier(config, n_labels), head_masks, ffn_masks)
-    eb = _earlybert_phase(slim, prep, config, budget, phases)
+    slim_weights = run.file("phases/earlybert_slim.safetensors")   # kept for a resumed run
+
+    def train_slim() -> dict[str, Any]:
+        done = finetune(slim, prep, config, steps=budget)
+        save_slim(slim, slim_weights, label_names=prep.label_names)
+        return done
+
+    eb = phases.once("earlybert", train_slim)
+    if "earlybert" in phases.resumed:
+        load_slim_weights(slim, slim_weights)
 
     # 3. random ticket
     rand = None

@@ -27,8 +27,8 @@ class StaticSparse(Strategy):
     def init_state(self, model: nn.Module) -> ServerState:
         state = super().init_state(model)
         masks = random_erk_masks(model, self.config)
-        weights = SPARSE_INITS[self.config.sparse_init](state.weights, masks)
-        return ServerState(0, apply_masks(weights, masks), masks)
+        # the init zeroes the masked weights itself
+        return ServerState(0, SPARSE_INITS[self.config.sparse_init](state.weights, masks), masks)
 
     def budgets(self, state: ServerState) -> dict[str, int] | None:
         return {n: int(m.sum()) for n, m in (state.masks or {}).items()}
