@@ -16,6 +16,10 @@ Usage::
     python benchmarks/earlybert.py --max-train 512 --max-eval 256 --max-steps 40 \\
         --search-max-steps 30 --batch-size 16 --seeds 0   # reduced (2-core CPU)
 
+A seed's baseline phases can run beside it on another core: start the main run, then the
+same command with ``--phase full`` (and ``--phase random_ticket`` once the search is done);
+the main run picks their results up or waits for them.
+
 Writes ``<out>/seed<k>/`` run folders (``earlybert.json``, plots, slim model) and
 ``<out>/summary.json``.
 """
@@ -31,7 +35,12 @@ import sys
 from pathlib import Path
 
 from sparseprior.common.results import format_table
-from sparseprior.nlp.experiment import EarlyBertConfig, run_earlybert
+from sparseprior.nlp.experiment import (
+    BASELINE_PHASES,
+    EarlyBertConfig,
+    run_earlybert,
+    run_earlybert_phase,
+)
 from sparseprior.nlp.sections import claims, section_config
 
 
@@ -55,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="fraction of FFN neurons removed (paper: 0.4)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for training")
     p.add_argument("--timing-rounds", type=int, default=full.timing_rounds)
+    p.add_argument("--phase", choices=BASELINE_PHASES, default=None,
+                   help="phase worker: run only this baseline phase of each seed's run folder "
+                        "(start it beside the main run, same options, to use another core)")
     p.add_argument("--no-same-time-baseline", action="store_true",
                    help="skip full fine-tuning for EarlyBERT's time budget (saves ~1/4 of a run)")
     return p.parse_args(argv)
@@ -76,6 +88,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     out = Path(args.out)
+    if args.phase:
+        for seed in seeds:
+            done = run_earlybert_phase(config_for(args, seed), out / f"seed{seed}", args.phase)
+            print(f"seed {seed}: {args.phase} test accuracy {100 * done['test_acc']:.2f}%")
+        return
     rows, per_seed = [], {}
     for seed in seeds:
         result = run_earlybert(config_for(args, seed), out / f"seed{seed}")

@@ -81,3 +81,35 @@ def test_phase_store_computes_once_and_resumes(tmp_path):
     assert again.once("train", compute) == {"acc": 0.5, "steps": [1, 2]}
     assert again.resumed == ["train"] and len(calls) == 1
     assert again.get("other") is None
+
+
+def test_phase_store_second_worker_waits_for_the_first(tmp_path):
+    """Two workers on the same phase of one run: the second waits for the first's result
+    and never computes it itself."""
+    import threading
+
+    from sparseprior.common.runs import PhaseStore, RunDir
+
+    started, release, results = threading.Event(), threading.Event(), {}
+
+    def slow():
+        started.set()
+        release.wait(5)
+        return {"by": "first"}
+
+    def second():
+        raise AssertionError("the second worker must not compute a phase being computed")
+
+    first = threading.Thread(target=lambda: results.update(
+        a=PhaseStore(RunDir(tmp_path / "run")).once("full", slow)))
+    first.start()
+    assert started.wait(5)
+    waiter = threading.Thread(target=lambda: results.update(
+        b=PhaseStore(RunDir(tmp_path / "run")).once("full", second)))
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive() and "b" not in results       # blocked on the phase lock
+    release.set()
+    first.join(5)
+    waiter.join(5)
+    assert results == {"a": {"by": "first"}, "b": {"by": "first"}}

@@ -122,6 +122,26 @@ def test_run_earlybert_resumes_after_a_crash(tiny_folder, tiny_csv, tmp_path, mo
     assert sorted(a) == sorted(b) and all(bool((a[k] == b[k]).all()) for k in a)
 
 
+def test_baseline_phase_worker_result_is_used_by_the_main_run(tiny_folder, tiny_csv, tmp_path):
+    """A phase worker's full fine-tuning (another process, same folder) is what the main run
+    reports, equal to computing it in the main run; bad phase requests are refused."""
+    from sparseprior.nlp.experiment import run_earlybert, run_earlybert_phase
+
+    config = _config(tiny_folder, tiny_csv, export_onnx=False, epochs=1, search_max_steps=8,
+                     same_time_baseline=False)
+    with pytest.raises(ValueError, match="cannot run on its own"):
+        run_earlybert_phase(config, tmp_path / "split", "earlybert")
+    with pytest.raises(ValueError, match="needs the search phase"):
+        run_earlybert_phase(config, tmp_path / "split", "random_ticket")
+    worker = run_earlybert_phase(config, tmp_path / "split", "full")
+    main = run_earlybert(config, tmp_path / "split")
+    assert main["resumed_phases"] == ["full"]
+    assert main["full"] == json.loads(json.dumps(worker))
+    alone = run_earlybert(config, tmp_path / "alone")
+    assert alone["full"]["test_acc"] == main["full"]["test_acc"]
+    assert alone["full"]["steps"] == main["full"]["steps"]
+
+
 def test_mlm_search_tiny(tiny_folder, tiny_csv):
     from sparseprior.nlp.pretrain import run_mlm_search
 

@@ -117,19 +117,23 @@ class RunDir:
         return True
 
     @contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold an exclusive lock on the folder; a second process gets a clear ``ValueError``."""
+    def lock(self, name: str = ".lock", *, wait: bool = False) -> Iterator[None]:
+        """Hold an exclusive lock (file ``name`` in the folder). A second process gets a clear
+        ``ValueError``, or with ``wait=True`` blocks until the holder is done."""
         import fcntl
 
-        fh = open(self.file(".lock"), "a+")  # noqa: SIM115 (held for the block)
+        fh = open(self.file(name), "a+")  # noqa: SIM115 (held for the block)
         try:
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 fh.seek(0)
                 holder = fh.read().strip() or "another process"
-                raise ValueError(f"run folder {str(self.path)!r} is in use by {holder}; wait "
-                                 "for it to finish or use another folder") from None
+                if not wait:
+                    raise ValueError(f"run folder {str(self.path)!r} is in use by {holder}; "
+                                     "wait for it to finish or use another folder") from None
+                log.info("waiting for %s (%s in %s)", holder, name, self.path)
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             fh.seek(0)
             fh.truncate()
             fh.write(f"pid {os.getpid()}")
@@ -158,11 +162,16 @@ class PhaseStore:
         return self.run.read_json(f"phases/{name}.json")
 
     def once(self, name: str, compute: Callable[[], Any]) -> Any:
-        """The stored result of phase ``name``, or ``compute()`` stored atomically."""
+        """The stored result of phase ``name``, or ``compute()`` stored atomically. The phase
+        is locked while computed: a second process running the same phase of the same run
+        (a phase worker on another core) waits for the first one's result instead."""
         done = self.get(name)
         if done is None:
-            done = compute()
-            self.run.write_json(f"phases/{name}.json", done)
+            with self.run.lock(f"phases/{name}.lock", wait=True):
+                done = self.get(name)
+                if done is None:
+                    done = compute()
+                    self.run.write_json(f"phases/{name}.json", done)
         return done
 
 

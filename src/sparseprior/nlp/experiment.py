@@ -342,6 +342,54 @@ def _timing(slim: nn.Module, full_model: nn.Module, prep: Prepared, config: Earl
     return train_t, infer_t
 
 
+BASELINE_PHASES = ("random_ticket", "full")
+
+
+def _baselines(config: EarlyBertConfig, prep: Prepared, search: Callable[[], dict[str, Any]]
+               ) -> dict[str, Callable[[], dict[str, Any]]]:
+    """The baseline phases by name; each needs at most the search's masks (``search()``)."""
+    n_labels = len(prep.label_names)
+    budget = _steps(config, len(prep.train))
+
+    def random_ticket() -> dict[str, Any]:
+        found = search()
+        heads, ffn = random_masks([torch.tensor(m, dtype=torch.bool) for m in found["head_masks"]],
+                                  [torch.tensor(m, dtype=torch.bool) for m in found["ffn_masks"]],
+                                  seed=config.seed + 1)
+        return finetune(slim_(_classifier(config, n_labels), heads, ffn), prep, config,
+                        steps=budget)
+
+    def full() -> dict[str, Any]:
+        return finetune(_classifier(config, n_labels), prep, config, steps=budget)
+
+    return {"random_ticket": random_ticket, "full": full}
+
+
+def run_earlybert_phase(config: EarlyBertConfig, run_dir: str | Path, phase: str
+                        ) -> dict[str, Any]:
+    """Run one baseline phase (``BASELINE_PHASES``) of the run in ``run_dir`` in this process,
+    so one seed's phases use several cores or machines sharing the folder. The main run (same
+    config and folder) loads the stored result, or waits while this worker computes it. The
+    random ticket needs the main run's search phase to have finished."""
+    if phase not in BASELINE_PHASES:
+        raise ValueError(f"phase {phase!r} cannot run on its own; choose one of "
+                         f"{', '.join(BASELINE_PHASES)}")
+    config.validate()
+    run = RunDir(run_dir)
+    run.claim(config, may_differ=("num_threads", "progress"), kind="EarlyBERT run")
+    prep = prepare(config, load_tokenizer(config.model))
+    phases = PhaseStore(run)
+
+    def search() -> dict[str, Any]:
+        found = phases.get("search")
+        if found is None:
+            raise ValueError(f"{run.path}: the random ticket needs the search phase; start the "
+                             "main run first and this worker once its search is done")
+        return found
+
+    return phases.once(phase, _baselines(config, prep, search)[phase])
+
+
 def _run(config: EarlyBertConfig, run: RunDir, plot_all: Callable) -> dict[str, Any]:
     t0 = time.perf_counter()
     tokenizer = load_tokenizer(config.model)
@@ -369,16 +417,12 @@ def _run(config: EarlyBertConfig, run: RunDir, plot_all: Callable) -> dict[str, 
     if "earlybert" in phases.resumed:
         load_slim_weights(slim, slim_weights)
 
-    # 3. random ticket
-    rand = None
-    if config.random_ticket:
-        rh, rf = random_masks(head_masks, ffn_masks, seed=config.seed + 1)
-        rand = phases.once("random_ticket", lambda: finetune(
-            slim_(_classifier(config, n_labels), rh, rf), prep, config, steps=budget))
-
-    # 4. full fine-tuning
-    full_model = _classifier(config, n_labels)
-    full = phases.once("full", lambda: finetune(full_model, prep, config, steps=budget))
+    # 3. random ticket, 4. full fine-tuning (each may run in a phase worker)
+    baselines = _baselines(config, prep, lambda: found)
+    rand = phases.once("random_ticket", baselines["random_ticket"]) \
+        if config.random_ticket else None
+    full = phases.once("full", baselines["full"])
+    full_model = _classifier(config, n_labels)   # timing and counts need the structure only
 
     # timing: training step ratio (sets the same-time budget), inference speed-up
     slim.eval()
