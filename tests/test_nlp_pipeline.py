@@ -166,6 +166,17 @@ def test_cli_bad_data_one_line(tiny_folder, tmp_path, capsys):
     assert lines[-1].startswith("error: ") and "line 3: empty text" in lines[-1]
 
 
+def test_cli_phase_worker_refuses_a_dependent_phase(tiny_folder, tiny_csv, tmp_path, capsys):
+    from sparseprior.cli import main
+
+    with pytest.raises(SystemExit) as err:
+        main(["tickets", "earlybert", "--model", str(tiny_folder), "--data", str(tiny_csv),
+              "--phase", "earlybert", "--out", str(tmp_path / "r")])
+    assert err.value.code == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: ") and "cannot run on its own" in lines[-1]
+
+
 def test_time_ratio_training_step_keeps_weights():
     import torch
     from torch import nn

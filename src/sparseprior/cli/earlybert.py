@@ -20,12 +20,20 @@ def earlybert(
     config: EarlyBertConfig,
     out: Path = typer.Option(Path("runs/earlybert"), help="Run folder (config.json, "
                              "earlybert.json, plots, slim_model.safetensors/.json/.onnx)."),
+    phase: str = typer.Option("", help="Phase worker: run only this baseline phase (full or "
+                              "random_ticket) of the run in --out, beside its main run (same "
+                              "options), which picks the result up."),
 ) -> None:
     """EarlyBERT: search structured early-bird tickets (heads + FFN neurons), slim the model for
     real, fine-tune it, and compare with full fine-tuning and the random ticket."""
     from sparseprior.common.results import format_table
-    from sparseprior.nlp.experiment import run_earlybert, summary_rows
+    from sparseprior.nlp.experiment import run_earlybert, run_earlybert_phase, summary_rows
 
+    if phase:
+        done = run_earlybert_phase(config, out, phase)
+        typer.echo(f"{phase}: test accuracy {100 * done['test_acc']:.2f}% "
+                   f"({done['steps']} steps, {done['seconds']:.0f} s); run folder: {out}")
+        return
     result = run_earlybert(config, out)
     typer.echo(format_table(summary_rows(result)))
     typer.echo(f"run folder: {out}")
