@@ -153,28 +153,30 @@ def test_mlm_search_tiny(tiny_folder, tiny_csv):
     assert out["mlm_loss_after"] < 2 * out["mlm_loss_before"]
 
 
-def test_cli_bad_data_one_line(tiny_folder, tmp_path, capsys):
+def _cli_error(capsys, *args: str) -> str:
+    """The last stderr line of ``sparseprior tickets earlybert ARGS``, which must exit 2."""
     from sparseprior.cli import main
 
-    bad = tmp_path / "bad.csv"
-    bad.write_text("text,label\nhello,pos\n,neg\n")
     with pytest.raises(SystemExit) as err:
-        main(["tickets", "earlybert", "--model", str(tiny_folder), "--data", str(bad),
-              "--search-max-steps", "50", "--out", str(tmp_path / "r")])
+        main(["tickets", "earlybert", *args])
     assert err.value.code == 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert lines[-1].startswith("error: ") and "line 3: empty text" in lines[-1]
+    assert lines[-1].startswith("error: ")
+    return lines[-1]
+
+
+def test_cli_bad_data_one_line(tiny_folder, tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nhello,pos\n,neg\n")
+    assert "line 3: empty text" in _cli_error(
+        capsys, "--model", str(tiny_folder), "--data", str(bad), "--search-max-steps", "50",
+        "--out", str(tmp_path / "r"))
 
 
 def test_cli_phase_worker_refuses_a_dependent_phase(tiny_folder, tiny_csv, tmp_path, capsys):
-    from sparseprior.cli import main
-
-    with pytest.raises(SystemExit) as err:
-        main(["tickets", "earlybert", "--model", str(tiny_folder), "--data", str(tiny_csv),
-              "--phase", "earlybert", "--out", str(tmp_path / "r")])
-    assert err.value.code == 2
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert lines[-1].startswith("error: ") and "cannot run on its own" in lines[-1]
+    assert "cannot run on its own" in _cli_error(
+        capsys, "--model", str(tiny_folder), "--data", str(tiny_csv), "--phase", "earlybert",
+        "--out", str(tmp_path / "r"))
 
 
 def test_time_ratio_training_step_keeps_weights():

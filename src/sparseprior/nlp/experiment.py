@@ -299,7 +299,7 @@ def run_earlybert(config: EarlyBertConfig, run_dir: str | Path | RunDir) -> dict
 
     config.validate()
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    run.claim(config, may_differ=("num_threads", "progress"), kind="EarlyBERT run")
+    run.claim(config, may_differ=MACHINE_FIELDS, kind="EarlyBERT run")
     with run.lock():
         return _run(config, run, plot_all)
 
@@ -343,6 +343,13 @@ def _timing(slim: nn.Module, full_model: nn.Module, prep: Prepared, config: Earl
 
 
 BASELINE_PHASES = ("random_ticket", "full")
+MACHINE_FIELDS = ("num_threads", "progress")   # may change when a run folder is resumed
+
+
+def _ticket_masks(found: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The search phase's head and FFN masks as bool tensors."""
+    return ([torch.tensor(m, dtype=torch.bool) for m in found["head_masks"]],
+            [torch.tensor(m, dtype=torch.bool) for m in found["ffn_masks"]])
 
 
 def _baselines(config: EarlyBertConfig, prep: Prepared, search: Callable[[], dict[str, Any]]
@@ -352,10 +359,7 @@ def _baselines(config: EarlyBertConfig, prep: Prepared, search: Callable[[], dic
     budget = _steps(config, len(prep.train))
 
     def random_ticket() -> dict[str, Any]:
-        found = search()
-        heads, ffn = random_masks([torch.tensor(m, dtype=torch.bool) for m in found["head_masks"]],
-                                  [torch.tensor(m, dtype=torch.bool) for m in found["ffn_masks"]],
-                                  seed=config.seed + 1)
+        heads, ffn = random_masks(*_ticket_masks(search()), seed=config.seed + 1)
         return finetune(slim_(_classifier(config, n_labels), heads, ffn), prep, config,
                         steps=budget)
 
@@ -376,7 +380,7 @@ def run_earlybert_phase(config: EarlyBertConfig, run_dir: str | Path, phase: str
                          f"{', '.join(BASELINE_PHASES)}")
     config.validate()
     run = RunDir(run_dir)
-    run.claim(config, may_differ=("num_threads", "progress"), kind="EarlyBERT run")
+    run.claim(config, may_differ=MACHINE_FIELDS, kind="EarlyBERT run")
     prep = prepare(config, load_tokenizer(config.model))
     phases = PhaseStore(run)
 
@@ -400,8 +404,7 @@ def _run(config: EarlyBertConfig, run: RunDir, plot_all: Callable) -> dict[str, 
 
     # 1. search on the gated pre-trained model
     found = phases.once("search", lambda: _search_phase(config, prep))
-    head_masks = [torch.tensor(m, dtype=torch.bool) for m in found["head_masks"]]
-    ffn_masks = [torch.tensor(m, dtype=torch.bool) for m in found["ffn_masks"]]
+    head_masks, ffn_masks = _ticket_masks(found)
     search_steps = found["steps"]
 
     # 2. EarlyBERT: pre-trained weights of the kept structure, fine-tuned
