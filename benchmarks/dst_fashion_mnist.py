@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sparsities", default=",".join(f"{s:g}" for s in GRID_SPARSITIES))
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--delta-t", type=int, default=100)
+    p.add_argument("--sparse-init", default="unscaled", choices=("unscaled", "rescaled"),
+                   help="initial weights of the kept connections (DSTConfig.sparse_init)")
     p.add_argument("--subset", type=int, default=None, help="training images (default all)")
     p.add_argument("--extra-seeds", default="",
                    help="more seeds (comma-separated) for dense and the --seed-sparsities "
@@ -95,7 +97,7 @@ def _run_cell(cell: Cell, args: argparse.Namespace, deadline: float | None
     torch.set_num_threads(1)
     config = grid_config(model, method, sparsity, epochs=args.epochs,
                          data_root=args.data_root, subset=args.subset, seed=seed,
-                         delta_t=args.delta_t, num_threads=1)
+                         delta_t=args.delta_t, sparse_init=args.sparse_init, num_threads=1)
     key = (args.data_root, args.subset, seed)
     if key not in _SPLITS:
         _SPLITS[key] = load_splits(config)

@@ -71,3 +71,32 @@ def test_federated_sparse_strategies_start_rescaled():
         assert torch.allclose(a, b * scale)
     with pytest.raises(ValueError, match="sparse_init"):
         FedRunConfig(strategy="static", sparse_init="xavier").validate()
+
+
+def test_dst_initial_mask_rescaled_in_place_on_the_model():
+    from sparseprior.dst import DSTConfig, initial_masks
+    from sparseprior.sparsity import init_masked_
+
+    def model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(20, 16), torch.nn.ReLU(),
+                                   torch.nn.Linear(16, 3))
+
+    cfg = DSTConfig(method="rigl", sparsity=0.75, include_output=True, mask_seed=1)
+    plain, scaled = model(), model()
+    masks = initial_masks(plain, cfg)
+    assert initial_masks(scaled, cfg.replace(sparse_init="rescaled")) == masks
+    dense = dict(model().named_parameters())
+    for name, mask in masks.items():
+        a, b = dict(scaled.named_parameters())[name], dict(plain.named_parameters())[name]
+        assert torch.equal(b, dense[name] * mask)  # unscaled: the dense init, masked
+        scale = kept_fan_in_scale(mask).view(-1, 1).float()
+        assert torch.allclose(a, dense[name] * mask * scale)
+        assert float(scale.min()) > 1.0  # every unit lost inputs at 25% density
+    assert torch.equal(scaled[0].bias, plain[0].bias)  # biases untouched
+    with pytest.raises(ValueError, match="sparse_init"):
+        DSTConfig(sparse_init="xavier").validate()
+    with pytest.raises(ValueError, match="unknown sparse init"):
+        init_masked_(model(), masks, "xavier")
+    with pytest.raises(KeyError, match="lacks"):
+        init_masked_(model(), {"9.weight": masks["0.weight"]})

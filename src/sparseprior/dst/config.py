@@ -11,6 +11,7 @@ from sparseprior.common.config import Config
 from sparseprior.common.validation import check_choice, check_positive_int, check_range
 from sparseprior.dst.policies import DST_POLICIES, DSTPolicy, methods_help, policy_for
 from sparseprior.engine import TrainConfig
+from sparseprior.sparsity import SPARSE_INITS
 from sparseprior.workloads import ModelDataConfig
 
 #: Every registered DST method name (a live view of :data:`DST_POLICIES`: ``"rigl" in
@@ -55,6 +56,9 @@ class DSTConfig(Config):
             the density follows the cubic schedule from ``initial_density`` at ``prune_start``
             to ``1 - sparsity`` at the last update step ``<= prune_end``.
         include_output: also sparsify the output layer (default: kept dense).
+        sparse_init: how the kept weights of the starting mask are initialised: ``'unscaled'``
+            (the dense init, masked; default) or ``'rescaled'`` (each unit's kept weights
+            scaled by ``sqrt(fan_in / kept fan_in)``, :mod:`sparseprior.sparsity.init`).
         mask_seed: seed of the initial random mask and of SET's random growth (step ``t``
             draws from ``mask_seed`` and ``t``, so every DDP rank draws the same); ``None``:
             the run's ``train.seed`` in a :class:`DSTRunConfig`, 0 alone.
@@ -71,6 +75,7 @@ class DSTConfig(Config):
     prune_start: float = 0.0
     prune_end: float = 0.5
     include_output: bool = False
+    sparse_init: str = "unscaled"
     mask_seed: int | None = None
 
     def validate(self) -> None:
@@ -80,6 +85,7 @@ class DSTConfig(Config):
             raise ValueError(f"sparsity must be in [0, 1) (the fraction of zero weights; 1 "
                              f"would remove every weight), got {self.sparsity!r}")
         check_choice(self.distribution, "distribution", DST_DISTRIBUTIONS)
+        check_choice(self.sparse_init, "sparse_init", tuple(SPARSE_INITS))
         if isinstance(self.delta_t, bool) or not isinstance(self.delta_t, int):
             raise ValueError(f"delta_t must be an integer number of steps >= 1, got "
                              f"{self.delta_t!r}")

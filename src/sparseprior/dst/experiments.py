@@ -52,14 +52,16 @@ def run_name(model: str, method: str, sparsity: float, seed: int = 0) -> str:
 
 def grid_config(model: str, method: str, sparsity: float, *, epochs: int,
                 data_root: str | None = None, subset: int | None = None, seed: int = 0,
-                delta_t: int = 100, **train: Any) -> DSTRunConfig:
+                delta_t: int = 100, sparse_init: str = "unscaled", **train: Any
+                ) -> DSTRunConfig:
     """One grid cell: SGD 0.05 (momentum 0.9, cosine, weight decay 1e-4, batch 128) for
     ``epochs``; masks updated every ``delta_t`` steps until 75% of training with alpha 0.3, ERK
-    densities (output layer dense); GraNet from density 0.5, pruning in the first half.
-    ``seed`` seeds the initialisation, the mask, SET's growth and the data order."""
+    densities (output layer dense); GraNet from density 0.5, pruning in the first half;
+    ``sparse_init`` initialises the kept weights (:attr:`DSTConfig.sparse_init`). ``seed``
+    seeds the initialisation, the mask, SET's growth and the data order."""
     sparse = DST_POLICIES.get(method).sparse
     dst = DSTConfig(method=method, sparsity=sparsity if sparse else 0.0, delta_t=delta_t,
-                    mask_seed=seed)
+                    sparse_init=sparse_init, mask_seed=seed)
     schedule = default_dst_train().replace(epochs=epochs, seed=seed, progress=False, **train)
     return DSTRunConfig(dst=dst, model=model, data_root=data_root, subset=subset,
                         init_seed=seed, train=schedule)

@@ -32,6 +32,7 @@ from sparseprior.engine import Callback, is_distributed
 from sparseprior.sparsity import (
     MaskSet,
     drop_and_grow,
+    init_masked_,
     kept_counts,
     layer_densities,
     magnitude_scores,
@@ -60,7 +61,8 @@ def initial_masks(model: nn.Module, config: DSTConfig) -> MaskSet | None:
     A uniformly random mask (seeded by ``config.mask_seed``) keeping exactly
     :func:`target_counts` at ``config.start_density`` in each prunable layer (conv/linear
     weights, the output layer only with ``include_output``). The masked weights of ``model``
-    are zeroed. Pass the result to ``Trainer(masks=...)``.
+    are zeroed and the kept ones initialised by ``config.sparse_init``. Pass the result to
+    ``Trainer(masks=...)``.
     """
     if not isinstance(config, DSTConfig):
         raise TypeError(f"config must be a DSTConfig, got {type(config).__name__}")
@@ -75,7 +77,7 @@ def initial_masks(model: nn.Module, config: DSTConfig) -> MaskSet | None:
     chosen = select_masks(scores, densities={n: counts[n] / math.prod(shapes[n])
                                              for n in shapes})
     masks = MaskSet(chosen)
-    masks.apply_(model)
+    init_masked_(model, masks, config.sparse_init)
     return masks
 
 

@@ -15,7 +15,12 @@ from sparseprior.sparsity.density import (
     layer_densities,
     uniform_densities,
 )
-from sparseprior.sparsity.init import SPARSE_INITS, kept_fan_in_scale, rescale_to_kept_fan_in
+from sparseprior.sparsity.init import (
+    SPARSE_INITS,
+    init_masked_,
+    kept_fan_in_scale,
+    rescale_to_kept_fan_in,
+)
 from sparseprior.sparsity.masks import (
     LayerSparsity,
     MaskSet,
@@ -49,6 +54,7 @@ __all__ = [
     "DISTRIBUTIONS",
     "SCORE_FUNCTIONS",
     "SPARSE_INITS",
+    "init_masked_",
     "LayerSparsity",
     "MaskSet",
     "SparsityConfig",

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 #: Initialisations of masked weights by name: ``fn(weights, masks) -> weights``.
 SPARSE_INITS: dict[str, Callable[[Mapping[str, Tensor], Mapping[str, Tensor]],
@@ -61,3 +61,21 @@ def unscaled(weights: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> dict
 
 SPARSE_INITS["rescaled"] = rescale_to_kept_fan_in
 SPARSE_INITS["unscaled"] = unscaled
+
+
+def init_masked_(model: nn.Module, masks: Mapping[str, Tensor], init: str = "unscaled"
+                 ) -> nn.Module:
+    """In place: the weights of ``model`` named in ``masks`` become ``SPARSE_INITS[init]`` of
+    them (masked weights zeroed). Returns ``model``."""
+    if init not in SPARSE_INITS:
+        raise ValueError(f"unknown sparse init {init!r}; choose one of {sorted(SPARSE_INITS)}")
+    params = dict(model.named_parameters())
+    missing = [n for n in masks if n not in params]
+    if missing:
+        raise KeyError(f"masks name parameters the model lacks: {missing}")
+    new = SPARSE_INITS[init]({n: params[n].detach() for n in masks},
+                             {n: m.to(params[n].device) for n, m in masks.items()})
+    with torch.no_grad():
+        for name in masks:
+            params[name].copy_(new[name])
+    return model
