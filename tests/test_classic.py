@@ -76,6 +76,23 @@ def test_support_oracle_is_exact_when_noiseless(small):
     assert ((x_or != 0) <= (x != 0)).all()
 
 
+def test_support_oracle_equals_least_squares_on_each_support():
+    gen = torch.Generator().manual_seed(3)
+    A = torch.randn(40, 60, generator=gen) / 40 ** 0.5
+    x = torch.randn(9, 60, generator=gen) * (torch.rand(9, 60, generator=gen) < 0.15)
+    x[0] = 0.0                                    # empty support
+    x[1, :15] = 1.0                               # the largest support sets the chunk's k
+    y = x @ A.T + 0.05 * torch.randn(9, 40, generator=gen)
+    got = support_oracle_ls(A, y, x, chunk=4)     # chunks of mixed support sizes
+    for b in range(9):
+        s = (x[b] != 0).nonzero().squeeze(1)
+        want = torch.zeros(60, dtype=torch.float64)
+        if len(s):
+            want[s] = torch.linalg.lstsq(A[:, s].double(), y[b].double()).solution
+        assert torch.allclose(got[b].double(), want, atol=1e-5), b
+    assert bool((got[0] == 0).all())
+
+
 def test_soft_threshold_and_metrics():
     v = torch.tensor([[-2.0, -0.5, 0.0, 0.3, 1.5]])
     assert torch.equal(soft_threshold(v, 0.5), torch.tensor([[-1.5, 0.0, 0.0, 0.0, 1.0]]))
