@@ -20,8 +20,12 @@ A seed's baseline phases can run beside it on another core: start the main run, 
 same command with ``--phase full`` (and ``--phase random_ticket`` once the search is done);
 the main run picks their results up or waits for them.
 
+Seeds run into separate folders are summarised together, without training, by::
+
+    python benchmarks/earlybert.py --collect runs/eb-s0,runs/eb-s1,runs/eb-s2 --out runs/eb-3
+
 Writes ``<out>/seed<k>/`` run folders (``earlybert.json``, plots, slim model) and
-``<out>/summary.json``.
+``<out>/summary.json`` (per-seed claims and the means over seeds).
 """
 
 from __future__ import annotations
@@ -67,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--phase", choices=BASELINE_PHASES, default=None,
                    help="phase worker: run only this baseline phase of each seed's run folder "
                         "(start it beside the main run, same options, to use another core)")
+    p.add_argument("--collect", default=None,
+                   help="comma-separated --out folders of finished runs: summarise their seeds "
+                        "(seed*/earlybert.json) into --out, no training")
     p.add_argument("--no-same-time-baseline", action="store_true",
                    help="skip full fine-tuning for EarlyBERT's time budget (saves ~1/4 of a run)")
     return p.parse_args(argv)
@@ -83,6 +90,54 @@ def config_for(args: argparse.Namespace, seed: int) -> EarlyBertConfig:
         warmup_steps=min(section_config("full").warmup_steps, args.search_max_steps // 3))
 
 
+def collect(folders: list[Path]) -> dict[int, dict]:
+    """The finished results (``seed<k>/earlybert.json``) in ``folders``, by seed."""
+    per_seed: dict[int, dict] = {}
+    for folder in folders:
+        files = sorted(folder.glob("seed*/earlybert.json"))
+        if not files:
+            raise SystemExit(f"error: {folder} holds no finished seed (seed*/earlybert.json)")
+        for file in files:
+            seed = int(file.parent.name.removeprefix("seed"))
+            if seed in per_seed:
+                raise SystemExit(f"error: seed {seed} appears twice ({file})")
+            per_seed[seed] = json.loads(file.read_text())
+    return dict(sorted(per_seed.items()))
+
+
+def summarize(per_seed: dict[int, dict], command: str) -> dict:
+    """Per-seed claims and the means over seeds of the figures the targets judge."""
+    rows = [{"seed": seed, "claim": c.claim, "target": c.target, "measured": c.measured,
+             "verdict": c.verdict}
+            for seed, result in per_seed.items() for c in claims(result, decide=True)]
+
+    def mean(fn) -> float | None:
+        values = [fn(r) for r in per_seed.values()]
+        return None if any(v is None for v in values) else statistics.mean(values)
+
+    def acc(phase: str):
+        return lambda r: None if r.get(phase) is None else 100 * r[phase]["test_acc"]
+
+    return {
+        "command": command,
+        "seeds": list(per_seed),
+        "mean": {
+            "full_acc": mean(acc("full")),
+            "earlybert_acc": mean(acc("earlybert")),
+            "random_acc": mean(acc("random_ticket")),
+            "same_time_acc": mean(acc("full_same_time")),
+            "time_saving_pct": mean(lambda r: r["wall_time"]["saving_pct"]),
+            "time_saving_from_step_timing_pct": mean(
+                lambda r: r["wall_time"].get("saving_pct_from_step_timing")),
+            "inference_speedup": mean(lambda r: r["inference_timing_b32"]["speedup"]),
+            "encoder_params_reduction_pct": mean(
+                lambda r: r["params"]["encoder_layers_reduction_pct"]),
+            "drawn_step": mean(lambda r: r["search"]["steps"]),
+        },
+        "claims": rows,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
@@ -93,38 +148,17 @@ def main(argv: list[str] | None = None) -> None:
             done = run_earlybert_phase(config_for(args, seed), out / f"seed{seed}", args.phase)
             print(f"seed {seed}: {args.phase} test accuracy {100 * done['test_acc']:.2f}%")
         return
-    rows, per_seed = [], {}
-    for seed in seeds:
-        result = run_earlybert(config_for(args, seed), out / f"seed{seed}")
-        per_seed[seed] = result
-        for c in claims(result, decide=True):
-            rows.append({"seed": seed, "claim": c.claim, "target": c.target,
-                         "measured": c.measured, "verdict": c.verdict})
-
-    def mean(fn) -> float:
-        return statistics.mean(fn(r) for r in per_seed.values())
-
-    summary = {
-        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or
-                                                                                sys.argv[1:])]),
-        "seeds": seeds,
-        "mean": {
-            "full_acc": mean(lambda r: 100 * r["full"]["test_acc"]),
-            "earlybert_acc": mean(lambda r: 100 * r["earlybert"]["test_acc"]),
-            "random_acc": mean(lambda r: 100 * r["random_ticket"]["test_acc"]),
-            "same_time_acc": None if args.no_same_time_baseline
-            else mean(lambda r: 100 * r["full_same_time"]["test_acc"]),
-            "time_saving_pct": mean(lambda r: r["wall_time"]["saving_pct"]),
-            "inference_speedup": mean(lambda r: r["inference_timing_b32"]["speedup"]),
-            "encoder_params_reduction_pct": mean(
-                lambda r: r["params"]["encoder_layers_reduction_pct"]),
-            "drawn_step": mean(lambda r: r["search"]["steps"]),
-        },
-        "claims": rows,
-    }
+    if args.collect:
+        per_seed = collect([Path(f) for f in args.collect.split(",") if f.strip()])
+    else:
+        per_seed = {seed: run_earlybert(config_for(args, seed), out / f"seed{seed}")
+                    for seed in seeds}
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0],
+                                                            *(argv or sys.argv[1:])])
+    summary = summarize(per_seed, command)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(format_table(rows))
+    print(format_table(summary["claims"]))
     print(format_table([{k: v if v is None else round(v, 3)
                          for k, v in summary["mean"].items()}]))
 
