@@ -113,3 +113,30 @@ def test_phase_store_second_worker_waits_for_the_first(tmp_path):
     first.join(5)
     waiter.join(5)
     assert results == {"a": {"by": "first"}, "b": {"by": "first"}}
+
+
+def test_claim_reads_a_field_added_later_as_its_value_in_older_runs(tmp_path):
+    from sparseprior.dst import DSTConfig, DSTRunConfig
+    from sparseprior.federated import FedRunConfig
+
+    def older_folder(name: str, config: Config) -> RunDir:
+        run = RunDir(tmp_path / name)
+        data = config.to_dict()
+        section = data.get("dst", data)
+        del section["sparse_init"]                      # written before the field existed
+        run.write_json("config.json", data)
+        return run
+
+    dst = DSTRunConfig(dst=DSTConfig(method="set", sparsity=0.8))
+    run = older_folder("dst", dst)
+    assert run.claim(dst) is True                       # default = what older runs did
+    assert run.read_json("config.json")["dst"]["sparse_init"] == "unscaled"  # now explicit
+    run = older_folder("dst2", dst)
+    with pytest.raises(ValueError, match=r"dst\.sparse_init"):
+        run.claim(dst.replace(dst=dst.dst.replace(sparse_init="rescaled")))
+    # the federated default changed when the field came: an older run is not today's default
+    fed = FedRunConfig(strategy="static")
+    run = older_folder("fed", fed)
+    with pytest.raises(ValueError, match="sparse_init"):
+        run.claim(fed)
+    assert run.claim(fed.replace(sparse_init="unscaled")) is True

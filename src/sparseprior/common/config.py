@@ -6,7 +6,7 @@ import dataclasses
 import json
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 T = TypeVar("T", bound="Config")
 
@@ -19,6 +19,11 @@ class Config:
     with a message naming the field, the value given and what is allowed.
     """
 
+    #: Fields added after runs were written, each with the value those older runs used
+    #: implicitly (not necessarily today's default): a run folder whose ``config.json``
+    #: lacks the field is read as having that value (:meth:`RunDir.claim`).
+    ADDED_FIELDS: ClassVar[dict[str, Any]] = {}
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -27,6 +32,15 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def added_fields(self) -> dict[str, Any]:
+        """:attr:`ADDED_FIELDS` of this config and of its nested configs, by dotted name."""
+        out = dict(self.ADDED_FIELDS)
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, Config):
+                out.update({f"{field.name}.{k}": v for k, v in value.added_fields().items()})
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -94,7 +94,9 @@ class RunDir:
         dotted field names in ``may_differ`` (machine settings such as ``device``, ``threads``,
         ``train.device``), which are updated to the requested values. Returns ``True`` when the
         folder already held this experiment (resume), ``False`` when it was new. Raises
-        ``ValueError`` naming the differing fields otherwise.
+        ``ValueError`` naming the differing fields otherwise. A field the folder's config lacks
+        because it was added to the code later (``config.added_fields()``) counts as having the
+        value older runs used.
         """
         new = config.to_dict() if hasattr(config, "to_dict") else dict(config)
         new = json.loads(json.dumps(_jsonable(new)))  # the form it has on disk
@@ -107,8 +109,10 @@ class RunDir:
         except (OSError, ValueError) as err:
             raise ValueError(f"run folder {str(self.path)!r}: {name} is unreadable ({err}); "
                              "use another folder or delete it") from None
+        known = with_added_fields(old, config.added_fields()) if hasattr(
+            config, "added_fields") else old
         allowed = set(may_differ)
-        differ = [k for k in config_diff(old, new) if not _covered(k, allowed)]
+        differ = [k for k in config_diff(known, new) if not _covered(k, allowed)]
         if differ:
             raise ValueError(f"run folder {str(self.path)!r} holds a different {kind} (fields "
                              f"{differ} differ); use another folder or the same settings")
@@ -201,6 +205,20 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_flatten(v, f"{prefix}{k}."))
         return out if out else {prefix[:-1]: {}}
     return {prefix[:-1]: data}
+
+
+def with_added_fields(config: Mapping[str, Any], added: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the nested config dict with each dotted field of ``added`` that it lacks set to
+    its value there (only where the parent section exists)."""
+    out = json.loads(json.dumps(config))
+    for dotted, value in added.items():
+        *parents, leaf = dotted.split(".")
+        section = out
+        for name in parents:
+            section = section.get(name) if isinstance(section, dict) else None
+        if isinstance(section, dict) and leaf not in section:
+            section[leaf] = value
+    return out
 
 
 def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

@@ -294,9 +294,10 @@ def parse_record(raw: Any, index: int, version: int = 1, coders: tuple[str, ...]
     if encoding == "codes":
         if len(shape) == 0:
             raise ValueError(f"{where}: a tensor stored as codes needs at least 1 dimension")
+        names = frozenset(f.name for f in dataclasses.fields(QuantSpec))
         try:
             spec = QuantSpec.from_dict(check_keys(raw["quant"], set(), f"{where}: 'quant'",
-                                                  frozenset(QuantSpec.__dataclass_fields__)))
+                                                  names))
         except TypeError as err:
             raise ValueError(f"{where}: field 'quant' is not a valid QuantSpec ({err})") from None
         fields["quant"] = spec

@@ -366,7 +366,7 @@ class QuantizeConfig(QuantSpec):
 
     @property
     def spec(self) -> QuantSpec:
-        return QuantSpec(**{name: getattr(self, name) for name in QuantSpec.__dataclass_fields__})
+        return QuantSpec(**{f.name: getattr(self, f.name) for f in dataclasses.fields(QuantSpec)})
 
 
 @register_step("quantize", QuantizeConfig,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 from sparseprior.common.config import Config
 from sparseprior.common.validation import check_choice, check_positive_int, check_range
@@ -63,6 +63,8 @@ class DSTConfig(Config):
             draws from ``mask_seed`` and ``t``, so every DDP rank draws the same); ``None``:
             the run's ``train.seed`` in a :class:`DSTRunConfig`, 0 alone.
     """
+
+    ADDED_FIELDS: ClassVar[dict[str, Any]] = {"sparse_init": "unscaled"}
 
     method: str = dataclasses.field(
         default="rigl", metadata={"help": f"the DST method: {methods_help()}."})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 from sparseprior.common.validation import check_choice, check_positive_int, check_range
 from sparseprior.engine import TrainConfig
@@ -73,6 +73,9 @@ class FedRunConfig(ModelDataConfig):
     """
 
     model: str = "lenet5"
+    #: Runs written before ``sparse_init`` existed started from the masked dense init.
+    ADDED_FIELDS: ClassVar[dict[str, Any]] = {"sparse_init": "unscaled"}
+
     strategy: str = "feddst"
     clients: int = 100
     per_round: int = 10
