@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -210,7 +211,7 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 def with_added_fields(config: Mapping[str, Any], added: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of the nested config dict with each dotted field of ``added`` that it lacks set to
     its value there (only where the parent section exists)."""
-    out = json.loads(json.dumps(config))
+    out = copy.deepcopy(dict(config))
     for dotted, value in added.items():
         *parents, leaf = dotted.split(".")
         section = out

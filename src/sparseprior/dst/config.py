@@ -64,6 +64,7 @@ class DSTConfig(Config):
             the run's ``train.seed`` in a :class:`DSTRunConfig`, 0 alone.
     """
 
+    #: Runs written before ``sparse_init`` existed used the masked dense init.
     ADDED_FIELDS: ClassVar[dict[str, Any]] = {"sparse_init": "unscaled"}
 
     method: str = dataclasses.field(

@@ -72,10 +72,10 @@ class FedRunConfig(ModelDataConfig):
         threads: torch.set_num_threads while running (None: leave as is).
     """
 
-    model: str = "lenet5"
     #: Runs written before ``sparse_init`` existed started from the masked dense init.
     ADDED_FIELDS: ClassVar[dict[str, Any]] = {"sparse_init": "unscaled"}
 
+    model: str = "lenet5"
     strategy: str = "feddst"
     clients: int = 100
     per_round: int = 10
