@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from sparseprior.common.results import format_table
+from sparseprior.engine.optim import fused_option
 from sparseprior.nlp.experiment import EarlyBertConfig, prepare
 from sparseprior.nlp.model import TextClassifier, encoder_layer_params, load_encoder, load_tokenizer
 from sparseprior.nlp.slim import slim_, structure_masks
@@ -47,7 +48,8 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: dict, 
 def step_ratio(slim: torch.nn.Module, full: torch.nn.Module, batches: list, rounds: int
                ) -> dict[str, float]:
     """Median per-round ``t_full / t_slim`` of one training step, interleaved."""
-    opts = [torch.optim.AdamW(m.parameters(), lr=1e-5) for m in (slim, full)]
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-5, **fused_option(m.parameters()))
+            for m in (slim, full)]
     slim.train(), full.train()
     t_slim, t_full = [], []
     for i in range(rounds + 1):

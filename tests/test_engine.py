@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from sparseprior.engine import Callback, LambdaCallback, TrainConfig, Trainer, WeightSnapshot
-from sparseprior.engine.optim import lr_factor_fn
+from sparseprior.engine import Callback, LambdaCallback, TrainConfig, Trainer, WeightSnapshot, optim
+from sparseprior.engine.optim import build_optimizer, fused_option, lr_factor_fn
 from sparseprior.engine.state import flatten_state, unflatten_state
 from sparseprior.sparsity import MaskSet, SparsityConfig, sparsify_
 
@@ -100,6 +100,35 @@ def test_lr_schedules():
 
 
 # --------------------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_optimizer_is_fused_on_cpu_and_matches_the_loop(name, monkeypatch):
+    torch.manual_seed(0)
+    config = TrainConfig(optimizer=name, lr=0.05, weight_decay=0.01, momentum=0.9)
+    fused_model, loop_model = nn.Linear(6, 3), nn.Linear(6, 3)
+    loop_model.load_state_dict(fused_model.state_dict())
+    fused = build_optimizer(fused_model.parameters(), config)
+    assert fused.param_groups[0]["fused"] is True
+    monkeypatch.setattr(optim, "fused_option", lambda params: {"foreach": False})
+    loop = build_optimizer(loop_model.parameters(), config)
+    assert not loop.param_groups[0]["fused"]
+    x = torch.randn(8, 6)
+    for _ in range(5):
+        for model, opt in ((fused_model, fused), (loop_model, loop)):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(fused_model.parameters(), loop_model.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+        assert not torch.equal(a, torch.zeros_like(a))
+
+
+def test_fused_option_falls_back():
+    assert fused_option([]) == {}
+    assert fused_option([nn.Parameter(torch.zeros(2, dtype=torch.int64), requires_grad=False)]
+                        ) == {}
+    assert fused_option(nn.Linear(2, 2).parameters()) == {"fused": True}
 
 
 def test_fit_learns_and_logs(tmp_path):

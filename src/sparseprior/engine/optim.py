@@ -10,15 +10,36 @@ from torch import nn
 
 from sparseprior.engine.config import TrainConfig
 
+_FUSED_DEVICES = frozenset({"cpu", "cuda"})
+
+
+def fused_option(params: Iterable[nn.Parameter]) -> dict[str, bool]:
+    """``{"fused": True}`` when every parameter is a floating-point tensor on the CPU or CUDA,
+    else ``{}`` (PyTorch's default implementation).
+
+    On the CPU PyTorch defaults to a per-tensor Python loop: an AdamW step over MiniLM's 22.6M
+    parameters takes 0.31 s there and 0.035 s fused (one thread), ~10% of a training step.
+    Fused and loop updates agree to float rounding (~1e-7), not bit for bit.
+    """
+    params = list(params)
+    ok = bool(params) and all(
+        p.device.type in _FUSED_DEVICES and p.is_floating_point() and not p.is_sparse
+        for p in params)
+    return {"fused": True} if ok else {}
+
 
 def build_optimizer(params: Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov), Adam or AdamW with ``config.weight_decay``."""
+    """SGD (momentum, Nesterov), Adam or AdamW with ``config.weight_decay``; the fused
+    implementation where PyTorch has one (:func:`fused_option`)."""
+    params = list(params)
+    fused = fused_option(params)
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay, nesterov=config.nesterov)
+                               weight_decay=config.weight_decay, nesterov=config.nesterov,
+                               **fused)
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **fused)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **fused)
 
 
 def lr_factor_fn(config: TrainConfig, steps_per_epoch: int, total_steps: int

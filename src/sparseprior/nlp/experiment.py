@@ -36,6 +36,7 @@ from sparseprior.common.runs import PhaseStore, RunDir
 from sparseprior.common.validation import check_choice, check_positive_int, check_range
 from sparseprior.engine.callbacks import Callback
 from sparseprior.engine.config import TrainConfig
+from sparseprior.engine.optim import fused_option
 from sparseprior.nlp import data as nlp_data
 from sparseprior.nlp.model import (
     TextClassifier,
@@ -239,14 +240,15 @@ def time_ratio(fast: nn.Module, slow: nn.Module, inputs: dict[str, torch.Tensor]
                rounds: int, train: bool = False, targets: torch.Tensor | None = None,
                threads: int | None = 1) -> dict[str, float]:
     """Interleaved timing of ``slow`` and ``fast`` on ``inputs`` (forward, or with ``train`` one
-    training step: forward, backward and an AdamW step at lr 0, so the weights stay as they
-    are); median seconds of each and the median of the per-round ratio slow/fast."""
+    training step: forward, backward and a fused AdamW step at lr 0, as the Trainer builds it,
+    so the weights stay as they are); median seconds of each and the median of the per-round
+    ratio slow/fast."""
     old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     t_fast, t_slow = [], []
-    optimizers = {id(m): torch.optim.AdamW(m.parameters(), lr=0.0) for m in (fast, slow)} \
-        if train else {}
+    optimizers = {id(m): torch.optim.AdamW(m.parameters(), lr=0.0, **fused_option(m.parameters()))
+                  for m in (fast, slow)} if train else {}
 
     def run(model: nn.Module) -> float:
         start = time.perf_counter()
