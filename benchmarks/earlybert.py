@@ -24,6 +24,10 @@ Seeds run into separate folders are summarised together, without training, by::
 
     python benchmarks/earlybert.py --collect runs/eb-s0,runs/eb-s1,runs/eb-s2 --out runs/eb-3
 
+and with ``--retime`` their slim/full timing is measured again with the current code first
+(``--timing-rounds`` inference rounds, half as many training-step rounds; no training; written
+to ``seed<k>/earlybert_retimed.json``, the earlier figures kept under ``retimed_from``).
+
 Writes ``<out>/seed<k>/`` run folders (``earlybert.json``, plots, slim model) and
 ``<out>/summary.json`` (per-seed claims and the means over seeds).
 """
@@ -42,6 +46,7 @@ from sparseprior.common.results import format_table
 from sparseprior.nlp.experiment import (
     BASELINE_PHASES,
     EarlyBertConfig,
+    retime_run,
     run_earlybert,
     run_earlybert_phase,
 )
@@ -74,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--collect", default=None,
                    help="comma-separated --out folders of finished runs: summarise their seeds "
                         "(seed*/earlybert.json) into --out, no training")
+    p.add_argument("--retime", action="store_true",
+                   help="with --collect: measure the slim/full timing of each finished seed "
+                        "again with this code (--timing-rounds), no training")
     p.add_argument("--no-same-time-baseline", action="store_true",
                    help="skip full fine-tuning for EarlyBERT's time budget (saves ~1/4 of a run)")
     return p.parse_args(argv)
@@ -90,8 +98,9 @@ def config_for(args: argparse.Namespace, seed: int) -> EarlyBertConfig:
         warmup_steps=min(section_config("full").warmup_steps, args.search_max_steps // 3))
 
 
-def collect(folders: list[Path]) -> dict[int, dict]:
-    """The finished results (``seed<k>/earlybert.json``) in ``folders``, by seed."""
+def collect(folders: list[Path], retime_rounds: int | None = None) -> dict[int, dict]:
+    """The finished results (``seed<k>/earlybert.json``) in ``folders``, by seed; with
+    ``retime_rounds`` their timing measured again (:func:`retime_run`)."""
     per_seed: dict[int, dict] = {}
     for folder in folders:
         files = sorted(folder.glob("seed*/earlybert.json"))
@@ -101,7 +110,8 @@ def collect(folders: list[Path]) -> dict[int, dict]:
             seed = int(file.parent.name.removeprefix("seed"))
             if seed in per_seed:
                 raise SystemExit(f"error: seed {seed} appears twice ({file})")
-            per_seed[seed] = json.loads(file.read_text())
+            per_seed[seed] = json.loads(file.read_text()) if retime_rounds is None else \
+                retime_run(file.parent, rounds=retime_rounds)
     return dict(sorted(per_seed.items()))
 
 
@@ -141,6 +151,8 @@ def summarize(per_seed: dict[int, dict], command: str) -> dict:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
+    if args.retime and not args.collect:
+        raise SystemExit("error: --retime re-measures finished runs; give them with --collect")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     out = Path(args.out)
     if args.phase:
@@ -149,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"seed {seed}: {args.phase} test accuracy {100 * done['test_acc']:.2f}%")
         return
     if args.collect:
-        per_seed = collect([Path(f) for f in args.collect.split(",") if f.strip()])
+        per_seed = collect([Path(f) for f in args.collect.split(",") if f.strip()],
+                           args.timing_rounds if args.retime else None)
     else:
         per_seed = {seed: run_earlybert(config_for(args, seed), out / f"seed{seed}")
                     for seed in seeds}

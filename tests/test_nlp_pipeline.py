@@ -83,6 +83,21 @@ def test_run_earlybert_end_to_end(tiny_folder, tiny_csv, tmp_path):
     # the same folder refuses a different experiment
     with pytest.raises(ValueError, match="differ"):
         run_earlybert(_config(tiny_folder, tiny_csv, seed=1), tmp_path / "run")
+    # timing measured again on the finished run, no training; earlybert.json untouched
+    from sparseprior.nlp.experiment import retime_run, step_timing_saving_pct
+
+    retimed = retime_run(tmp_path / "run", rounds=4)
+    assert retimed["retimed_from"]["train_step_timing"] == saved["train_step_timing"]
+    assert retimed["train_step_timing"]["rounds"] == 3 and retimed["earlybert"] == saved[
+        "earlybert"]
+    assert retimed["inference_timing_b32"]["rounds"] == 4
+    assert retimed["wall_time"]["saving_pct_from_step_timing"] == pytest.approx(
+        step_timing_saving_pct(saved["search"]["steps"], saved["earlybert"]["steps"],
+                               saved["full"]["steps"], retimed["train_step_timing"]["speedup"]))
+    assert json.loads((tmp_path / "run" / "earlybert.json").read_text()) == saved
+    assert (tmp_path / "run" / "earlybert_retimed.json").is_file()
+    with pytest.raises(ValueError, match="no earlybert.json"):
+        retime_run(tmp_path / "empty", rounds=4)
 
 
 def test_run_earlybert_resumes_after_a_crash(tiny_folder, tiny_csv, tmp_path, monkeypatch):
