@@ -24,6 +24,11 @@ Seeds run into separate folders are summarised together, without training, by::
 
     python benchmarks/earlybert.py --collect runs/eb-s0,runs/eb-s1,runs/eb-s2 --out runs/eb-3
 
+``--estimate`` runs only each seed's search and the slim/full training-step timing, no
+fine-tuning, and reports the training time EarlyBERT would save (``summary_estimate.json``);
+a later full run in the same ``--out`` goes on from there. The searches of several seeds can
+run side by side with ``--phase search`` first, so the timing runs alone.
+
 and with ``--retime`` their slim/full timing is measured again with the current code first
 (``--timing-rounds`` inference rounds, half as many training-step rounds; no training; written
 to ``seed<k>/earlybert_retimed.json``, the earlier figures kept under ``retimed_from``).
@@ -44,8 +49,11 @@ from pathlib import Path
 
 from sparseprior.common.results import format_table
 from sparseprior.nlp.experiment import (
-    BASELINE_PHASES,
+    WORKER_PHASES,
     EarlyBertConfig,
+    describe_phase,
+    estimate_rows,
+    estimate_run,
     retime_run,
     run_earlybert,
     run_earlybert_phase,
@@ -73,9 +81,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="fraction of FFN neurons removed (paper: 0.4)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for training")
     p.add_argument("--timing-rounds", type=int, default=full.timing_rounds)
-    p.add_argument("--phase", choices=BASELINE_PHASES, default=None,
-                   help="phase worker: run only this baseline phase of each seed's run folder "
+    p.add_argument("--phase", choices=WORKER_PHASES, default=None,
+                   help="phase worker: run only this phase of each seed's run folder "
                         "(start it beside the main run, same options, to use another core)")
+    p.add_argument("--estimate", action="store_true",
+                   help="only the search and the slim/full step timing per seed: the training "
+                        "time EarlyBERT would save, no fine-tuning")
     p.add_argument("--collect", default=None,
                    help="comma-separated --out folders of finished runs: summarise their seeds "
                         "(seed*/earlybert.json) into --out, no training")
@@ -148,17 +159,41 @@ def summarize(per_seed: dict[int, dict], command: str) -> dict:
     }
 
 
+def _command(argv: list[str] | None) -> str:
+    return "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+
+
+def estimate(seeds: list[int], args: argparse.Namespace, out: Path,
+             argv: list[str] | None) -> None:
+    """``--estimate``: search + step timing per seed, the saving per seed and its mean."""
+    per_seed = {seed: estimate_run(config_for(args, seed), out / f"seed{seed}")
+                for seed in seeds}
+    rows = estimate_rows(per_seed)
+    mean = {key: round(statistics.mean(r[key] for r in rows), 3) for key in rows[0]
+            if key != "seed"}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary_estimate.json").write_text(json.dumps(
+        {"command": _command(argv), "seeds": seeds, "rows": rows, "mean": mean}, indent=2))
+    print(format_table(rows))
+    print(format_table([{"seed": "mean", **mean}]))
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     if args.retime and not args.collect:
         raise SystemExit("error: --retime re-measures finished runs; give them with --collect")
+    if args.estimate and (args.collect or args.phase):
+        raise SystemExit("error: --estimate runs its own search and timing; drop --collect/--phase")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     out = Path(args.out)
     if args.phase:
         for seed in seeds:
             done = run_earlybert_phase(config_for(args, seed), out / f"seed{seed}", args.phase)
-            print(f"seed {seed}: {args.phase} test accuracy {100 * done['test_acc']:.2f}%")
+            print(f"seed {seed}: {describe_phase(args.phase, done)}")
+        return
+    if args.estimate:
+        estimate(seeds, args, out, argv)
         return
     if args.collect:
         per_seed = collect([Path(f) for f in args.collect.split(",") if f.strip()],
@@ -166,9 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         per_seed = {seed: run_earlybert(config_for(args, seed), out / f"seed{seed}")
                     for seed in seeds}
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0],
-                                                            *(argv or sys.argv[1:])])
-    summary = summarize(per_seed, command)
+    summary = summarize(per_seed, _command(argv))
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(format_table(summary["claims"]))

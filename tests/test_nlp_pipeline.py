@@ -157,6 +157,39 @@ def test_baseline_phase_worker_result_is_used_by_the_main_run(tiny_folder, tiny_
     assert alone["full"]["steps"] == main["full"]["steps"]
 
 
+def test_estimate_then_run_share_search_and_timing(tiny_folder, tiny_csv, tmp_path):
+    """--estimate (search in a worker, then step timing, no fine-tuning) predicts exactly the
+    step-timing saving of the full run that goes on from the same folder."""
+    from sparseprior.nlp.experiment import (
+        describe_phase,
+        estimate_rows,
+        estimate_run,
+        run_earlybert,
+        run_earlybert_phase,
+        step_timing_saving_pct,
+    )
+
+    config = _config(tiny_folder, tiny_csv, export_onnx=False, epochs=1, search_max_steps=8,
+                     same_time_baseline=False, random_ticket=False)
+    found = run_earlybert_phase(config, tmp_path / "r", "search")
+    assert describe_phase("search", found).startswith("search: ")
+    assert f"at step {found['steps']}" in describe_phase("search", found)
+    est = estimate_run(config, tmp_path / "r")
+    assert est["resumed_phases"] == ["search"]
+    assert (tmp_path / "r" / "earlybert_estimate.json").is_file()
+    assert est["finetune_steps"] == 192 // 16   # 240 rows, 80% train, batch 16, one epoch
+    assert est["saving_pct_from_step_timing"] == pytest.approx(step_timing_saving_pct(
+        found["steps"], 12, 12, est["train_step_timing"]["speedup"]))
+    assert est["structure"]["heads_slim"] == [3, 3]
+    assert estimate_rows({0: est})[0]["drawn step"] == found["steps"]
+    full = run_earlybert(config, tmp_path / "r")
+    assert full["resumed_phases"] == ["search", "timing"]
+    assert full["earlybert"]["steps"] == full["full"]["steps"] == est["finetune_steps"]
+    assert full["wall_time"]["saving_pct_from_step_timing"] == pytest.approx(
+        est["saving_pct_from_step_timing"])
+    assert full["params"] == est["params"]
+
+
 def test_mlm_search_tiny(tiny_folder, tiny_csv):
     from sparseprior.nlp.pretrain import run_mlm_search
 

@@ -20,19 +20,32 @@ def earlybert(
     config: EarlyBertConfig,
     out: Path = typer.Option(Path("runs/earlybert"), help="Run folder (config.json, "
                              "earlybert.json, plots, slim_model.safetensors/.json/.onnx)."),
-    phase: str = typer.Option("", help="Phase worker: run only this baseline phase (full or "
+    phase: str = typer.Option("", help="Phase worker: run only this phase (search, full or "
                               "random_ticket) of the run in --out, beside its main run (same "
                               "options), which picks the result up."),
+    estimate: bool = typer.Option(False, help="Only estimate the training time saved: the "
+                                  "search and slim/full step timing, no fine-tuning "
+                                  "(earlybert_estimate.json; a later run goes on from it)."),
 ) -> None:
     """EarlyBERT: search structured early-bird tickets (heads + FFN neurons), slim the model for
     real, fine-tune it, and compare with full fine-tuning and the random ticket."""
     from sparseprior.common.results import format_table
-    from sparseprior.nlp.experiment import run_earlybert, run_earlybert_phase, summary_rows
+    from sparseprior.nlp.experiment import (
+        describe_phase,
+        estimate_rows,
+        estimate_run,
+        run_earlybert,
+        run_earlybert_phase,
+        summary_rows,
+    )
 
     if phase:
-        done = run_earlybert_phase(config, out, phase)
-        typer.echo(f"{phase}: test accuracy {100 * done['test_acc']:.2f}% "
-                   f"({done['steps']} steps, {done['seconds']:.0f} s); run folder: {out}")
+        typer.echo(f"{describe_phase(phase, run_earlybert_phase(config, out, phase))}; "
+                   f"run folder: {out}")
+        return
+    if estimate:
+        typer.echo(format_table(estimate_rows({config.seed: estimate_run(config, out)})))
+        typer.echo(f"run folder: {out}")
         return
     result = run_earlybert(config, out)
     typer.echo(format_table(summary_rows(result)))

@@ -386,7 +386,52 @@ def retime_run(run_dir: str | Path, *, rounds: int) -> dict[str, Any]:
 
 
 BASELINE_PHASES = ("random_ticket", "full")
+WORKER_PHASES = ("search", *BASELINE_PHASES)   # phases that may run in their own process
 MACHINE_FIELDS = ("num_threads", "progress")   # may change when a run folder is resumed
+
+
+def _params(full_model: nn.Module, slim: nn.Module) -> dict[str, float]:
+    full, kept = encoder_layer_params(full_model), encoder_layer_params(slim)
+    return {"encoder_layers_full": full, "encoder_layers_slim": kept,
+            "encoder_layers_reduction_pct": 100 * (1 - kept / full),
+            "total_full": count_params(full_model), "total_slim": count_params(slim)}
+
+
+def estimate_run(config: EarlyBertConfig, run_dir: str | Path) -> dict[str, Any]:
+    """EarlyBERT's training-time saving estimated before any fine-tuning.
+
+    Runs the search (or loads it), removes the ticket's heads/neurons from the pre-trained
+    model and times slim against full training steps (interleaved, as :func:`run_earlybert`);
+    the saving is :func:`step_timing_saving_pct` of the drawn step and the fine-tuning budget
+    (``epochs`` of the training split for both). Costs the search plus a minute of timing.
+    Writes ``earlybert_estimate.json``; the search and timing phases are stored in the run
+    folder, so :func:`run_earlybert` on the same folder and config goes on from there.
+    """
+    config.validate()
+    run = RunDir(run_dir)
+    run.claim(config, may_differ=MACHINE_FIELDS, kind="EarlyBERT run")
+    with run.lock():
+        prep = prepare(config, load_tokenizer(config.model))
+        phases = PhaseStore(run)
+        found = phases.once("search", lambda: _search_phase(config, prep))
+        n_labels = len(prep.label_names)
+        slim = slim_(_classifier(config, n_labels), *_ticket_masks(found)).eval()
+        full_model = _classifier(config, n_labels).eval()
+        train_t, infer_t = phases.once("timing",
+                                       lambda: _timing(slim, full_model, prep, config))
+        budget = _steps(config, len(prep.train))
+        result = {
+            "config": config.to_dict(), "data": prep.describe,
+            "search": {k: found[k] for k in ("drawn", "drawn_step", "steps", "seconds")},
+            "finetune_steps": budget, "params": _params(full_model, slim),
+            "structure": {"heads_slim": heads_per_layer(slim), "ffn_slim": ffn_per_layer(slim)},
+            "train_step_timing": train_t, "inference_timing_b32": infer_t,
+            "saving_pct_from_step_timing": step_timing_saving_pct(
+                found["steps"], budget, budget, train_t["speedup"]),
+            "resumed_phases": phases.resumed,
+        }
+        run.write_json("earlybert_estimate.json", result)
+    return result
 
 
 def _ticket_masks(found: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -414,13 +459,13 @@ def _baselines(config: EarlyBertConfig, prep: Prepared, search: Callable[[], dic
 
 def run_earlybert_phase(config: EarlyBertConfig, run_dir: str | Path, phase: str
                         ) -> dict[str, Any]:
-    """Run one baseline phase (``BASELINE_PHASES``) of the run in ``run_dir`` in this process,
-    so one seed's phases use several cores or machines sharing the folder. The main run (same
-    config and folder) loads the stored result, or waits while this worker computes it. The
-    random ticket needs the main run's search phase to have finished."""
-    if phase not in BASELINE_PHASES:
+    """Run one phase (``WORKER_PHASES``: the search or a baseline) of the run in ``run_dir`` in
+    this process, so one seed's phases use several cores or machines sharing the folder. The
+    main run (same config and folder) loads the stored result, or waits while this worker
+    computes it. The random ticket needs the search phase to have finished."""
+    if phase not in WORKER_PHASES:
         raise ValueError(f"phase {phase!r} cannot run on its own; choose one of "
-                         f"{', '.join(BASELINE_PHASES)}")
+                         f"{', '.join(WORKER_PHASES)}")
     config.validate()
     run = RunDir(run_dir)
     run.claim(config, may_differ=MACHINE_FIELDS, kind="EarlyBERT run")
@@ -434,7 +479,18 @@ def run_earlybert_phase(config: EarlyBertConfig, run_dir: str | Path, phase: str
                              "main run first and this worker once its search is done")
         return found
 
-    return phases.once(phase, _baselines(config, prep, search)[phase])
+    run_phase = {"search": lambda: _search_phase(config, prep),
+                 **_baselines(config, prep, search)}[phase]
+    return phases.once(phase, run_phase)
+
+
+def describe_phase(phase: str, done: dict[str, Any]) -> str:
+    """One line on a finished worker phase (:func:`run_earlybert_phase`)."""
+    if "test_acc" not in done:   # the search
+        return (f"{phase}: {'drawn' if done['drawn'] else 'not drawn'} at step {done['steps']}"
+                f" ({done['seconds']:.0f} s)")
+    return (f"{phase}: test accuracy {100 * done['test_acc']:.2f}% ({done['steps']} steps, "
+            f"{done['seconds']:.0f} s)")
 
 
 def _run(config: EarlyBertConfig, run: RunDir, plot_all: Callable) -> dict[str, Any]:
@@ -488,7 +544,6 @@ def _run(config: EarlyBertConfig, run: RunDir, plot_all: Callable) -> dict[str, 
     onnx = export_onnx(slim, run.file("slim_model.onnx"), _batch(prep.test, 4)) \
         if config.export_onnx else None
 
-    full_params, slim_params = encoder_layer_params(full_model), encoder_layer_params(slim)
     search_counted = found["seconds"] * search_steps / max(1, found["steps_run"])
     eb_time = search_counted + eb["seconds"]
     result: dict[str, Any] = {
@@ -500,9 +555,7 @@ def _run(config: EarlyBertConfig, run: RunDir, plot_all: Callable) -> dict[str, 
                       "heads_slim": heads_per_layer(slim),
                       "ffn_full": ffn_per_layer(full_model), "ffn_slim": ffn_per_layer(slim),
                       "head_masks": [m.int().tolist() for m in head_masks]},
-        "params": {"encoder_layers_full": full_params, "encoder_layers_slim": slim_params,
-                   "encoder_layers_reduction_pct": 100 * (1 - slim_params / full_params),
-                   "total_full": count_params(full_model), "total_slim": count_params(slim)},
+        "params": _params(full_model, slim),
         "max_abs_diff_masked_vs_slim": found["max_abs_diff_masked_vs_slim"],
         "earlybert": eb, "random_ticket": rand, "full": full, "full_same_time": same,
         "same_time_steps": same_steps,
@@ -542,3 +595,14 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                      "encoder params": p["encoder_layers_slim" if slim else
                                          "encoder_layers_full"]})
     return rows
+
+
+def estimate_rows(per_seed: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per seed of :func:`estimate_run` results."""
+    return [{"seed": seed, "drawn step": r["search"]["steps"],
+             "fine-tune steps": r["finetune_steps"],
+             "train step full/slim": round(r["train_step_timing"]["speedup"], 3),
+             "time saved %": round(r["saving_pct_from_step_timing"], 1),
+             "inference b32 x": round(r["inference_timing_b32"]["speedup"], 3),
+             "encoder params -%": round(r["params"]["encoder_layers_reduction_pct"], 1)}
+            for seed, r in per_seed.items()]
