@@ -7,6 +7,10 @@ step (forward, cross-entropy, backward, step) with each implementation, and repo
 seconds and the whole-step ratio loop / fused::
 
     OMP_NUM_THREADS=1 python benchmarks/optimizer_step.py --out runs/optimizer-step
+    ... --earlybert-run runs/eb/seed0   # also that EarlyBERT ticket's slim model
+
+With an EarlyBERT run it prints the full/slim training-step ratio under each optimizer
+implementation: how much of EarlyBERT's step-timing saving the optimizer accounts for.
 
 Models: LeNet-300-100 and LeNet-5 on 1x28x28 inputs (batch 64, SGD with momentum as the DST
 and federated benchmarks train them), and all-MiniLM-L6-v2 with a classifier on 32 x 64 tokens
@@ -19,6 +23,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -38,34 +43,49 @@ def vision_case(model: nn.Module, batch: int) -> tuple[nn.Module, Callable[[], t
     return model, lambda: F.cross_entropy(model(x), y)
 
 
-def minilm_case() -> tuple[nn.Module, Callable[[], torch.Tensor]] | None:
+def minilm_cases(earlybert_run: Path | None
+                 ) -> dict[str, tuple[nn.Module, Callable[[], torch.Tensor], str]]:
+    """The MiniLM classifier, and with ``earlybert_run`` also the slim model of that run's
+    ticket (its ``phases/search.json``) on the pre-trained weights."""
     try:
         from sparseprior.nlp.model import TextClassifier, load_encoder
-        model = TextClassifier(load_encoder(), 2)
+        from sparseprior.nlp.slim import slim_
+        models = {"MiniLM-L6 / AdamW": TextClassifier(load_encoder(), 2)}
     except (ImportError, OSError, ValueError) as err:
         print(f"MiniLM skipped: {err}")
-        return None
+        return {}
+    if earlybert_run is not None:
+        found = RunDir(earlybert_run).read_json("phases/search.json")
+        heads = [torch.tensor(m, dtype=torch.bool) for m in found["head_masks"]]
+        ffn = [torch.tensor(m, dtype=torch.bool) for m in found["ffn_masks"]]
+        models["MiniLM-L6 slim ticket / AdamW"] = slim_(TextClassifier(load_encoder(), 2),
+                                                         heads, ffn)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 20000, (32, 64), generator=g)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     y = torch.randint(0, 2, (32,), generator=g)
-    return model, lambda: F.cross_entropy(model(batch), y)
+    return {label: (m, lambda m=m: F.cross_entropy(m(batch), y), "adamw")
+            for label, m in models.items()}
 
 
-def time_case(model: nn.Module, loss_fn: Callable[[], torch.Tensor], optimizer: str,
-              rounds: int) -> dict[str, dict[str, float]]:
-    """Median seconds of the step alone and of the whole training step, per implementation;
-    the implementations take turns within every round."""
-    model.train()
-    opts = {}
-    for name, impl in IMPLEMENTATIONS.items():
-        if optimizer == "sgd":
-            opts[name] = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, **impl)
-        else:
-            opts[name] = torch.optim.AdamW(model.parameters(), lr=0.0, **impl)
-    times: dict[str, dict[str, list[float]]] = {n: {"step": [], "whole": []} for n in opts}
+def _optimizer(model: nn.Module, optimizer: str, impl: dict) -> torch.optim.Optimizer:
+    if optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, **impl)
+    return torch.optim.AdamW(model.parameters(), lr=0.0, **impl)
+
+
+def time_cases(cases: dict[str, tuple[nn.Module, Callable[[], torch.Tensor], str]],
+               rounds: int) -> dict[str, dict[str, dict[str, float]]]:
+    """Per case and implementation, the median seconds of the step alone and of the whole
+    training step; every case and implementation takes a turn within every round."""
+    turns = [(label, name, loss_fn, _optimizer(model, optimizer, impl))
+             for label, (model, loss_fn, optimizer) in cases.items()
+             for name, impl in IMPLEMENTATIONS.items()]
+    for model, _, _ in cases.values():
+        model.train()
+    times = {(label, name): {"step": [], "whole": []} for label, name, _, _ in turns}
     for r in range(rounds + 1):        # round 0 warms up (optimizer state allocated)
-        for name, opt in opts.items():
+        for label, name, loss_fn, opt in turns:
             start = time.perf_counter()
             loss_fn().backward()
             mid = time.perf_counter()
@@ -73,35 +93,48 @@ def time_case(model: nn.Module, loss_fn: Callable[[], torch.Tensor], optimizer: 
             end = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             if r:
-                times[name]["step"].append(end - mid)
-                times[name]["whole"].append(end - start)
-    return {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
+                times[label, name]["step"].append(end - mid)
+                times[label, name]["whole"].append(end - start)
+    out: dict[str, dict[str, dict[str, float]]] = {label: {} for label in cases}
+    for (label, name), t in times.items():
+        out[label][name] = {k: statistics.median(v) for k, v in t.items()}
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/optimizer-step")
-    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=20,
+                    help="rounds for the LeNets; MiniLM gets a quarter (at least 3)")
     ap.add_argument("--no-minilm", action="store_true")
+    ap.add_argument("--earlybert-run", type=Path, default=None,
+                    help="an EarlyBERT run folder (seed<k>/ with phases/search.json): also time "
+                         "its slim ticket and report the full/slim step ratio per optimizer")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    cases = {"LeNet-300-100 / SGD": (*vision_case(lenet_300_100(), 64), "sgd"),
-             "LeNet-5 / SGD": (*vision_case(LeNet5(), 64), "sgd")}
-    if not args.no_minilm and (case := minilm_case()) is not None:
-        cases["MiniLM-L6 / AdamW"] = (*case, "adamw")
+    groups = [({"LeNet-300-100 / SGD": (*vision_case(lenet_300_100(), 64), "sgd"),
+                "LeNet-5 / SGD": (*vision_case(LeNet5(), 64), "sgd")}, args.rounds)]
+    if not args.no_minilm:
+        groups.append((minilm_cases(args.earlybert_run), max(3, args.rounds // 4)))
     rows, result = [], {"rounds": args.rounds, "threads": 1, "cases": {}}
-    for label, (model, loss_fn, optimizer) in cases.items():
-        rounds = max(3, args.rounds // 4) if "MiniLM" in label else args.rounds
-        t = time_case(model, loss_fn, optimizer, rounds)
-        result["cases"][label] = {"rounds": rounds, **t}
-        rows.append({"model / optimizer": label,
-                     "params": sum(p.numel() for p in model.parameters()),
-                     **{f"{n} step ms": 1e3 * t[n]["step"] for n in IMPLEMENTATIONS},
-                     "whole step ms, loop": 1e3 * t["loop"]["whole"],
-                     "whole step ms, fused": 1e3 * t["fused"]["whole"],
-                     "whole loop / fused": t["loop"]["whole"] / t["fused"]["whole"]})
+    for cases, rounds in groups:
+        for label, t in time_cases(cases, rounds).items():
+            result["cases"][label] = {"rounds": rounds, **t}
+            rows.append({"model / optimizer": label,
+                         "params": sum(p.numel() for p in cases[label][0].parameters()),
+                         **{f"{n} step ms": 1e3 * t[n]["step"] for n in IMPLEMENTATIONS},
+                         "whole step ms, loop": 1e3 * t["loop"]["whole"],
+                         "whole step ms, fused": 1e3 * t["fused"]["whole"],
+                         "whole loop / fused": t["loop"]["whole"] / t["fused"]["whole"]})
     print(format_table(rows))
+    cases = result["cases"]
+    if "MiniLM-L6 slim ticket / AdamW" in cases:
+        full, slim = cases["MiniLM-L6 / AdamW"], cases["MiniLM-L6 slim ticket / AdamW"]
+        result["earlybert_step_ratio"] = {n: full[n]["whole"] / slim[n]["whole"]
+                                          for n in IMPLEMENTATIONS}
+        print("EarlyBERT training step full/slim: " + ", ".join(
+            f"{n} {r:.3f}x" for n, r in result["earlybert_step_ratio"].items()))
     run = RunDir(args.out)
     run.write_json("optimizer_step.json", result)
     run.write_text("table.md", format_table(rows) + "\n")
