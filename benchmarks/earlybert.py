@@ -18,7 +18,9 @@ Usage::
 
 A seed's baseline phases can run beside it on another core: start the main run, then the
 same command with ``--phase full`` (and ``--phase random_ticket`` once the search is done);
-the main run picks their results up or waits for them.
+the main run picks their results up or waits for them. ``--phase random_even`` (after the
+search) adds a second random control that only a worker runs: the ticket's total heads and
+neurons spread evenly over the layers, so the search's per-layer allocation is tested too.
 
 Seeds run into separate folders are summarised together, without training, by::
 
@@ -146,6 +148,7 @@ def summarize(per_seed: dict[int, dict], command: str) -> dict:
             "full_acc": mean(acc("full")),
             "earlybert_acc": mean(acc("earlybert")),
             "random_acc": mean(acc("random_ticket")),
+            "random_even_acc": mean(acc("random_even")),
             "same_time_acc": mean(acc("full_same_time")),
             "time_saving_pct": mean(lambda r: r["wall_time"]["saving_pct"]),
             "time_saving_from_step_timing_pct": mean(

@@ -30,6 +30,8 @@ from sparseprior.nlp.model import (  # noqa: E402
 )
 from sparseprior.nlp.search import (  # noqa: E402
     EarlyBertSearch,
+    even_counts,
+    even_random_masks,
     flat,
     prune_masks,
     random_masks,
@@ -176,6 +178,14 @@ def test_ticket_masks_ratios():
     assert [int(m.sum()) for m in rh] == [int(m.sum()) for m in hm]
     assert [int(m.sum()) for m in rf] == [int(m.sum()) for m in fm]
     assert not all(torch.equal(a, b) for a, b in zip(rf, fm, strict=True))
+    # the second control: the same totals, spread evenly over the layers
+    eh, ef = even_random_masks(hm, fm, seed=1)
+    assert [int(m.sum()) for m in eh] == [8] * 6
+    assert [int(m.sum()) for m in ef] == [40] * 6 and len(ef[0]) == 100
+    assert even_counts(10, [5, 5, 5]) == [4, 3, 3]
+    assert even_counts(10, [5, 2, 5]) == [4, 2, 4]      # a small layer is capped
+    with pytest.raises(ValueError, match="cannot keep 16 of 15"):
+        even_counts(16, [5, 5, 5])
     # min_keep keeps every layer alive under a global ratio
     low = prune_masks([torch.zeros(5), torch.ones(5)], 0.5, scope="global", min_keep=1)
     assert int(low[0].sum()) == 1

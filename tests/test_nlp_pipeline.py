@@ -159,7 +159,8 @@ def test_baseline_phase_worker_result_is_used_by_the_main_run(tiny_folder, tiny_
 
 def test_estimate_then_run_share_search_and_timing(tiny_folder, tiny_csv, tmp_path):
     """--estimate (search in a worker, then step timing, no fine-tuning) predicts exactly the
-    step-timing saving of the full run that goes on from the same folder."""
+    step-timing saving of the full run that goes on from the same folder; the even random
+    ticket, run by a worker, is reported by the main run."""
     from sparseprior.nlp.experiment import (
         describe_phase,
         estimate_rows,
@@ -167,7 +168,9 @@ def test_estimate_then_run_share_search_and_timing(tiny_folder, tiny_csv, tmp_pa
         run_earlybert,
         run_earlybert_phase,
         step_timing_saving_pct,
+        summary_rows,
     )
+    from sparseprior.nlp.sections import claims
 
     config = _config(tiny_folder, tiny_csv, export_onnx=False, epochs=1, search_max_steps=8,
                      same_time_baseline=False, random_ticket=False)
@@ -182,8 +185,12 @@ def test_estimate_then_run_share_search_and_timing(tiny_folder, tiny_csv, tmp_pa
         found["steps"], 12, 12, est["train_step_timing"]["speedup"]))
     assert est["structure"]["heads_slim"] == [3, 3]
     assert estimate_rows({0: est})[0]["drawn step"] == found["steps"]
+    even = run_earlybert_phase(config, tmp_path / "r", "random_even")   # second control
     full = run_earlybert(config, tmp_path / "r")
-    assert full["resumed_phases"] == ["search", "timing"]
+    assert full["resumed_phases"] == ["search", "random_even", "timing"]
+    assert full["random_even"] == json.loads(json.dumps(even))
+    assert "random ticket, even over layers" in [r["run"] for r in summary_rows(full)]
+    assert "nlp.earlybert.acc_vs_random_even" in [c.key for c in claims(full, decide=True)]
     assert full["earlybert"]["steps"] == full["full"]["steps"] == est["finetune_steps"]
     assert full["wall_time"]["saving_pct_from_step_timing"] == pytest.approx(
         est["saving_pct_from_step_timing"])

@@ -20,9 +20,9 @@ def earlybert(
     config: EarlyBertConfig,
     out: Path = typer.Option(Path("runs/earlybert"), help="Run folder (config.json, "
                              "earlybert.json, plots, slim_model.safetensors/.json/.onnx)."),
-    phase: str = typer.Option("", help="Phase worker: run only this phase (search, full or "
-                              "random_ticket) of the run in --out, beside its main run (same "
-                              "options), which picks the result up."),
+    phase: str = typer.Option("", help="Phase worker: run only this phase (search, full, "
+                              "random_ticket or random_even) of the run in --out, beside its "
+                              "main run (same options), which picks the result up."),
     estimate: bool = typer.Option(False, help="Only estimate the training time saved: the "
                                   "search and slim/full step timing, no fine-tuning "
                                   "(earlybert_estimate.json; a later run goes on from it)."),

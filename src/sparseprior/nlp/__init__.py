@@ -23,12 +23,18 @@ from sparseprior.nlp.model import (
     load_tokenizer,
     model_dir,
 )
-from sparseprior.nlp.search import EarlyBertSearch, random_masks, ticket_masks
+from sparseprior.nlp.search import (
+    EarlyBertSearch,
+    even_random_masks,
+    random_masks,
+    ticket_masks,
+)
 from sparseprior.nlp.slim import export_onnx, load_slim, masked_model, save_slim, slim_model
 
 __all__ = [
     "CORPORA", "EarlyBertConfig", "EarlyBertSearch", "MaskedLM", "TextClassifier", "TextCorpus",
-    "add_gates", "coefficients", "export_onnx", "load_corpus", "load_encoder", "load_slim",
-    "load_tokenizer", "masked_model", "model_dir", "random_masks", "read_text_file",
+    "add_gates", "coefficients", "even_random_masks", "export_onnx", "load_corpus",
+    "load_encoder", "load_slim", "load_tokenizer", "masked_model", "model_dir", "random_masks",
+    "read_text_file",
     "run_earlybert", "save_slim", "slim_model", "split_corpus", "ticket_masks",
 ]

@@ -6,7 +6,8 @@ Phases (all with the one training loop, :class:`sparseprior.engine.Trainer`):
    early-bird draw);
 2. **EarlyBERT**: restart from the *pre-trained* weights, remove the pruned heads/neurons
    (:func:`~sparseprior.nlp.slim.slim_`), fine-tune the slim model for ``epochs``;
-3. **random ticket**: the same per-layer counts at random positions, same fine-tuning;
+3. **random ticket**: the same per-layer counts at random positions, same fine-tuning (and,
+   run by a phase worker only, ``random_even``: the same totals spread evenly over the layers);
 4. **full**: the full model fine-tuned for ``epochs``;
 5. **full, same time**: the full model fine-tuned for as many steps as fit in EarlyBERT's
    search + slim fine-tuning, converted with the measured slim/full training-step time ratio
@@ -48,7 +49,7 @@ from sparseprior.nlp.model import (
     load_encoder,
     load_tokenizer,
 )
-from sparseprior.nlp.search import FFN_SCOPES, EarlyBertSearch, random_masks
+from sparseprior.nlp.search import FFN_SCOPES, EarlyBertSearch, even_random_masks, random_masks
 from sparseprior.nlp.slim import (
     export_onnx,
     load_slim,
@@ -385,7 +386,7 @@ def retime_run(run_dir: str | Path, *, rounds: int) -> dict[str, Any]:
     return result
 
 
-BASELINE_PHASES = ("random_ticket", "full")
+BASELINE_PHASES = ("random_ticket", "full", "random_even")
 WORKER_PHASES = ("search", *BASELINE_PHASES)   # phases that may run in their own process
 MACHINE_FIELDS = ("num_threads", "progress")   # may change when a run folder is resumed
 
@@ -451,10 +452,15 @@ def _baselines(config: EarlyBertConfig, prep: Prepared, search: Callable[[], dic
         return finetune(slim_(_classifier(config, n_labels), heads, ffn), prep, config,
                         steps=budget)
 
+    def random_even() -> dict[str, Any]:
+        heads, ffn = even_random_masks(*_ticket_masks(search()), seed=config.seed + 2)
+        return finetune(slim_(_classifier(config, n_labels), heads, ffn), prep, config,
+                        steps=budget)
+
     def full() -> dict[str, Any]:
         return finetune(_classifier(config, n_labels), prep, config, steps=budget)
 
-    return {"random_ticket": random_ticket, "full": full}
+    return {"random_ticket": random_ticket, "full": full, "random_even": random_even}
 
 
 def run_earlybert_phase(config: EarlyBertConfig, run_dir: str | Path, phase: str
@@ -524,6 +530,7 @@ def _run(config: EarlyBertConfig, run: RunDir, plot_all: Callable) -> dict[str, 
     rand = phases.once("random_ticket", baselines["random_ticket"]) \
         if config.random_ticket else None
     full = phases.once("full", baselines["full"])
+    even = phases.get("random_even")   # the second random control: only from a phase worker
     full_model = _classifier(config, n_labels)   # timing and counts need the structure only
 
     # timing: training step ratio (sets the same-time budget), inference speed-up
@@ -557,7 +564,8 @@ def _run(config: EarlyBertConfig, run: RunDir, plot_all: Callable) -> dict[str, 
                       "head_masks": [m.int().tolist() for m in head_masks]},
         "params": _params(full_model, slim),
         "max_abs_diff_masked_vs_slim": found["max_abs_diff_masked_vs_slim"],
-        "earlybert": eb, "random_ticket": rand, "full": full, "full_same_time": same,
+        "earlybert": eb, "random_ticket": rand, "random_even": even, "full": full,
+        "full_same_time": same,
         "same_time_steps": same_steps,
         "wall_time": {"earlybert_total": eb_time, "full": full["seconds"],
                       "saving_pct": 100 * (1 - eb_time / full["seconds"]),
@@ -582,11 +590,12 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for key, name in (("full", "full fine-tuning"), ("full_same_time", "full, EarlyBERT's time"),
                       ("earlybert", "EarlyBERT (search + slim)"),
-                      ("random_ticket", "random ticket")):
+                      ("random_ticket", "random ticket"),
+                      ("random_even", "random ticket, even over layers")):
         run = result.get(key)
         if not run:
             continue
-        slim = key in ("earlybert", "random_ticket")
+        slim = key in ("earlybert", "random_ticket", "random_even")
         seconds = run["seconds"] + (result["wall_time"]["search_counted"]
                                     if key == "earlybert" else 0.0)
         steps = f"{search['steps']}+{run['steps']}" if key == "earlybert" else run["steps"]

@@ -85,18 +85,45 @@ def ticket_masks(head_coef: Sequence[Tensor], ffn_coef: Sequence[Tensor], *,
     return heads, ffn
 
 
+def _draw(size: int, keep: int, gen: torch.Generator) -> Tensor:
+    mask = torch.zeros(size, dtype=torch.bool)
+    mask[torch.randperm(size, generator=gen)[:keep]] = True
+    return mask
+
+
 def random_masks(head_masks: Sequence[Tensor], ffn_masks: Sequence[Tensor], *, seed: int = 0
                  ) -> tuple[list[Tensor], list[Tensor]]:
     """The random-ticket control: per layer the same numbers of kept heads and neurons as the
     given masks, at uniformly random positions (seeded)."""
     gen = torch.Generator().manual_seed(int(seed))
+    return ([_draw(m.numel(), int(m.sum()), gen) for m in head_masks],
+            [_draw(m.numel(), int(m.sum()), gen) for m in ffn_masks])
 
-    def draw(mask: Tensor) -> Tensor:
-        keep = torch.zeros(mask.numel(), dtype=torch.bool)
-        keep[torch.randperm(mask.numel(), generator=gen)[:int(mask.sum())]] = True
-        return keep
 
-    return [draw(m) for m in head_masks], [draw(m) for m in ffn_masks]
+def even_counts(total: int, sizes: Sequence[int]) -> list[int]:
+    """``total`` split over layers of ``sizes`` as evenly as the sizes allow (smaller layers
+    capped first; ties: earlier layers take the remainder)."""
+    if not 0 <= total <= sum(sizes):
+        raise ValueError(f"cannot keep {total} of {sum(sizes)} units")
+    counts, left = [0] * len(sizes), total
+    for done, i in enumerate(sorted(range(len(sizes)), key=lambda i: (sizes[i], i))):
+        counts[i] = min(sizes[i], -(-left // (len(sizes) - done)))
+        left -= counts[i]
+    return counts
+
+
+def even_random_masks(head_masks: Sequence[Tensor], ffn_masks: Sequence[Tensor], *,
+                      seed: int = 0) -> tuple[list[Tensor], list[Tensor]]:
+    """A second random control: the ticket's total numbers of kept heads and of kept neurons,
+    spread evenly over the layers (:func:`even_counts`), at random positions. Unlike
+    :func:`random_masks` it does not inherit the per-layer allocation the search found."""
+    gen = torch.Generator().manual_seed(int(seed))
+
+    def spread(masks: Sequence[Tensor]) -> list[Tensor]:
+        counts = even_counts(sum(int(m.sum()) for m in masks), [m.numel() for m in masks])
+        return [_draw(m.numel(), k, gen) for m, k in zip(masks, counts, strict=True)]
+
+    return spread(head_masks), spread(ffn_masks)
 
 
 def flat(masks: Sequence[Tensor]) -> Tensor:

@@ -64,6 +64,12 @@ def claims(result: dict[str, Any], decide: bool) -> list[Claim]:
         out.append(Claim("nlp.earlybert.acc_vs_random", "EarlyBERT accuracy minus the random "
                          "ticket", ">= 0.5 pt", margin, "pt",
                          passed=(margin >= 0.5) if decide else None))
+    if result.get("random_even") is not None:
+        margin = 100 * (eb["test_acc"] - result["random_even"]["test_acc"])
+        out.append(Claim("nlp.earlybert.acc_vs_random_even", "EarlyBERT accuracy minus a "
+                         "random ticket of the same totals spread evenly over the layers "
+                         "(second control)", "none (information)", margin, "pt",
+                         note="tests the search's per-layer allocation as well"))
     return out
 
 
