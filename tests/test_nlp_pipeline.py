@@ -84,7 +84,7 @@ def test_run_earlybert_end_to_end(tiny_folder, tiny_csv, tmp_path):
     with pytest.raises(ValueError, match="differ"):
         run_earlybert(_config(tiny_folder, tiny_csv, seed=1), tmp_path / "run")
     # timing measured again on the finished run, no training; earlybert.json untouched
-    from sparseprior.nlp.experiment import retime_run, step_timing_saving_pct
+    from sparseprior.nlp.experiment import retime_run, step_timing_saving_pct, train_step_ratio
 
     retimed = retime_run(tmp_path / "run", rounds=4)
     assert retimed["retimed_from"]["train_step_timing"] == saved["train_step_timing"]
@@ -93,7 +93,8 @@ def test_run_earlybert_end_to_end(tiny_folder, tiny_csv, tmp_path):
     assert retimed["inference_timing_b32"]["rounds"] == 4
     assert retimed["wall_time"]["saving_pct_from_step_timing"] == pytest.approx(
         step_timing_saving_pct(saved["search"]["steps"], saved["earlybert"]["steps"],
-                               saved["full"]["steps"], retimed["train_step_timing"]["speedup"]))
+                               saved["full"]["steps"],
+                               train_step_ratio(retimed["train_step_timing"])))
     assert json.loads((tmp_path / "run" / "earlybert.json").read_text()) == saved
     assert (tmp_path / "run" / "earlybert_retimed.json").is_file()
     with pytest.raises(ValueError, match="no earlybert.json"):
@@ -169,6 +170,7 @@ def test_estimate_then_run_share_search_and_timing(tiny_folder, tiny_csv, tmp_pa
         run_earlybert_phase,
         step_timing_saving_pct,
         summary_rows,
+        train_step_ratio,
     )
     from sparseprior.nlp.sections import claims
 
@@ -182,7 +184,7 @@ def test_estimate_then_run_share_search_and_timing(tiny_folder, tiny_csv, tmp_pa
     assert (tmp_path / "r" / "earlybert_estimate.json").is_file()
     assert est["finetune_steps"] == 192 // 16   # 240 rows, 80% train, batch 16, one epoch
     assert est["saving_pct_from_step_timing"] == pytest.approx(step_timing_saving_pct(
-        found["steps"], 12, 12, est["train_step_timing"]["speedup"]))
+        found["steps"], 12, 12, train_step_ratio(est["train_step_timing"])))
     assert est["structure"]["heads_slim"] == [3, 3]
     assert estimate_rows({0: est})[0]["drawn step"] == found["steps"]
     even = run_earlybert_phase(config, tmp_path / "r", "random_even")   # second control
@@ -254,5 +256,11 @@ def test_time_ratio_training_step_keeps_weights():
     inputs, targets = {"x": torch.randn(16, 8)}, torch.randint(0, 3, (16,))
     out = time_ratio(fast, slow, inputs, rounds=3, train=True, targets=targets)
     assert out["rounds"] == 3 and out["fast_s"] > 0 and out["slow_s"] > 0
+    assert out["batches"] == 1 and out["sum_ratio"] > 0
+    seen = []
+    slow.register_forward_hook(lambda m, args, out: seen.append(args[0]["x"].shape[0]))
+    mixed = time_ratio(fast, slow, [inputs, {"x": torch.randn(5, 8)}], rounds=4, train=True,
+                       targets=[targets, torch.randint(0, 3, (5,))])
+    assert mixed["batches"] == 2 and seen == [16, 16, 5, 16, 5]   # warm-up, then round-robin
     assert all(torch.equal(before[k], v) for k, v in slow.state_dict().items())
     assert all(p.grad is None for p in slow.parameters())

@@ -238,13 +238,20 @@ def _batch(ds: nlp_data.EncodedTexts, n: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def time_ratio(fast: nn.Module, slow: nn.Module, inputs: dict[str, torch.Tensor], *,
-               rounds: int, train: bool = False, targets: torch.Tensor | None = None,
+def time_ratio(fast: nn.Module, slow: nn.Module,
+               inputs: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]], *,
+               rounds: int, train: bool = False,
+               targets: torch.Tensor | list[torch.Tensor] | None = None,
                threads: int | None = 1) -> dict[str, float]:
     """Interleaved timing of ``slow`` and ``fast`` on ``inputs`` (forward, or with ``train`` one
     training step: forward, backward and a fused AdamW step at lr 0, as the Trainer builds it,
-    so the weights stay as they are); median seconds of each and the median of the per-round
-    ratio slow/fast."""
+    so the weights stay as they are). ``inputs`` (and ``targets``) may be a list of batches:
+    round ``r`` runs batch ``r % len(inputs)`` on both models, so the timing covers their mix
+    of lengths. Returns the median seconds of each, the median of the per-round ratio
+    slow/fast (``speedup``) and the ratio of the summed times (``sum_ratio``: what a pass over
+    the batches costs)."""
+    batches = inputs if isinstance(inputs, list) else [inputs]
+    labels = targets if isinstance(targets, list) else [targets] * len(batches)
     old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -252,31 +259,39 @@ def time_ratio(fast: nn.Module, slow: nn.Module, inputs: dict[str, torch.Tensor]
     optimizers = {id(m): torch.optim.AdamW(m.parameters(), lr=0.0, **fused_option(m.parameters()))
                   for m in (fast, slow)} if train else {}
 
-    def run(model: nn.Module) -> float:
+    def run(model: nn.Module, r: int) -> float:
+        batch, target = batches[r % len(batches)], labels[r % len(batches)]
         start = time.perf_counter()
         if train:
             model.train()
-            loss = F.cross_entropy(model(inputs), targets)
+            loss = F.cross_entropy(model(batch), target)
             loss.backward()
             optimizers[id(model)].step()
             model.zero_grad(set_to_none=True)
         else:
             model.eval()
             with torch.no_grad():
-                model(inputs)
+                model(batch)
         return time.perf_counter() - start
 
     try:
-        run(fast), run(slow)  # warm-up
-        for _ in range(rounds):
-            t_slow.append(run(slow))
-            t_fast.append(run(fast))
+        run(fast, 0), run(slow, 0)  # warm-up
+        for r in range(rounds):
+            t_slow.append(run(slow, r))
+            t_fast.append(run(fast, r))
     finally:
         torch.set_num_threads(old)
     ratios = [s / f for s, f in zip(t_slow, t_fast, strict=True)]
     return {"fast_s": statistics.median(t_fast), "slow_s": statistics.median(t_slow),
             "speedup": statistics.median(ratios), "speedup_min": min(ratios),
-            "speedup_max": max(ratios), "rounds": rounds}
+            "speedup_max": max(ratios), "sum_ratio": sum(t_slow) / sum(t_fast),
+            "rounds": rounds, "batches": len(batches)}
+
+
+def train_step_ratio(timing: dict[str, float]) -> float:
+    """How many slim training steps cost one full-model step: the ratio of summed times over
+    the timed batches (older runs, timed on one batch: the median ratio)."""
+    return timing.get("sum_ratio", timing["speedup"])
 
 
 def search_ticket(config: EarlyBertConfig, prep: Prepared
@@ -331,13 +346,25 @@ def _search_phase(config: EarlyBertConfig, prep: Prepared) -> dict[str, Any]:
             "max_abs_diff_masked_vs_slim": diff}
 
 
+def _random_batches(ds: nlp_data.EncodedTexts, batch_size: int, n: int, seed: int
+                    ) -> tuple[list[dict[str, torch.Tensor]], list[torch.Tensor]]:
+    """``n`` training batches drawn at random (seeded) from ``ds``: the mix of padded lengths
+    an epoch sees. Returns the input dicts and the labels."""
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
+    picks = [order[i * batch_size:(i + 1) * batch_size] for i in range(n)]
+    picks = [idx for idx in picks if len(idx)] or [order[:batch_size]]
+    return ([{"input_ids": ds.input_ids[idx], "attention_mask": ds.attention_mask[idx]}
+             for idx in picks], [ds.labels[idx] for idx in picks])
+
+
 def _timing(slim: nn.Module, full_model: nn.Module, prep: Prepared, config: EarlyBertConfig
             ) -> tuple[dict[str, float], dict[str, float]]:
-    """Interleaved slim/full timing: one training step at the config's batch size and
-    threads, and inference at batch 32 (length ``max_length``, one thread)."""
-    train_batch = _batch(prep.train, config.batch_size)
-    train_t = time_ratio(slim, full_model, train_batch, rounds=max(3, config.timing_rounds // 2),
-                         train=True, targets=prep.train.labels[:len(train_batch["input_ids"])],
+    """Interleaved slim/full timing: training steps at the config's batch size and threads on
+    ``max(3, timing_rounds // 2)`` random training batches (one per round), and inference at
+    batch 32 (length ``max_length``, one thread)."""
+    rounds = max(3, config.timing_rounds // 2)
+    batches, targets = _random_batches(prep.train, config.batch_size, rounds, config.seed)
+    train_t = time_ratio(slim, full_model, batches, rounds=rounds, train=True, targets=targets,
                          threads=config.num_threads)
     infer_batch = _batch(prep.test, 32)
     infer_batch = {"input_ids": infer_batch["input_ids"],
@@ -381,7 +408,7 @@ def retime_run(run_dir: str | Path, *, rounds: int) -> dict[str, Any]:
     result["train_step_timing"], result["inference_timing_b32"] = train_t, infer_t
     wall["saving_pct_from_step_timing"] = step_timing_saving_pct(
         result["search"]["steps"], result["earlybert"]["steps"], result["full"]["steps"],
-        train_t["speedup"])
+        train_step_ratio(train_t))
     run.write_json("earlybert_retimed.json", result)
     return result
 
@@ -428,7 +455,7 @@ def estimate_run(config: EarlyBertConfig, run_dir: str | Path) -> dict[str, Any]
             "structure": {"heads_slim": heads_per_layer(slim), "ffn_slim": ffn_per_layer(slim)},
             "train_step_timing": train_t, "inference_timing_b32": infer_t,
             "saving_pct_from_step_timing": step_timing_saving_pct(
-                found["steps"], budget, budget, train_t["speedup"]),
+                found["steps"], budget, budget, train_step_ratio(train_t)),
             "resumed_phases": phases.resumed,
         }
         run.write_json("earlybert_estimate.json", result)
@@ -540,7 +567,7 @@ def _run(config: EarlyBertConfig, run: RunDir, plot_all: Callable) -> dict[str, 
 
     # 5. full fine-tuning for EarlyBERT's time, as a step budget
     same = None
-    same_steps = max(1, round(search_steps + eb["steps"] / train_t["speedup"]))
+    same_steps = max(1, round(search_steps + eb["steps"] / train_step_ratio(train_t)))
     if config.same_time_baseline:
         same = phases.once("full_same_time", lambda: finetune(
             _classifier(config, n_labels), prep, config, steps=same_steps))
@@ -571,7 +598,8 @@ def _run(config: EarlyBertConfig, run: RunDir, plot_all: Callable) -> dict[str, 
                       "saving_pct": 100 * (1 - eb_time / full["seconds"]),
                       # load-robust: EarlyBERT's cost in full-model steps (interleaved timing)
                       "saving_pct_from_step_timing": step_timing_saving_pct(
-                          search_steps, eb["steps"], full["steps"], train_t["speedup"]),
+                          search_steps, eb["steps"], full["steps"],
+                          train_step_ratio(train_t)),
                       "search_counted": search_counted,
                       "run_total": time.perf_counter() - t0},
         "resumed_phases": phases.resumed,
@@ -610,7 +638,7 @@ def estimate_rows(per_seed: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per seed of :func:`estimate_run` results."""
     return [{"seed": seed, "drawn step": r["search"]["steps"],
              "fine-tune steps": r["finetune_steps"],
-             "train step full/slim": round(r["train_step_timing"]["speedup"], 3),
+             "train step full/slim": round(train_step_ratio(r["train_step_timing"]), 3),
              "time saved %": round(r["saving_pct_from_step_timing"], 1),
              "inference b32 x": round(r["inference_timing_b32"]["speedup"], 3),
              "encoder params -%": round(r["params"]["encoder_layers_reduction_pct"], 1)}
