@@ -181,7 +181,7 @@ def test_ticket_masks_ratios():
     # the second control: the same totals, spread evenly over the layers
     eh, ef = even_random_masks(hm, fm, seed=1)
     assert [int(m.sum()) for m in eh] == [8] * 6
-    assert [int(m.sum()) for m in ef] == [40] * 6 and len(ef[0]) == 100
+    assert [int(m.sum()) for m in ef] == [60] * 6 and len(ef[0]) == 100
     assert even_counts(10, [5, 5, 5]) == [4, 3, 3]
     assert even_counts(10, [5, 2, 5]) == [4, 2, 4]      # a small layer is capped
     with pytest.raises(ValueError, match="cannot keep 16 of 15"):
