@@ -48,6 +48,7 @@ def minilm_cases(earlybert_run: Path | None
     """The MiniLM classifier, and with ``earlybert_run`` also the slim model of that run's
     ticket (its ``phases/search.json``) on the pre-trained weights."""
     try:
+        from sparseprior.nlp.experiment import stored_ticket_masks
         from sparseprior.nlp.model import TextClassifier, load_encoder
         from sparseprior.nlp.slim import slim_
         models = {"MiniLM-L6 / AdamW": TextClassifier(load_encoder(), 2)}
@@ -56,10 +57,8 @@ def minilm_cases(earlybert_run: Path | None
         return {}
     if earlybert_run is not None:
         found = RunDir(earlybert_run).read_json("phases/search.json")
-        heads = [torch.tensor(m, dtype=torch.bool) for m in found["head_masks"]]
-        ffn = [torch.tensor(m, dtype=torch.bool) for m in found["ffn_masks"]]
         models["MiniLM-L6 slim ticket / AdamW"] = slim_(TextClassifier(load_encoder(), 2),
-                                                         heads, ffn)
+                                                         *stored_ticket_masks(found))
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 20000, (32, 64), generator=g)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}

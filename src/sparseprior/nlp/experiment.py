@@ -317,8 +317,7 @@ def run_earlybert(config: EarlyBertConfig, run_dir: str | Path | RunDir) -> dict
     from sparseprior.nlp.plots import plot_all
 
     config.validate()
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    run.claim(config, may_differ=MACHINE_FIELDS, kind="EarlyBERT run")
+    run = _claim(config, run_dir)
     with run.lock():
         return _run(config, run, plot_all)
 
@@ -352,7 +351,7 @@ def _random_batches(ds: nlp_data.EncodedTexts, batch_size: int, n: int, seed: in
     an epoch sees. Returns the input dicts and the labels."""
     order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
     picks = [order[i * batch_size:(i + 1) * batch_size] for i in range(n)]
-    picks = [idx for idx in picks if len(idx)] or [order[:batch_size]]
+    picks = [idx for idx in picks if len(idx)]   # fewer texts than n batches: fewer
     return ([{"input_ids": ds.input_ids[idx], "attention_mask": ds.attention_mask[idx]}
              for idx in picks], [ds.labels[idx] for idx in picks])
 
@@ -418,6 +417,18 @@ WORKER_PHASES = ("search", *BASELINE_PHASES)   # phases that may run in their ow
 MACHINE_FIELDS = ("num_threads", "progress")   # may change when a run folder is resumed
 
 
+def _claim(config: EarlyBertConfig, run_dir: str | Path | RunDir) -> RunDir:
+    """``run_dir`` claimed for ``config`` (a different config in it is refused)."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run.claim(config, may_differ=MACHINE_FIELDS, kind="EarlyBERT run")
+    return run
+
+
+def _search_once(phases: PhaseStore, config: EarlyBertConfig, prep: Prepared
+                 ) -> dict[str, Any]:
+    return phases.once("search", lambda: _search_phase(config, prep))
+
+
 def _params(full_model: nn.Module, slim: nn.Module) -> dict[str, float]:
     full, kept = encoder_layer_params(full_model), encoder_layer_params(slim)
     return {"encoder_layers_full": full, "encoder_layers_slim": kept,
@@ -436,14 +447,13 @@ def estimate_run(config: EarlyBertConfig, run_dir: str | Path) -> dict[str, Any]
     folder, so :func:`run_earlybert` on the same folder and config goes on from there.
     """
     config.validate()
-    run = RunDir(run_dir)
-    run.claim(config, may_differ=MACHINE_FIELDS, kind="EarlyBERT run")
+    run = _claim(config, run_dir)
     with run.lock():
         prep = prepare(config, load_tokenizer(config.model))
         phases = PhaseStore(run)
-        found = phases.once("search", lambda: _search_phase(config, prep))
+        found = _search_once(phases, config, prep)
         n_labels = len(prep.label_names)
-        slim = slim_(_classifier(config, n_labels), *_ticket_masks(found)).eval()
+        slim = slim_(_classifier(config, n_labels), *stored_ticket_masks(found)).eval()
         full_model = _classifier(config, n_labels).eval()
         train_t, infer_t = phases.once("timing",
                                        lambda: _timing(slim, full_model, prep, config))
@@ -462,8 +472,10 @@ def estimate_run(config: EarlyBertConfig, run_dir: str | Path) -> dict[str, Any]
     return result
 
 
-def _ticket_masks(found: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The search phase's head and FFN masks as bool tensors."""
+def stored_ticket_masks(found: dict[str, Any]
+                        ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The head and FFN masks of a stored search phase (``phases/search.json``), as bool
+    tensors."""
     return ([torch.tensor(m, dtype=torch.bool) for m in found["head_masks"]],
             [torch.tensor(m, dtype=torch.bool) for m in found["ffn_masks"]])
 
@@ -475,12 +487,12 @@ def _baselines(config: EarlyBertConfig, prep: Prepared, search: Callable[[], dic
     budget = _steps(config, len(prep.train))
 
     def random_ticket() -> dict[str, Any]:
-        heads, ffn = random_masks(*_ticket_masks(search()), seed=config.seed + 1)
+        heads, ffn = random_masks(*stored_ticket_masks(search()), seed=config.seed + 1)
         return finetune(slim_(_classifier(config, n_labels), heads, ffn), prep, config,
                         steps=budget)
 
     def random_even() -> dict[str, Any]:
-        heads, ffn = even_random_masks(*_ticket_masks(search()), seed=config.seed + 2)
+        heads, ffn = even_random_masks(*stored_ticket_masks(search()), seed=config.seed + 2)
         return finetune(slim_(_classifier(config, n_labels), heads, ffn), prep, config,
                         steps=budget)
 
@@ -500,8 +512,7 @@ def run_earlybert_phase(config: EarlyBertConfig, run_dir: str | Path, phase: str
         raise ValueError(f"phase {phase!r} cannot run on its own; choose one of "
                          f"{', '.join(WORKER_PHASES)}")
     config.validate()
-    run = RunDir(run_dir)
-    run.claim(config, may_differ=MACHINE_FIELDS, kind="EarlyBERT run")
+    run = _claim(config, run_dir)
     prep = prepare(config, load_tokenizer(config.model))
     phases = PhaseStore(run)
 
@@ -512,9 +523,8 @@ def run_earlybert_phase(config: EarlyBertConfig, run_dir: str | Path, phase: str
                              "main run first and this worker once its search is done")
         return found
 
-    run_phase = {"search": lambda: _search_phase(config, prep),
-                 **_baselines(config, prep, search)}[phase]
-    return phases.once(phase, run_phase)
+    computes = {"search": lambda: _search_phase(config, prep), **_baselines(config, prep, search)}
+    return phases.once(phase, computes[phase])
 
 
 def describe_phase(phase: str, done: dict[str, Any]) -> str:
@@ -535,8 +545,8 @@ def _run(config: EarlyBertConfig, run: RunDir, plot_all: Callable) -> dict[str, 
     phases = PhaseStore(run)
 
     # 1. search on the gated pre-trained model
-    found = phases.once("search", lambda: _search_phase(config, prep))
-    head_masks, ffn_masks = _ticket_masks(found)
+    found = _search_once(phases, config, prep)
+    head_masks, ffn_masks = stored_ticket_masks(found)
     search_steps = found["steps"]
 
     # 2. EarlyBERT: pre-trained weights of the kept structure, fine-tuned
