@@ -97,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "again with this code (--timing-rounds), no training")
     p.add_argument("--no-same-time-baseline", action="store_true",
                    help="skip full fine-tuning for EarlyBERT's time budget (saves ~1/4 of a run)")
+    p.add_argument("--no-random-ticket", action="store_true",
+                   help="skip the random ticket (e.g. a time-only rerun; a later run may add it)")
     return p.parse_args(argv)
 
 
@@ -108,6 +110,7 @@ def config_for(args: argparse.Namespace, seed: int) -> EarlyBertConfig:
         lr=args.lr, head_ratio=args.head_ratio, ffn_ratio=args.ffn_ratio,
         num_threads=args.threads, timing_rounds=args.timing_rounds,
         same_time_baseline=not args.no_same_time_baseline,
+        random_ticket=not args.no_random_ticket,
         warmup_steps=min(section_config("full").warmup_steps, args.search_max_steps // 3))
 
 

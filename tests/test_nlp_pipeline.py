@@ -136,6 +136,11 @@ def test_run_earlybert_resumes_after_a_crash(tiny_folder, tiny_csv, tmp_path, mo
     a = load_file(tmp_path / "whole" / "slim_model.safetensors")
     b = load_file(tmp_path / "cut" / "slim_model.safetensors")
     assert sorted(a) == sorted(b) and all(bool((a[k] == b[k]).all()) for k in a)
+    # a resumed folder may add or skip optional phases: the stored results are reused as they are
+    fewer = config.replace(random_ticket=False, same_time_baseline=False)
+    again = experiment.run_earlybert(fewer, tmp_path / "cut")
+    assert again["random_ticket"] is None and again["full_same_time"] is None
+    assert again["full"] == resumed["full"] and again["earlybert"] == resumed["earlybert"]
 
 
 def test_baseline_phase_worker_result_is_used_by_the_main_run(tiny_folder, tiny_csv, tmp_path):

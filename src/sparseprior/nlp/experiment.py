@@ -415,12 +415,14 @@ def retime_run(run_dir: str | Path, *, rounds: int) -> dict[str, Any]:
 BASELINE_PHASES = ("random_ticket", "full", "random_even")
 WORKER_PHASES = ("search", *BASELINE_PHASES)   # phases that may run in their own process
 MACHINE_FIELDS = ("num_threads", "progress")   # may change when a run folder is resumed
+# which optional phases run: a resumed folder may add or skip them (no stored result depends on it)
+OPTIONAL_PHASE_FIELDS = ("random_ticket", "same_time_baseline", "export_onnx")
 
 
 def _claim(config: EarlyBertConfig, run_dir: str | Path | RunDir) -> RunDir:
     """``run_dir`` claimed for ``config`` (a different config in it is refused)."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    run.claim(config, may_differ=MACHINE_FIELDS, kind="EarlyBERT run")
+    run.claim(config, may_differ=MACHINE_FIELDS + OPTIONAL_PHASE_FIELDS, kind="EarlyBERT run")
     return run
 
 
