@@ -9,11 +9,15 @@ the data the shipped setting was chosen on), the shipped setting's layer-16 NMSE
 * a floor with its own constant c_noise (theta_t = max(c_theta s_theta u_t, c_noise sigma
   ||w_i||), a fourth hyperparameter), emulated by scaling sigma by c_noise / c_theta through a
   shifted SNR: does a separate constant buy anything?
-* aware + LS refit: least squares on the support the aware HyperLISTA found (how much of the
-  gap to the support-oracle floor is shrinkage bias rather than missed support);
+* aware + LS refit: least squares on the support the aware HyperLISTA found (``debias``: how
+  much of the gap to the support-oracle floor is shrinkage bias rather than missed support);
+* calibrated (``HyperLISTA.calibrate`` for the problem's A, p and SNR, as the transfer
+  benchmark runs it) and calibrated + debias;
 * the support-oracle floor (least squares on the true support).
 
     OMP_NUM_THREADS=1 python benchmarks/solvers_noise_floor.py --out runs/noise-floor
+
+``--split test --seed 0``: the transfer benchmark's test sets (its oracle-gap column).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch
 from solvers_transfer import family, family_problem, hyper_db
 from sparseprior.common.results import format_table
 from sparseprior.common.runs import RunDir
-from sparseprior.solvers.classic import support_oracle_ls
+from sparseprior.solvers.classic import debias, support_oracle_ls
 from sparseprior.solvers.metrics import nmse_db
 from sparseprior.solvers.unrolled import HyperLISTA
 
@@ -42,17 +46,20 @@ def scaled_snr_db(snr_db: float, factor: float) -> float:
 
 
 @torch.no_grad()
-def score(spec: dict[str, Any], samples: int, seed: int) -> dict[str, Any]:
-    problem, name = family_problem(spec, seed, samples, 1)
-    x, y = problem.validation_set()
-    c_theta = HyperLISTA.DEFAULTS["c_theta"]
+def score(spec: dict[str, Any], samples: int, seed: int, split: str = "validation"
+          ) -> dict[str, Any]:
+    problem, name = family_problem(spec, seed, samples, samples if split == "test" else 1)
+    x, y = problem.test_set() if split == "test" else problem.validation_set()
+    A, c_theta = problem.A, HyperLISTA.DEFAULTS["c_theta"]
     aware = HyperLISTA.for_problem(problem)
+    calibrated = HyperLISTA.calibrate(A, p=spec["p"], snr_db=spec["snr_db"], seed=seed + 17)
     row: dict[str, Any] = {"problem": name,
-                           "blind_db": hyper_db(HyperLISTA(problem.A), x, y),
+                           "blind_db": hyper_db(HyperLISTA(A), x, y),
                            "aware_db": hyper_db(aware, x, y),
-                           "aware_refit_db": nmse_db(support_oracle_ls(problem.A, y,
-                                                                       aware(y)[-1]), x),
-                           "oracle_db": nmse_db(support_oracle_ls(problem.A, y, x), x)}
+                           "aware_refit_db": nmse_db(debias(A, y, aware(y)[-1]), x),
+                           "calibrated_db": hyper_db(calibrated, x, y),
+                           "calibrated_refit_db": nmse_db(debias(A, y, calibrated(y)[-1]), x),
+                           "oracle_db": nmse_db(support_oracle_ls(A, y, x), x)}
     for c_noise in C_NOISE:
         snr = scaled_snr_db(spec["snr_db"], c_noise / c_theta)
         row[f"c_noise={c_noise:g}_db"] = hyper_db(HyperLISTA(problem.A, snr_db=snr, p=spec["p"]),
@@ -64,14 +71,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--split", choices=("validation", "test"), default="validation")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    rows = [score(spec, args.samples, args.seed) for spec in family("reduced")
+    rows = [score(spec, args.samples, args.seed, args.split) for spec in family("reduced")
             if spec.get("snr_db") is not None]
     print(format_table([{k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in r.items()}
                         for r in rows]))
     result = {"command": "python " + " ".join(sys.argv), "shipped": HyperLISTA.DEFAULTS,
-              "seed": args.seed, "samples": args.samples, "rows": rows}
+              "seed": args.seed, "split": args.split, "samples": args.samples, "rows": rows}
     if args.out:
         RunDir(args.out).write_json("noise_floor.json", result)
     return result

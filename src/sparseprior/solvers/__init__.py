@@ -15,9 +15,11 @@ A new learned solver is one class plus :func:`register_solver` (docs/extending.m
 from sparseprior.solvers.amp import AMPResult, bayes_amp
 from sparseprior.solvers.classic import (
     ClassicResult,
+    debias,
     fista,
     ista,
     lasso_objective,
+    least_squares_on_support,
     soft_threshold,
     support_oracle_ls,
 )
@@ -59,8 +61,9 @@ __all__ = [
     "BUDGETS", "LEARNED_SOLVERS", "LISTA", "LISTA_CP", "LISTA_CPSS", "LISTA_SS", "SOLVERS",
     "AMPResult", "ClassicResult", "FitConfig", "FitResult", "LearnedSolver", "ProblemConfig",
     "SparseRecoveryProblem", "StagedTrainingConfig", "TiLISTA", "TrainingResult",
-    "UnrolledSolver", "bayes_amp", "build_solver", "fista", "fit_solver", "ista",
-    "lasso_objective", "load_solver", "nmse_db", "nmse_db_per_step", "per_sample_nmse_db",
+    "UnrolledSolver", "bayes_amp", "build_solver", "debias", "fista", "fit_solver", "ista",
+    "lasso_objective", "least_squares_on_support", "load_solver", "nmse_db", "nmse_db_per_step",
+    "per_sample_nmse_db",
     "register_solver", "save_solver", "soft_threshold", "support_oracle_ls", "support_recovery",
     "train_staged",
 ]

@@ -254,33 +254,63 @@ CLASSIC_SOLVERS.register("FISTA-cont", fista_continuation)
 CLASSIC_SOLVERS.register("FISTA-restart", fista_restart)
 
 
-def support_oracle_ls(A: torch.Tensor, y: torch.Tensor, x_true: torch.Tensor,
-                      chunk: int = 128) -> torch.Tensor:
-    """Least squares restricted to the true support of each sample: (batch, n).
+def least_squares_on_support(A: torch.Tensor, y: torch.Tensor, support: torch.Tensor,
+                             chunk: int = 128) -> torch.Tensor:
+    """min ||A_S x_S - y||^2 per sample over its ``support`` (bool, (batch, n)): (batch, n).
 
-    Solves min ||A_S x_S - y||^2 per sample in float64 through the k x k normal equations of
-    the support's columns, k the largest support in a chunk of at most ``chunk`` samples
-    (smaller supports padded with identity rows), so a chunk costs about k^2 m per sample,
-    not n^3.
+    Solved in float64 through the k x k normal equations of the support's columns, k the
+    largest support in a chunk of at most ``chunk`` samples (smaller supports padded with
+    identity rows), so a chunk costs about k^2 m per sample, not n^3. A support with more
+    columns than measurements (k > m) has no unique solution: it is refused.
     """
     A, y = _check_inputs(A, y, 0.0, 1)
-    x_true = as_float_tensor(x_true, "x_true", ndim=2, dtype=A.dtype).to(A.device)
-    if x_true.shape != (y.shape[0], A.shape[1]):
-        raise ValueError(f"x_true must have shape (batch, n) = ({y.shape[0]}, {A.shape[1]}), "
-                         f"got {tuple(x_true.shape)}")
+    if not torch.is_tensor(support) or support.dtype != torch.bool:
+        raise ValueError("support must be a bool tensor (True where x may be non-zero)")
+    if support.shape != (y.shape[0], A.shape[1]):
+        raise ValueError(f"support must have shape (batch, n) = ({y.shape[0]}, {A.shape[1]}), "
+                         f"got {tuple(support.shape)}")
+    support = support.to(A.device)
+    k_max = int(support.sum(dim=1).max()) if len(support) else 0
+    if k_max > A.shape[0]:
+        raise ValueError(f"a support of {k_max} entries exceeds the m = {A.shape[0]} "
+                         "measurements: least squares on it is not unique")
     columns = A.T.double()                                    # (n, m)
     out = torch.zeros(y.shape[0], A.shape[1], dtype=torch.float64, device=A.device)
     for start in range(0, y.shape[0], chunk):
-        support = x_true[start:start + chunk] != 0            # (b, n)
-        k = int(support.sum(dim=1).max())
+        rows = support[start:start + chunk]                   # (b, n)
+        k = int(rows.sum(dim=1).max())
         if k == 0:
             continue
         # each row's support first (a permutation, so the k indices are distinct)
-        idx = torch.argsort(support.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
-        kept = torch.gather(support, 1, idx).double()         # (b, k): 0 marks padding
+        idx = torch.argsort(rows.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
+        kept = torch.gather(rows, 1, idx).double()            # (b, k): 0 marks padding
         cols = columns[idx] * kept.unsqueeze(2)               # (b, k, m)
         gram = cols @ cols.transpose(1, 2) + torch.diag_embed(1.0 - kept)
         rhs = cols @ y[start:start + chunk].double().unsqueeze(2)
         values = torch.linalg.solve(gram, rhs).squeeze(2) * kept
         out[start:start + chunk].scatter_(1, idx, values)
     return out.to(A.dtype)
+
+
+def _support_of(x: torch.Tensor, name: str) -> torch.Tensor:
+    return as_float_tensor(x, name, ndim=2, dtype=torch.float64) != 0
+
+
+def support_oracle_ls(A: torch.Tensor, y: torch.Tensor, x_true: torch.Tensor,
+                      chunk: int = 128) -> torch.Tensor:
+    """Least squares restricted to the true support of each sample: (batch, n), the accuracy
+    floor of any estimator on a noisy problem (:func:`least_squares_on_support`)."""
+    return least_squares_on_support(A, y, _support_of(x_true, "x_true"), chunk)
+
+
+def debias(A: torch.Tensor, y: torch.Tensor, x_hat: torch.Tensor,
+           chunk: int = 128) -> torch.Tensor:
+    """An estimate's shrinkage removed: least squares on the support ``x_hat`` found, (batch, n).
+
+    The debiasing step of GPSR (Figueiredo, Nowak & Wright 2007) and the relaxed LASSO: the
+    values the l1 penalty (or a learned threshold) pulled towards zero are refitted, the
+    support is kept. Costs about k^2 m per sample (k the support size), a few layers' worth
+    for k << m. Helps when the support is right and the noise moderate; it cannot add
+    entries the estimate missed.
+    """
+    return least_squares_on_support(A, y, _support_of(x_hat, "x_hat"), chunk)
