@@ -20,6 +20,7 @@ from sparseprior.solvers.cs import TEST_IMAGES, TRAIN_IMAGES, CSConfig
 from sparseprior.solvers.experiments import BenchConfig, FitRun, TuneRun
 from sparseprior.solvers.headline import HeadlineConfig
 from sparseprior.solvers.problems import ProblemConfig
+from sparseprior.solvers.recover import RecoveryConfig
 
 app = typer.Typer(help="Learned sparse solvers (LISTA family) and classic baselines.",
                   no_args_is_help=True)
@@ -166,3 +167,37 @@ def cs(cs: CSConfig,
     data = run_cs(RunDir(out), cs, device=resolve_device(device), **images)
     typer.echo(f"{format_table(data['rows'])}\n\nA = Phi D: ({data['m']}, {data['n']}); "
                f"{data['total_seconds']:.1f} s; results in {out}")
+
+
+@app.command()
+@config_options(recovery=RecoveryConfig)
+def recover(recovery: RecoveryConfig,
+            matrix: Path = typer.Argument(..., help="A, (m, n): .npy, or .npz/.safetensors "
+                                          "holding one array (or one named 'A')."),
+            measurements: Path = typer.Argument(..., help="y, (m,) or (batch, m), same "
+                                                "formats (one array or one named 'y')."),
+            out: Path = typer.Argument(..., help="Where x (batch, n) goes: .npy/.npz/"
+                                       ".safetensors."),
+            checkpoint: Path = typer.Option(None, help="A trained solver for this A (from "
+                                            "'solvers train' or 'tune'); default HyperLISTA."),
+            save_solver_to: Path = typer.Option(None, "--save-solver", help="Save the solver "
+                                                "used (e.g. calibrated) to reuse it."),
+            device: str = DEVICE) -> None:
+    """Recover sparse x from your own A and y with a learned or calibrated solver."""
+    from sparseprior.solvers import recover as rec
+    from sparseprior.solvers.unrolled import load_solver, save_solver
+
+    A = rec.read_array(matrix, "A", ndim=(2,))
+    y = rec.read_array(measurements, "y")
+    solver = None if checkpoint is None else load_solver(checkpoint, A=A)
+    result = rec.recover(A, y, solver, recovery, device=resolve_device(device))
+    rec.write_array(out, result.x)
+    if save_solver_to is not None:
+        save_solver(result.solver.cpu(), save_solver_to)
+    res, support = result.residual, result.support.float()
+    typer.echo(f"{len(result.x)} x {A.shape[1]} recovered with {result.solver.name} "
+               f"({result.solver.num_layers} layers{', debiased' if result.debiased else ''})"
+               f" in {result.seconds * 1e3:.1f} ms\n"
+               f"relative residual ||Ax - y|| / ||y||: median {res.median():.3g}, max "
+               f"{res.max():.3g}\nnon-zeros per sample: mean {support.mean():.1f}, max "
+               f"{support.max():.0f}\nx written to {out}")
