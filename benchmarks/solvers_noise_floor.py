@@ -29,10 +29,10 @@ from typing import Any
 
 import torch
 
-from solvers_transfer import family, family_problem, hyper_db
+from solvers_transfer import family, family_problem, hyper_db, hyper_db_debiased
 from sparseprior.common.results import format_table
 from sparseprior.common.runs import RunDir
-from sparseprior.solvers.classic import debias, support_oracle_ls
+from sparseprior.solvers.classic import support_oracle_ls
 from sparseprior.solvers.metrics import nmse_db
 from sparseprior.solvers.unrolled import HyperLISTA
 
@@ -53,13 +53,10 @@ def score(spec: dict[str, Any], samples: int, seed: int, split: str = "validatio
     A, c_theta = problem.A, HyperLISTA.DEFAULTS["c_theta"]
     aware = HyperLISTA.for_problem(problem)
     calibrated = HyperLISTA.calibrate(A, p=spec["p"], snr_db=spec["snr_db"], seed=seed + 17)
-    row: dict[str, Any] = {"problem": name,
-                           "blind_db": hyper_db(HyperLISTA(A), x, y),
-                           "aware_db": hyper_db(aware, x, y),
-                           "aware_refit_db": nmse_db(debias(A, y, aware(y)[-1]), x),
-                           "calibrated_db": hyper_db(calibrated, x, y),
-                           "calibrated_refit_db": nmse_db(debias(A, y, calibrated(y)[-1]), x),
-                           "oracle_db": nmse_db(support_oracle_ls(A, y, x), x)}
+    row: dict[str, Any] = {"problem": name, "blind_db": hyper_db(HyperLISTA(A), x, y)}
+    row["aware_db"], row["aware_refit_db"] = hyper_db_debiased(aware, x, y)
+    row["calibrated_db"], row["calibrated_refit_db"] = hyper_db_debiased(calibrated, x, y)
+    row["oracle_db"] = nmse_db(support_oracle_ls(A, y, x), x)
     for c_noise in C_NOISE:
         snr = scaled_snr_db(spec["snr_db"], c_noise / c_theta)
         row[f"c_noise={c_noise:g}_db"] = hyper_db(HyperLISTA(problem.A, snr_db=snr, p=spec["p"]),

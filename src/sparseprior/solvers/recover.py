@@ -178,7 +178,6 @@ def recover(A: torch.Tensor, y: torch.Tensor, solver: UnrolledSolver | None = No
     with ``config``. ``config.debias``: least squares on the found support afterwards.
     """
     config = config or RecoveryConfig()
-    config.validate()
     A = as_float_tensor(A, "A", ndim=2)
     y = _measurements(A, y)
     if solver is None:
