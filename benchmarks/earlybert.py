@@ -22,6 +22,10 @@ the main run picks their results up or waits for them. ``--phase random_even`` (
 search) adds a second random control that only a worker runs: the ticket's total heads and
 neurons spread evenly over the layers, so the search's per-layer allocation is tested too.
 
+``--full-from runs/eb`` reuses the full fine-tunings of an earlier ``--out`` folder whose
+settings differ only in how the ticket is found (e.g. ``--mask-every``): the new folders get
+their full phase copied, marked ``shared_from``, and run the search and the slim training.
+
 Seeds run into separate folders are summarised together, without training, by::
 
     python benchmarks/earlybert.py --collect runs/eb-s0,runs/eb-s1,runs/eb-s2 --out runs/eb-3
@@ -59,6 +63,7 @@ from sparseprior.nlp.experiment import (
     retime_run,
     run_earlybert,
     run_earlybert_phase,
+    share_full_baseline,
 )
 from sparseprior.nlp.sections import claims, section_config
 
@@ -99,6 +104,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="skip full fine-tuning for EarlyBERT's time budget (saves ~1/4 of a run)")
     p.add_argument("--no-random-ticket", action="store_true",
                    help="skip the random ticket (e.g. a time-only rerun; a later run may add it)")
+    p.add_argument("--full-from", default=None,
+                   help="an earlier --out folder whose seeds differ only in the ticket's "
+                        "settings (mask_every, ratios, ...): reuse its full fine-tunings "
+                        "instead of running them again (marked shared_from)")
     return p.parse_args(argv)
 
 
@@ -205,8 +214,12 @@ def main(argv: list[str] | None = None) -> None:
         per_seed = collect([Path(f) for f in args.collect.split(",") if f.strip()],
                            args.timing_rounds if args.retime else None)
     else:
-        per_seed = {seed: run_earlybert(config_for(args, seed), out / f"seed{seed}")
-                    for seed in seeds}
+        per_seed = {}
+        for seed in seeds:
+            if args.full_from:
+                share_full_baseline(config_for(args, seed), Path(args.full_from) / f"seed{seed}",
+                                    out / f"seed{seed}")
+            per_seed[seed] = run_earlybert(config_for(args, seed), out / f"seed{seed}")
     summary = summarize(per_seed, _command(argv))
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -163,6 +163,35 @@ def test_baseline_phase_worker_result_is_used_by_the_main_run(tiny_folder, tiny_
     assert alone["full"]["steps"] == main["full"]["steps"]
 
 
+def test_full_baseline_shared_with_a_run_that_differs_only_in_the_ticket(tiny_folder, tiny_csv,
+                                                                         tmp_path):
+    """A run with another mask cadence reuses the source run's full fine-tuning (marked
+    shared_from, reported by the time claim); a run whose fine-tuning differs is refused."""
+    from sparseprior.nlp.experiment import run_earlybert, run_earlybert_phase, share_full_baseline
+    from sparseprior.nlp.sections import claims
+
+    config = _config(tiny_folder, tiny_csv, export_onnx=False, epochs=1, search_max_steps=8,
+                     same_time_baseline=False, random_ticket=False)
+    source = run_earlybert_phase(config, tmp_path / "src", "full")
+    other = config.replace(mask_every=1, head_ratio=0.5)
+    shared = share_full_baseline(other, tmp_path / "src", tmp_path / "dst")
+    assert shared["shared_from"] == str((tmp_path / "src").resolve())
+    assert share_full_baseline(other, tmp_path / "src", tmp_path / "dst") == shared  # idempotent
+    result = run_earlybert(other, tmp_path / "dst")
+    assert result["resumed_phases"] == ["full"] and result["structure"]["heads_slim"] == [2, 2]
+    assert result["full"]["test_acc"] == source["test_acc"]
+    assert result["full"]["seconds"] == source["seconds"]
+    note = {c.key: c.note for c in claims(result, decide=False)}
+    assert "shared from another run folder" in note["nlp.earlybert.train_time_saving"]
+    with pytest.raises(ValueError, match=r"\['lr'\] differ"):
+        share_full_baseline(other.replace(lr=1e-3), tmp_path / "src", tmp_path / "lr")
+    with pytest.raises(ValueError, match="no readable run config"):
+        share_full_baseline(other, tmp_path / "missing", tmp_path / "dst2")
+    (tmp_path / "src" / "phases" / "full.json").write_text(json.dumps({**source, "steps": 1}))
+    with pytest.raises(ValueError, match="already holds another full"):
+        share_full_baseline(other, tmp_path / "src", tmp_path / "dst")
+
+
 def test_estimate_then_run_share_search_and_timing(tiny_folder, tiny_csv, tmp_path):
     """--estimate (search in a worker, then step timing, no fine-tuning) predicts exactly the
     step-timing saving of the full run that goes on from the same folder; the even random

@@ -20,6 +20,7 @@ is the median of interleaved rounds at batch 32 on one thread.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import statistics
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparseprior.common.config import Config
-from sparseprior.common.runs import PhaseStore, RunDir
+from sparseprior.common.runs import PhaseStore, RunDir, config_diff
 from sparseprior.common.validation import check_choice, check_positive_int, check_range
 from sparseprior.engine.callbacks import Callback
 from sparseprior.engine.config import TrainConfig
@@ -417,6 +418,43 @@ WORKER_PHASES = ("search", *BASELINE_PHASES)   # phases that may run in their ow
 MACHINE_FIELDS = ("num_threads", "progress")   # may change when a run folder is resumed
 # which optional phases run: a resumed folder may add or skip them (no stored result depends on it)
 OPTIONAL_PHASE_FIELDS = ("random_ticket", "same_time_baseline", "export_onnx")
+# fields only the search, the ticket and the timing read: full fine-tuning does not depend on them
+TICKET_FIELDS = ("head_ratio", "ffn_ratio", "ffn_scope", "l1_heads", "l1_ffn", "coef_lr_scale",
+                 "mask_every", "fifo_size", "threshold", "search_max_steps", "timing_rounds")
+
+
+def share_full_baseline(config: EarlyBertConfig, source: str | Path, run_dir: str | Path
+                        ) -> dict[str, Any]:
+    """Reuse the full fine-tuning of the run in ``source`` for a run of ``config`` in
+    ``run_dir`` that differs only in how the ticket is found (:data:`TICKET_FIELDS`): the full
+    baseline is the most expensive phase and does not depend on them. The stored phase is
+    copied with ``shared_from`` (the source folder) added, so reports show where it came
+    from; its wall time was measured in the source run, not beside the new slim training.
+    Refused when any other field differs or ``run_dir`` holds a different full phase.
+    Returns the phase as stored."""
+    config.validate()
+    src = Path(source)
+    try:
+        old = json.loads((src / "config.json").read_text())
+        full = json.loads((src / "phases" / "full.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{source}: no readable run config and finished full fine-tuning "
+                         f"(config.json, phases/full.json) to share ({err})") from None
+    allowed = set(TICKET_FIELDS + MACHINE_FIELDS + OPTIONAL_PHASE_FIELDS)
+    new = json.loads(json.dumps(config.to_dict()))
+    differ = [k for k in config_diff(old, new) if k not in allowed]
+    if differ:
+        raise ValueError(f"{source}: its full fine-tuning used other settings (fields {differ} "
+                         "differ); only the ticket's settings may differ to share it")
+    full["shared_from"] = str(src.resolve())
+    run = _claim(config, run_dir)
+    stored = PhaseStore(run).get("full")
+    if stored is not None and {k: v for k, v in stored.items() if k != "shared_from"} != \
+            {k: v for k, v in full.items() if k != "shared_from"}:
+        raise ValueError(f"{run.path} already holds another full fine-tuning; use a new folder")
+    if stored is None:
+        run.write_json("phases/full.json", full)
+    return full
 
 
 def _claim(config: EarlyBertConfig, run_dir: str | Path | RunDir) -> RunDir:

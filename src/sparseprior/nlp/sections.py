@@ -52,7 +52,9 @@ def claims(result: dict[str, Any], decide: bool) -> list[Claim]:
         Claim("nlp.earlybert.train_time_saving", "training wall time saved (search + slim vs "
               "full), measured", ">= 35 %", result["wall_time"]["saving_pct"], "%",
               passed=(result["wall_time"]["saving_pct"] >= 35.0) if decide else None,
-              note="raw wall clock: depends on machine load"),
+              note="raw wall clock: depends on machine load" + (
+                  "; full run shared from another run folder" if result["full"].get(
+                      "shared_from") else "")),
         Claim("nlp.earlybert.train_time_saving_steps", "training time saved, from step counts "
               "and the interleaved slim/full step-time ratio", ">= 35 %",
               result["wall_time"]["saving_pct_from_step_timing"], "%",
