@@ -177,6 +177,11 @@ def test_full_baseline_shared_with_a_run_that_differs_only_in_the_ticket(tiny_fo
     shared = share_full_baseline(other, tmp_path / "src", tmp_path / "dst")
     assert shared["shared_from"] == str((tmp_path / "src").resolve())
     assert share_full_baseline(other, tmp_path / "src", tmp_path / "dst") == shared  # idempotent
+    unmarked = {k: v for k, v in shared.items() if k != "shared_from"}   # copied by hand
+    (tmp_path / "dst" / "phases" / "full.json").write_text(json.dumps(unmarked))
+    share_full_baseline(other, tmp_path / "src", tmp_path / "dst")
+    marked = json.loads((tmp_path / "dst" / "phases" / "full.json").read_text())
+    assert marked == json.loads(json.dumps(shared))
     result = run_earlybert(other, tmp_path / "dst")
     assert result["resumed_phases"] == ["full"] and result["structure"]["heads_slim"] == [2, 2]
     assert result["full"]["test_acc"] == source["test_acc"]

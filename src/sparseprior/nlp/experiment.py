@@ -452,7 +452,7 @@ def share_full_baseline(config: EarlyBertConfig, source: str | Path, run_dir: st
     if stored is not None and {k: v for k, v in stored.items() if k != "shared_from"} != \
             {k: v for k, v in full.items() if k != "shared_from"}:
         raise ValueError(f"{run.path} already holds another full fine-tuning; use a new folder")
-    if stored is None:
+    if stored != full:   # new, or the same copy not yet marked
         run.write_json("phases/full.json", full)
     return full
 
