@@ -83,6 +83,24 @@ def test_phase_store_computes_once_and_resumes(tmp_path):
     assert again.get("other") is None
 
 
+def test_phase_store_recomputes_a_phase_stored_by_another_method_version(tmp_path):
+    from sparseprior.common.runs import PhaseStore, RunDir
+
+    run = RunDir(tmp_path / "run")
+    PhaseStore(run).once("timing", lambda: {"ratio": 1.5})           # an older folder: v1
+    PhaseStore(run).once("search", lambda: {"step": 10})
+    current = PhaseStore(run, {"timing": 3})
+    assert current.once("search", lambda: {"step": 99}) == {"step": 10}   # unversioned
+    assert current.once("timing", lambda: {"ratio": 2.0}) == {"ratio": 2.0}
+    assert current.outdated == ["timing"] and current.resumed == ["search"]
+    assert current.stored_version("timing") == 3 and current.stored_version("search") == 1
+    again = PhaseStore(run, {"timing": 3})
+    assert again.once("timing", lambda: {"ratio": 9.9}) == {"ratio": 2.0}
+    assert again.outdated == [] and again.resumed == ["timing"]
+    newer = PhaseStore(run, {"timing": 4})
+    assert newer.get("timing") is None and newer.outdated == ["timing"]
+
+
 def test_phase_store_second_worker_waits_for_the_first(tmp_path):
     """Two workers on the same phase of one run: the second waits for the first's result
     and never computes it itself."""

@@ -138,8 +138,12 @@ def test_run_earlybert_resumes_after_a_crash(tiny_folder, tiny_csv, tmp_path, mo
     assert sorted(a) == sorted(b) and all(bool((a[k] == b[k]).all()) for k in a)
     # a resumed folder may add or skip optional phases: the stored results are reused as they are
     fewer = config.replace(random_ticket=False, same_time_baseline=False)
+    assert resumed["recomputed_outdated_phases"] == []
+    (tmp_path / "cut" / "phases" / "timing.version").unlink()   # timing from an older method
     again = experiment.run_earlybert(fewer, tmp_path / "cut")
     assert again["random_ticket"] is None and again["full_same_time"] is None
+    assert again["recomputed_outdated_phases"] == ["timing"] and "timing" not in again[
+        "resumed_phases"]
     assert again["full"] == resumed["full"] and again["earlybert"] == resumed["earlybert"]
 
 

@@ -151,16 +151,39 @@ class RunDir:
 class PhaseStore:
     """Finished phases of a run, one JSON file each under ``<run>/phases/``, so a rerun of the
     same config resumes after the last finished phase (phases are seeded independently, so a
-    resumed run gives the same results as an uninterrupted one)."""
+    resumed run gives the same results as an uninterrupted one).
 
-    def __init__(self, run: RunDir) -> None:
+    ``versions`` names the method version of phases whose computation has changed over time
+    (e.g. ``{"timing": 2}``): each is stored with its version (``<name>.version``, absent in
+    older folders: version 1), and a stored phase of another version is computed again rather
+    than reused, so a resumed folder never mixes an old measurement into a new report.
+    """
+
+    def __init__(self, run: RunDir, versions: Mapping[str, int] | None = None) -> None:
         self.run = run
         self.folder = ensure_folder(run.file("phases"), "phases folder")
+        self.versions = dict(versions or {})
         self.resumed: list[str] = []
+        self.outdated: list[str] = []
+
+    def stored_version(self, name: str) -> int:
+        """The method version phase ``name`` was stored with (1 when unrecorded)."""
+        try:
+            return int(self.run.read_json(f"phases/{name}.version"))
+        except (OSError, ValueError):
+            return 1
 
     def get(self, name: str) -> Any:
-        """The stored result of phase ``name`` (noted in ``resumed``), or ``None``."""
+        """The stored result of phase ``name`` (noted in ``resumed``), or ``None`` (also when
+        it was stored by another version of its method, noted in ``outdated``)."""
         if not (self.folder / f"{name}.json").is_file():
+            return None
+        if name in self.versions and self.stored_version(name) != self.versions[name]:
+            if name not in self.outdated:
+                self.outdated.append(name)
+                log.warning("phase %r in %s was stored by version %d of its method; this code "
+                            "runs version %d: computing it again", name, self.folder,
+                            self.stored_version(name), self.versions[name])
             return None
         self.resumed.append(name)
         log.info("resume: phase %r already finished, loaded from %s", name, self.folder)
@@ -177,6 +200,8 @@ class PhaseStore:
                 if done is None:
                     done = compute()
                     self.run.write_json(f"phases/{name}.json", done)
+                    if name in self.versions:
+                        self.run.write_json(f"phases/{name}.version", self.versions[name])
         return done
 
 

@@ -418,6 +418,9 @@ WORKER_PHASES = ("search", *BASELINE_PHASES)   # phases that may run in their ow
 MACHINE_FIELDS = ("num_threads", "progress")   # may change when a run folder is resumed
 # which optional phases run: a resumed folder may add or skip them (no stored result depends on it)
 OPTIONAL_PHASE_FIELDS = ("random_ticket", "same_time_baseline", "export_onnx")
+# method versions of phases whose computation changed: a stored older one is computed again
+# (timing: 1 one batch, 2 random training batches, 3 fused AdamW as the Trainer builds it)
+PHASE_VERSIONS = {"timing": 3}
 # fields only the search, the ticket and the timing read: full fine-tuning does not depend on them
 TICKET_FIELDS = ("head_ratio", "ffn_ratio", "ffn_scope", "l1_heads", "l1_ffn", "coef_lr_scale",
                  "mask_every", "fifo_size", "threshold", "search_max_steps", "timing_rounds")
@@ -448,7 +451,7 @@ def share_full_baseline(config: EarlyBertConfig, source: str | Path, run_dir: st
                          "differ); only the ticket's settings may differ to share it")
     full["shared_from"] = str(src.resolve())
     run = _claim(config, run_dir)
-    stored = PhaseStore(run).get("full")
+    stored = PhaseStore(run, PHASE_VERSIONS).get("full")
     if stored is not None and {k: v for k, v in stored.items() if k != "shared_from"} != \
             {k: v for k, v in full.items() if k != "shared_from"}:
         raise ValueError(f"{run.path} already holds another full fine-tuning; use a new folder")
@@ -490,7 +493,7 @@ def estimate_run(config: EarlyBertConfig, run_dir: str | Path) -> dict[str, Any]
     run = _claim(config, run_dir)
     with run.lock():
         prep = prepare(config, load_tokenizer(config.model))
-        phases = PhaseStore(run)
+        phases = PhaseStore(run, PHASE_VERSIONS)
         found = _search_once(phases, config, prep)
         n_labels = len(prep.label_names)
         slim = slim_(_classifier(config, n_labels), *stored_ticket_masks(found)).eval()
@@ -506,7 +509,7 @@ def estimate_run(config: EarlyBertConfig, run_dir: str | Path) -> dict[str, Any]
             "train_step_timing": train_t, "inference_timing_b32": infer_t,
             "saving_pct_from_step_timing": step_timing_saving_pct(
                 found["steps"], budget, budget, train_step_ratio(train_t)),
-            "resumed_phases": phases.resumed,
+            "resumed_phases": phases.resumed, "recomputed_outdated_phases": phases.outdated,
         }
         run.write_json("earlybert_estimate.json", result)
     return result
@@ -554,7 +557,7 @@ def run_earlybert_phase(config: EarlyBertConfig, run_dir: str | Path, phase: str
     config.validate()
     run = _claim(config, run_dir)
     prep = prepare(config, load_tokenizer(config.model))
-    phases = PhaseStore(run)
+    phases = PhaseStore(run, PHASE_VERSIONS)
 
     def search() -> dict[str, Any]:
         found = phases.get("search")
@@ -582,7 +585,7 @@ def _run(config: EarlyBertConfig, run: RunDir, plot_all: Callable) -> dict[str, 
     prep = prepare(config, tokenizer)
     n_labels = len(prep.label_names)
     budget = _steps(config, len(prep.train))
-    phases = PhaseStore(run)
+    phases = PhaseStore(run, PHASE_VERSIONS)
 
     # 1. search on the gated pre-trained model
     found = _search_once(phases, config, prep)
@@ -652,7 +655,7 @@ def _run(config: EarlyBertConfig, run: RunDir, plot_all: Callable) -> dict[str, 
                           train_step_ratio(train_t)),
                       "search_counted": search_counted,
                       "run_total": time.perf_counter() - t0},
-        "resumed_phases": phases.resumed,
+        "resumed_phases": phases.resumed, "recomputed_outdated_phases": phases.outdated,
         "train_step_timing": train_t, "inference_timing_b32": infer_t,
         "onnx": onnx, "checkpoint": ckpt.name,
     }
