@@ -178,12 +178,13 @@ class PhaseStore:
         it was stored by another version of its method, noted in ``outdated``)."""
         if not (self.folder / f"{name}.json").is_file():
             return None
-        if name in self.versions and self.stored_version(name) != self.versions[name]:
+        stored = self.stored_version(name) if name in self.versions else None
+        if stored is not None and stored != self.versions[name]:
             if name not in self.outdated:
                 self.outdated.append(name)
                 log.warning("phase %r in %s was stored by version %d of its method; this code "
-                            "runs version %d: computing it again", name, self.folder,
-                            self.stored_version(name), self.versions[name])
+                            "runs version %d: computing it again", name, self.folder, stored,
+                            self.versions[name])
             return None
         self.resumed.append(name)
         log.info("resume: phase %r already finished, loaded from %s", name, self.folder)

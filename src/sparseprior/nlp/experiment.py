@@ -451,13 +451,20 @@ def share_full_baseline(config: EarlyBertConfig, source: str | Path, run_dir: st
                          "differ); only the ticket's settings may differ to share it")
     full["shared_from"] = str(src.resolve())
     run = _claim(config, run_dir)
-    stored = PhaseStore(run, PHASE_VERSIONS).get("full")
-    if stored is not None and {k: v for k, v in stored.items() if k != "shared_from"} != \
-            {k: v for k, v in full.items() if k != "shared_from"}:
+    stored = _phases(run).get("full")
+
+    def unmarked(phase: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in phase.items() if k != "shared_from"}
+
+    if stored is not None and unmarked(stored) != unmarked(full):
         raise ValueError(f"{run.path} already holds another full fine-tuning; use a new folder")
     if stored != full:   # new, or the same copy not yet marked
         run.write_json("phases/full.json", full)
     return full
+
+
+def _phases(run: RunDir) -> PhaseStore:
+    return PhaseStore(run, PHASE_VERSIONS)
 
 
 def _claim(config: EarlyBertConfig, run_dir: str | Path | RunDir) -> RunDir:
@@ -493,7 +500,7 @@ def estimate_run(config: EarlyBertConfig, run_dir: str | Path) -> dict[str, Any]
     run = _claim(config, run_dir)
     with run.lock():
         prep = prepare(config, load_tokenizer(config.model))
-        phases = PhaseStore(run, PHASE_VERSIONS)
+        phases = _phases(run)
         found = _search_once(phases, config, prep)
         n_labels = len(prep.label_names)
         slim = slim_(_classifier(config, n_labels), *stored_ticket_masks(found)).eval()
@@ -557,7 +564,7 @@ def run_earlybert_phase(config: EarlyBertConfig, run_dir: str | Path, phase: str
     config.validate()
     run = _claim(config, run_dir)
     prep = prepare(config, load_tokenizer(config.model))
-    phases = PhaseStore(run, PHASE_VERSIONS)
+    phases = _phases(run)
 
     def search() -> dict[str, Any]:
         found = phases.get("search")
@@ -585,7 +592,7 @@ def _run(config: EarlyBertConfig, run: RunDir, plot_all: Callable) -> dict[str, 
     prep = prepare(config, tokenizer)
     n_labels = len(prep.label_names)
     budget = _steps(config, len(prep.train))
-    phases = PhaseStore(run, PHASE_VERSIONS)
+    phases = _phases(run)
 
     # 1. search on the gated pre-trained model
     found = _search_once(phases, config, prep)
