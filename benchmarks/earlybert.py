@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/bench-earlybert")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--data", default=full.data,
+                   help="tweets-binary, tweets-3class or a .csv/.jsonl file (text, label)")
     p.add_argument("--max-train", type=int, default=full.max_train)
     p.add_argument("--max-eval", type=int, default=full.max_eval)
     p.add_argument("--epochs", type=int, default=full.epochs)
@@ -113,7 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def config_for(args: argparse.Namespace, seed: int) -> EarlyBertConfig:
     return section_config("full").replace(
-        seed=seed, max_train=args.max_train, max_eval=args.max_eval, epochs=args.epochs,
+        seed=seed, data=args.data, max_train=args.max_train, max_eval=args.max_eval,
+        epochs=args.epochs,
         max_steps=args.max_steps, search_max_steps=args.search_max_steps,
         mask_every=args.mask_every, fifo_size=args.fifo_size, batch_size=args.batch_size,
         lr=args.lr, head_ratio=args.head_ratio, ffn_ratio=args.ffn_ratio,
