@@ -173,8 +173,23 @@ def summarize(per_seed: dict[int, dict], command: str) -> dict:
                 lambda r: r["params"]["encoder_layers_reduction_pct"]),
             "drawn_step": mean(lambda r: r["search"]["steps"]),
         },
+        "differences": {f"earlybert_minus_{phase}": spread([
+            None if r.get(phase) is None else 100 * (r["earlybert"]["test_acc"]
+                                                     - r[phase]["test_acc"])
+            for r in per_seed.values()]) for phase in ("full", "random_ticket", "random_even")},
         "claims": rows,
     }
+
+
+def spread(values: list[float | None]) -> dict | None:
+    """Per-seed accuracy differences (points), their mean, sample standard deviation and
+    standard error of the mean (``None`` where a seed lacks the phase; sd/sem need 2 seeds):
+    how far a mean over this few seeds can be trusted."""
+    if not values or any(v is None for v in values):
+        return None
+    sd = statistics.stdev(values) if len(values) > 1 else None
+    return {"per_seed": values, "mean": statistics.mean(values), "sd": sd,
+            "sem": None if sd is None else sd / len(values) ** 0.5}
 
 
 def _command(argv: list[str] | None) -> str:
@@ -229,6 +244,10 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(summary["claims"]))
     print(format_table([{k: v if v is None else round(v, 3)
                          for k, v in summary["mean"].items()}]))
+    print(format_table([{"difference (points)": name, "mean": round(d["mean"], 2),
+                         "sd over seeds": d["sd"] and round(d["sd"], 2),
+                         "sem": d["sem"] and round(d["sem"], 2)}
+                        for name, d in summary["differences"].items() if d]))
 
 
 if __name__ == "__main__":
