@@ -174,8 +174,7 @@ def summarize(per_seed: dict[int, dict], command: str) -> dict:
             "drawn_step": mean(lambda r: r["search"]["steps"]),
         },
         "differences": {f"earlybert_minus_{phase}": spread([
-            None if r.get(phase) is None else 100 * (r["earlybert"]["test_acc"]
-                                                     - r[phase]["test_acc"])
+            None if acc(phase)(r) is None else acc("earlybert")(r) - acc(phase)(r)
             for r in per_seed.values()]) for phase in ("full", "random_ticket", "random_even")},
         "claims": rows,
     }
@@ -242,12 +241,14 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(format_table(summary["claims"]))
-    print(format_table([{k: v if v is None else round(v, 3)
-                         for k, v in summary["mean"].items()}]))
-    print(format_table([{"difference (points)": name, "mean": round(d["mean"], 2),
-                         "sd over seeds": d["sd"] and round(d["sd"], 2),
-                         "sem": d["sem"] and round(d["sem"], 2)}
+    print(format_table([{k: _rounded(v, 3) for k, v in summary["mean"].items()}]))
+    print(format_table([{"difference (points)": name, "mean": _rounded(d["mean"]),
+                         "sd over seeds": _rounded(d["sd"]), "sem": _rounded(d["sem"])}
                         for name, d in summary["differences"].items() if d]))
+
+
+def _rounded(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 if __name__ == "__main__":
