@@ -12,7 +12,7 @@ Also reported: full fine-tuning for EarlyBERT's wall time (as a step budget).
 
 Usage::
 
-    python benchmarks/earlybert.py                       # full: ~18k tweets, 1 epoch, 3 seeds
+    python benchmarks/earlybert.py                       # full: ~18k tweets, 2 epochs, 3 seeds
     python benchmarks/earlybert.py --max-train 512 --max-eval 256 --max-steps 40 \\
         --search-max-steps 30 --batch-size 16 --seeds 0   # reduced (2-core CPU)
 
@@ -24,7 +24,9 @@ neurons spread evenly over the layers, so the search's per-layer allocation is t
 
 ``--full-from runs/eb`` reuses the full fine-tunings of an earlier ``--out`` folder whose
 settings differ only in how the ticket is found (e.g. ``--mask-every``): the new folders get
-their full phase copied, marked ``shared_from``, and run the search and the slim training.
+their full phase copied, marked ``shared_from``, and run the search and the slim training. The
+earlier folder's even random control is shared too where the new search's totals give the same
+masks (checked mask by mask after the search).
 
 Seeds run into separate folders are summarised together, without training, by::
 
@@ -63,7 +65,7 @@ from sparseprior.nlp.experiment import (
     retime_run,
     run_earlybert,
     run_earlybert_phase,
-    share_full_baseline,
+    share_baselines,
 )
 from sparseprior.nlp.sections import claims, section_config
 
@@ -109,7 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--full-from", default=None,
                    help="an earlier --out folder whose seeds differ only in the ticket's "
                         "settings (mask_every, ratios, ...): reuse its full fine-tunings "
-                        "instead of running them again (marked shared_from)")
+                        "and, where the masks are the same, its even random control, instead "
+                        "of running them again (marked shared_from)")
     return p.parse_args(argv)
 
 
@@ -233,9 +236,11 @@ def main(argv: list[str] | None = None) -> None:
     else:
         per_seed = {}
         for seed in seeds:
-            if args.full_from:
-                share_full_baseline(config_for(args, seed), Path(args.full_from) / f"seed{seed}",
-                                    out / f"seed{seed}")
+            if args.full_from:   # the search first: the even control is shared against it
+                run_earlybert_phase(config_for(args, seed), out / f"seed{seed}", "search")
+                shared = share_baselines(config_for(args, seed),
+                                         Path(args.full_from) / f"seed{seed}", out / f"seed{seed}")
+                print(f"seed {seed}: shared from {args.full_from}: {', '.join(shared)}")
             per_seed[seed] = run_earlybert(config_for(args, seed), out / f"seed{seed}")
     summary = summarize(per_seed, _command(argv))
     out.mkdir(parents=True, exist_ok=True)

@@ -171,19 +171,21 @@ def test_full_baseline_shared_with_a_run_that_differs_only_in_the_ticket(tiny_fo
                                                                          tmp_path):
     """A run with another mask cadence reuses the source run's full fine-tuning (marked
     shared_from, reported by the time claim); a run whose fine-tuning differs is refused."""
-    from sparseprior.nlp.experiment import run_earlybert, run_earlybert_phase, share_full_baseline
+    from sparseprior.nlp.experiment import run_earlybert, run_earlybert_phase, share_baselines
     from sparseprior.nlp.sections import claims
 
     config = _config(tiny_folder, tiny_csv, export_onnx=False, epochs=1, search_max_steps=8,
                      same_time_baseline=False, random_ticket=False)
     source = run_earlybert_phase(config, tmp_path / "src", "full")
     other = config.replace(mask_every=1, head_ratio=0.5)
-    shared = share_full_baseline(other, tmp_path / "src", tmp_path / "dst")
+    shared = share_baselines(other, tmp_path / "src", tmp_path / "dst")
+    assert list(shared) == ["full"]            # the source has no even control
+    shared = shared["full"]
     assert shared["shared_from"] == str((tmp_path / "src").resolve())
-    assert share_full_baseline(other, tmp_path / "src", tmp_path / "dst") == shared  # idempotent
+    assert share_baselines(other, tmp_path / "src", tmp_path / "dst")["full"] == shared
     unmarked = {k: v for k, v in shared.items() if k != "shared_from"}   # copied by hand
     (tmp_path / "dst" / "phases" / "full.json").write_text(json.dumps(unmarked))
-    share_full_baseline(other, tmp_path / "src", tmp_path / "dst")
+    share_baselines(other, tmp_path / "src", tmp_path / "dst")
     marked = json.loads((tmp_path / "dst" / "phases" / "full.json").read_text())
     assert marked == json.loads(json.dumps(shared))
     result = run_earlybert(other, tmp_path / "dst")
@@ -193,12 +195,49 @@ def test_full_baseline_shared_with_a_run_that_differs_only_in_the_ticket(tiny_fo
     note = {c.key: c.note for c in claims(result, decide=False)}
     assert "shared from another run folder" in note["nlp.earlybert.train_time_saving"]
     with pytest.raises(ValueError, match=r"\['lr'\] differ"):
-        share_full_baseline(other.replace(lr=1e-3), tmp_path / "src", tmp_path / "lr")
+        share_baselines(other.replace(lr=1e-3), tmp_path / "src", tmp_path / "lr")
     with pytest.raises(ValueError, match="no readable run config"):
-        share_full_baseline(other, tmp_path / "missing", tmp_path / "dst2")
+        share_baselines(other, tmp_path / "missing", tmp_path / "dst2")
     (tmp_path / "src" / "phases" / "full.json").write_text(json.dumps({**source, "steps": 1}))
     with pytest.raises(ValueError, match="already holds another full"):
-        share_full_baseline(other, tmp_path / "src", tmp_path / "dst")
+        share_baselines(other, tmp_path / "src", tmp_path / "dst")
+
+
+def test_even_control_shared_only_where_its_masks_are_the_same(tiny_folder, tiny_csv,
+                                                               tmp_path):
+    """The even random ticket depends on the ticket's totals and the seed: a run that finds
+    its ticket at another cadence gets the source's copy (same accuracy, marked); a run with
+    another head ratio, or without a stored search, does not."""
+    import torch
+
+    from sparseprior.nlp.experiment import (
+        even_ticket_masks,
+        run_earlybert,
+        run_earlybert_phase,
+        share_baselines,
+    )
+    from sparseprior.nlp.sections import claims
+
+    config = _config(tiny_folder, tiny_csv, export_onnx=False, epochs=1, search_max_steps=8,
+                     same_time_baseline=False, random_ticket=False)
+    for phase in ("search", "full", "random_even"):
+        done = run_earlybert_phase(config, tmp_path / "src", phase)
+    cadence, ratio = config.replace(mask_every=1), config.replace(head_ratio=0.5)
+    assert list(share_baselines(cadence, tmp_path / "src", tmp_path / "early")) == ["full"]
+    for run_dir, cfg in (("cadence", cadence), ("ratio", ratio)):
+        run_earlybert_phase(cfg, tmp_path / run_dir, "search")
+    shared = share_baselines(cadence, tmp_path / "src", tmp_path / "cadence")
+    assert list(shared) == ["full", "random_even"]
+    assert list(share_baselines(ratio, tmp_path / "src", tmp_path / "ratio")) == ["full"]
+    stored = {d: json.loads((tmp_path / d / "phases" / "search.json").read_text())
+              for d in ("src", "cadence")}
+    assert all(torch.equal(a, b) for a, b in zip(
+        *(sum(even_ticket_masks(found, config.seed), []) for found in stored.values()),
+        strict=True))
+    result = run_earlybert(cadence, tmp_path / "cadence")
+    assert result["random_even"]["test_acc"] == done["test_acc"]
+    note = {c.key: c.note for c in claims(result, decide=False)}
+    assert "shared from another run folder" in note["nlp.earlybert.acc_vs_random_even"]
 
 
 def test_estimate_then_run_share_search_and_timing(tiny_folder, tiny_csv, tmp_path):

@@ -426,15 +426,20 @@ TICKET_FIELDS = ("head_ratio", "ffn_ratio", "ffn_scope", "l1_heads", "l1_ffn", "
                  "mask_every", "fifo_size", "threshold", "search_max_steps", "timing_rounds")
 
 
-def share_full_baseline(config: EarlyBertConfig, source: str | Path, run_dir: str | Path
-                        ) -> dict[str, Any]:
-    """Reuse the full fine-tuning of the run in ``source`` for a run of ``config`` in
-    ``run_dir`` that differs only in how the ticket is found (:data:`TICKET_FIELDS`): the full
-    baseline is the most expensive phase and does not depend on them. The stored phase is
-    copied with ``shared_from`` (the source folder) added, so reports show where it came
-    from; its wall time was measured in the source run, not beside the new slim training.
-    Refused when any other field differs or ``run_dir`` holds a different full phase.
-    Returns the phase as stored."""
+def share_baselines(config: EarlyBertConfig, source: str | Path, run_dir: str | Path
+                    ) -> dict[str, dict[str, Any]]:
+    """Reuse the baselines of the run in ``source`` for a run of ``config`` in ``run_dir`` that
+    differs only in how the ticket is found (:data:`TICKET_FIELDS`).
+
+    * ``full`` (required): full fine-tuning does not depend on the ticket's settings;
+    * ``random_even`` (when ``source`` has one and both runs' searches are stored): the even
+      random ticket depends only on the ticket's totals and the seed, so it is shared when the
+      masks drawn from both searches are equal, mask by mask.
+
+    Each stored phase is copied with ``shared_from`` (the source folder) added, so reports show
+    where it came from; its wall time was measured in the source run. Refused when any other
+    field differs or ``run_dir`` holds a different phase of that name. Returns the shared
+    phases by name, as stored."""
     config.validate()
     src = Path(source)
     try:
@@ -447,20 +452,47 @@ def share_full_baseline(config: EarlyBertConfig, source: str | Path, run_dir: st
     new = json.loads(json.dumps(config.to_dict()))
     differ = [k for k in config_diff(old, new) if k not in allowed]
     if differ:
-        raise ValueError(f"{source}: its full fine-tuning used other settings (fields {differ} "
-                         "differ); only the ticket's settings may differ to share it")
-    full["shared_from"] = str(src.resolve())
+        raise ValueError(f"{source}: its baselines used other settings (fields {differ} "
+                         "differ); only the ticket's settings may differ to share them")
     run = _claim(config, run_dir)
-    stored = _phases(run).get("full")
+    store = _phases(run)
+    shared = {"full": _copy_phase(run, store, "full", full, src)}
+    even = _even_control_of(src, store, config.seed)
+    if even is not None:
+        shared["random_even"] = _copy_phase(run, store, "random_even", even, src)
+    return shared
 
-    def unmarked(phase: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in phase.items() if k != "shared_from"}
 
-    if stored is not None and unmarked(stored) != unmarked(full):
-        raise ValueError(f"{run.path} already holds another full fine-tuning; use a new folder")
-    if stored != full:   # new, or the same copy not yet marked
-        run.write_json("phases/full.json", full)
-    return full
+def _even_control_of(src: Path, store: PhaseStore, seed: int) -> dict[str, Any] | None:
+    """The source run's even random ticket, when it is the one this run would draw."""
+    mine = store.get("search")
+    try:
+        theirs = json.loads((src / "phases" / "search.json").read_text())
+        even = json.loads((src / "phases" / "random_even.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if mine is None:
+        return None
+    a, b = (sum(even_ticket_masks(found, seed), []) for found in (theirs, mine))
+    equal = len(a) == len(b) and all(x.shape == y.shape and torch.equal(x, y)
+                                     for x, y in zip(a, b, strict=False))
+    return even if equal else None
+
+
+def _copy_phase(run: RunDir, store: PhaseStore, name: str, phase: dict[str, Any], src: Path
+                ) -> dict[str, Any]:
+    """Store ``phase`` (from ``src``) under ``name`` with ``shared_from``; idempotent."""
+    phase = {**phase, "shared_from": str(src.resolve())}
+    stored = store.get(name)
+
+    def unmarked(p: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in p.items() if k != "shared_from"}
+
+    if stored is not None and unmarked(stored) != unmarked(phase):
+        raise ValueError(f"{run.path} already holds another {name} phase; use a new folder")
+    if stored != phase:   # new, or the same copy not yet marked
+        run.write_json(f"phases/{name}.json", phase)
+    return phase
 
 
 def _phases(run: RunDir) -> PhaseStore:
@@ -530,6 +562,13 @@ def stored_ticket_masks(found: dict[str, Any]
             [torch.tensor(m, dtype=torch.bool) for m in found["ffn_masks"]])
 
 
+def even_ticket_masks(found: dict[str, Any], seed: int
+                      ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The even random control of the run with ``seed`` whose search stored ``found``: the
+    ticket's totals spread evenly over the layers (:func:`even_random_masks`)."""
+    return even_random_masks(*stored_ticket_masks(found), seed=seed + 2)
+
+
 def _baselines(config: EarlyBertConfig, prep: Prepared, search: Callable[[], dict[str, Any]]
                ) -> dict[str, Callable[[], dict[str, Any]]]:
     """The baseline phases by name; each needs at most the search's masks (``search()``)."""
@@ -542,7 +581,7 @@ def _baselines(config: EarlyBertConfig, prep: Prepared, search: Callable[[], dic
                         steps=budget)
 
     def random_even() -> dict[str, Any]:
-        heads, ffn = even_random_masks(*stored_ticket_masks(search()), seed=config.seed + 2)
+        heads, ffn = even_ticket_masks(search(), config.seed)
         return finetune(slim_(_classifier(config, n_labels), heads, ffn), prep, config,
                         steps=budget)
 
