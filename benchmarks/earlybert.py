@@ -12,7 +12,7 @@ Also reported: full fine-tuning for EarlyBERT's wall time (as a step budget).
 
 Usage::
 
-    python benchmarks/earlybert.py                       # full: ~18k tweets, 2 epochs, 3 seeds
+    python benchmarks/earlybert.py                       # full: ~18k tweets, 1 epoch, 3 seeds
     python benchmarks/earlybert.py --max-train 512 --max-eval 256 --max-steps 40 \\
         --search-max-steps 30 --batch-size 16 --seeds 0   # reduced (2-core CPU)
 
