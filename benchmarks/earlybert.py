@@ -63,9 +63,9 @@ from sparseprior.nlp.experiment import (
     estimate_rows,
     estimate_run,
     retime_run,
+    reuse_baselines,
     run_earlybert,
     run_earlybert_phase,
-    share_baselines,
 )
 from sparseprior.nlp.sections import claims, section_config
 
@@ -236,9 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         per_seed = {}
         for seed in seeds:
-            if args.full_from:   # the search first: the even control is shared against it
-                run_earlybert_phase(config_for(args, seed), out / f"seed{seed}", "search")
-                shared = share_baselines(config_for(args, seed),
+            if args.full_from:
+                shared = reuse_baselines(config_for(args, seed),
                                          Path(args.full_from) / f"seed{seed}", out / f"seed{seed}")
                 print(f"seed {seed}: shared from {args.full_from}: {', '.join(shared)}")
             per_seed[seed] = run_earlybert(config_for(args, seed), out / f"seed{seed}")

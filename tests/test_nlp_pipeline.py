@@ -318,6 +318,32 @@ def test_cli_phase_worker_refuses_a_dependent_phase(tiny_folder, tiny_csv, tmp_p
         "--out", str(tmp_path / "r"))
 
 
+def test_cli_baselines_from_shares_and_refuses_before_the_search(tiny_folder, tiny_csv,
+                                                                  tmp_path, capsys):
+    from sparseprior.cli import main
+
+    base = ["--model", str(tiny_folder), "--data", str(tiny_csv), "--max-length", "12",
+            "--batch-size", "16", "--lr", "0.003", "--search-max-steps", "8", "--mask-every",
+            "2", "--fifo-size", "3", "--epochs", "1", "--warmup-steps", "2", "--timing-rounds",
+            "2", "--no-export-onnx", "--no-random-ticket", "--no-same-time-baseline"]
+    assert "no readable run config" in _cli_error(
+        capsys, *base, "--baselines-from", str(tmp_path / "missing"), "--out",
+        str(tmp_path / "r"))
+    assert not (tmp_path / "r" / "phases" / "search.json").exists()
+    def run(*args: str) -> None:
+        with pytest.raises(SystemExit) as done:
+            main(["tickets", "earlybert", *base, *args])
+        assert done.value.code == 0
+
+    for phase in ("search", "full", "random_even"):
+        run("--phase", phase, "--out", str(tmp_path / "src"))
+    run("--mask-every", "1", "--baselines-from", str(tmp_path / "src"), "--out",
+        str(tmp_path / "dst"))
+    assert "shared from" in capsys.readouterr().out
+    result = json.loads((tmp_path / "dst" / "earlybert.json").read_text())
+    assert result["full"]["shared_from"] and result["random_even"]["shared_from"]
+
+
 def test_time_ratio_training_step_keeps_weights():
     import torch
     from torch import nn

@@ -26,6 +26,10 @@ def earlybert(
     estimate: bool = typer.Option(False, help="Only estimate the training time saved: the "
                                   "search and slim/full step timing, no fine-tuning "
                                   "(earlybert_estimate.json; a later run goes on from it)."),
+    baselines_from: Path = typer.Option(None, help="An earlier run folder whose options differ "
+                                        "only in how the ticket is found (--mask-every, ratios, "
+                                        "...): reuse its full fine-tuning and, where the masks "
+                                        "are the same, its even random control."),
 ) -> None:
     """EarlyBERT: search structured early-bird tickets (heads + FFN neurons), slim the model for
     real, fine-tune it, and compare with full fine-tuning and the random ticket."""
@@ -34,6 +38,7 @@ def earlybert(
         describe_phase,
         estimate_rows,
         estimate_run,
+        reuse_baselines,
         run_earlybert,
         run_earlybert_phase,
         summary_rows,
@@ -47,6 +52,9 @@ def earlybert(
         typer.echo(format_table(estimate_rows({config.seed: estimate_run(config, out)})))
         typer.echo(f"run folder: {out}")
         return
+    if baselines_from is not None:
+        shared = reuse_baselines(config, baselines_from, out)
+        typer.echo(f"shared from {baselines_from}: {', '.join(shared)}")
     result = run_earlybert(config, out)
     typer.echo(format_table(summary_rows(result)))
     typer.echo(f"run folder: {out}")

@@ -440,20 +440,8 @@ def share_baselines(config: EarlyBertConfig, source: str | Path, run_dir: str | 
     where it came from; its wall time was measured in the source run. Refused when any other
     field differs or ``run_dir`` holds a different phase of that name. Returns the shared
     phases by name, as stored."""
-    config.validate()
     src = Path(source)
-    try:
-        old = json.loads((src / "config.json").read_text())
-        full = json.loads((src / "phases" / "full.json").read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{source}: no readable run config and finished full fine-tuning "
-                         f"(config.json, phases/full.json) to share ({err})") from None
-    allowed = set(TICKET_FIELDS + MACHINE_FIELDS + OPTIONAL_PHASE_FIELDS)
-    new = json.loads(json.dumps(config.to_dict()))
-    differ = [k for k in config_diff(old, new) if k not in allowed]
-    if differ:
-        raise ValueError(f"{source}: its baselines used other settings (fields {differ} "
-                         "differ); only the ticket's settings may differ to share them")
+    full = _shareable_full(config, src)
     run = _claim(config, run_dir)
     store = _phases(run)
     shared = {"full": _copy_phase(run, store, "full", full, src)}
@@ -461,6 +449,35 @@ def share_baselines(config: EarlyBertConfig, source: str | Path, run_dir: str | 
     if even is not None:
         shared["random_even"] = _copy_phase(run, store, "random_even", even, src)
     return shared
+
+
+def _shareable_full(config: EarlyBertConfig, src: Path) -> dict[str, Any]:
+    """The full fine-tuning stored in ``src``, checked to be one ``config`` may share."""
+    config.validate()
+    try:
+        old = json.loads((src / "config.json").read_text())
+        full = json.loads((src / "phases" / "full.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{src}: no readable run config and finished full fine-tuning "
+                         f"(config.json, phases/full.json) to share ({err})") from None
+    allowed = set(TICKET_FIELDS + MACHINE_FIELDS + OPTIONAL_PHASE_FIELDS)
+    new = json.loads(json.dumps(config.to_dict()))
+    differ = [k for k in config_diff(old, new) if k not in allowed]
+    if differ:
+        raise ValueError(f"{src}: its baselines used other settings (fields {differ} "
+                         "differ); only the ticket's settings may differ to share them")
+    return full
+
+
+def reuse_baselines(config: EarlyBertConfig, source: str | Path, run_dir: str | Path
+                    ) -> dict[str, dict[str, Any]]:
+    """:func:`share_baselines` after this run's search (run here unless stored), so the even
+    random control can be compared with the source's; the main run then goes on from the
+    stored search. Returns the shared phases by name; a source that cannot be shared is
+    refused before the search runs."""
+    _shareable_full(config, Path(source))
+    run_earlybert_phase(config, run_dir, "search")
+    return share_baselines(config, source, run_dir)
 
 
 def _even_control_of(src: Path, store: PhaseStore, seed: int) -> dict[str, Any] | None:
