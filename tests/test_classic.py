@@ -3,15 +3,7 @@ from itertools import pairwise
 import pytest
 import torch
 
-from sparseprior.solvers.classic import (
-    debias,
-    fista,
-    ista,
-    lasso_objective,
-    least_squares_on_support,
-    soft_threshold,
-    support_oracle_ls,
-)
+from sparseprior.solvers.classic import fista, ista, lasso_objective, soft_threshold
 from sparseprior.solvers.metrics import nmse_db, support_recovery
 from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem
 
@@ -69,57 +61,6 @@ def test_tolerance_stops_early(small):
     A, _, y = small
     res = fista(A, y, 0.1, max_iter=10000, tol=1e-6)
     assert 1 < res.n_iter < 10000
-
-
-def test_support_oracle_is_exact_when_noiseless(small):
-    A, x, y = small
-    x_or = support_oracle_ls(A, y, x)
-    assert nmse_db(x_or, x) < -100
-    assert ((x_or != 0) <= (x != 0)).all()
-
-
-def test_support_oracle_equals_least_squares_on_each_support():
-    gen = torch.Generator().manual_seed(3)
-    A = torch.randn(40, 60, generator=gen) / 40 ** 0.5
-    x = torch.randn(9, 60, generator=gen) * (torch.rand(9, 60, generator=gen) < 0.15)
-    x[0] = 0.0                                    # empty support
-    x[1, :15] = 1.0                               # the largest support sets the chunk's k
-    y = x @ A.T + 0.05 * torch.randn(9, 40, generator=gen)
-    got = support_oracle_ls(A, y, x, chunk=4)     # chunks of mixed support sizes
-    for b in range(9):
-        s = (x[b] != 0).nonzero().squeeze(1)
-        want = torch.zeros(60, dtype=torch.float64)
-        if len(s):
-            want[s] = torch.linalg.lstsq(A[:, s].double(), y[b].double()).solution
-        assert torch.allclose(got[b].double(), want, atol=1e-5), b
-    assert bool((got[0] == 0).all())
-
-
-def test_debias_removes_the_shrinkage_of_a_lasso_estimate():
-    """FISTA's LASSO estimate on a noisy problem keeps its support but is shrunk towards zero;
-    least squares on that support (debias) is closer to x* and equals the oracle when the
-    support is right."""
-    gen = torch.Generator().manual_seed(5)
-    A = torch.randn(60, 120, generator=gen) / 60 ** 0.5
-    x = torch.randn(16, 120, generator=gen) * (torch.rand(16, 120, generator=gen) < 0.08)
-    y = x @ A.T + 0.01 * torch.randn(16, 60, generator=gen)
-    lasso = fista(A, y, 0.05, max_iter=500).x
-    refit = debias(A, y, lasso)
-    assert ((refit != 0) <= (lasso != 0)).all()
-    assert nmse_db(refit, x) < nmse_db(lasso, x) - 3
-    same = ((lasso != 0) == (x != 0)).all(dim=1)
-    assert same.any()
-    assert torch.allclose(refit[same], support_oracle_ls(A, y, x)[same], atol=1e-5)
-
-
-def test_least_squares_on_support_refuses_bad_supports():
-    A, y = torch.randn(5, 8), torch.randn(2, 5)
-    with pytest.raises(ValueError, match="bool"):
-        least_squares_on_support(A, y, torch.ones(2, 8))
-    with pytest.raises(ValueError, match="shape"):
-        least_squares_on_support(A, y, torch.ones(2, 7, dtype=torch.bool))
-    with pytest.raises(ValueError, match="exceeds the m = 5"):
-        least_squares_on_support(A, y, torch.ones(2, 8, dtype=torch.bool))
 
 
 def test_soft_threshold_and_metrics():

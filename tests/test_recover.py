@@ -46,8 +46,18 @@ def test_recover_debias_and_a_given_solver(problem):
     plain = recover(noisy.A, y, solver)
     refit = recover(noisy.A, y, solver, RecoveryConfig(debias=True))
     assert refit.debiased and nmse_db(refit.x, x) < nmse_db(plain.x, x)
-    with pytest.raises(ValueError, match="set only debias"):
+    with pytest.raises(ValueError, match="set only the refit"):
         recover(noisy.A, y, solver, RecoveryConfig(p=0.05))
+    bayes = recover(noisy.A, y, solver, RecoveryConfig(p=0.05, snr_db=20, bayes_refit=True))
+    assert bayes.bayes_refit and not bayes.debiased
+    assert nmse_db(bayes.x, x) < nmse_db(refit.x, x)
+    with pytest.raises(ValueError, match="needs the prior"):
+        RecoveryConfig(p=0.05, bayes_refit=True)
+    with pytest.raises(ValueError, match="choose one refit"):
+        RecoveryConfig(p=0.05, snr_db=20, bayes_refit=True, debias=True)
+    with pytest.raises(ValueError, match="set only the refit"):
+        recover(noisy.A, y, solver, RecoveryConfig(p=0.05, snr_db=20, bayes_refit=True,
+                                                   calibrate=True))
     with pytest.raises(ValueError, match=r"built for \(m, n\) = \(100, 200\)"):
         recover(noisy.A[:, :150], y, solver)
     with pytest.raises(ValueError, match="m = 100"):
@@ -101,7 +111,7 @@ def test_cli_recover_writes_x_and_the_solver(cli, tmp_path, problem):
     code, _, err = cli(["solvers", "recover", str(tmp_path / "A.npy"), str(tmp_path / "y.npz"),
                         str(tmp_path / "x2.npy"), "--checkpoint",
                         str(tmp_path / "solver.safetensors"), "--p", "0.1"])
-    assert code == 2 and "set only debias" in err
+    assert code == 2 and "set only the refit" in err
     np.save(tmp_path / "v.npy", np.ones(100))
     code, _, err = cli(["solvers", "recover", str(tmp_path / "v.npy"), str(tmp_path / "y.npz"),
                         str(tmp_path / "x3.npy")])

@@ -195,8 +195,9 @@ def recover(recovery: RecoveryConfig,
     if save_solver_to is not None:
         save_solver(result.solver.cpu(), save_solver_to)
     res, support = result.residual, result.support.float()
+    refit = ", debiased" if result.debiased else ", Bayes refit" if result.bayes_refit else ""
     typer.echo(f"{len(result.x)} x {A.shape[1]} recovered with {result.solver.name} "
-               f"({result.solver.num_layers} layers{', debiased' if result.debiased else ''})"
+               f"({result.solver.num_layers} layers{refit})"
                f" in {result.seconds * 1e3:.1f} ms\n"
                f"relative residual ||Ax - y|| / ||y||: median {res.median():.3g}, max "
                f"{res.max():.3g}\nnon-zeros per sample: mean {support.mean():.1f}, max "

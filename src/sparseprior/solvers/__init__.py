@@ -15,13 +15,10 @@ A new learned solver is one class plus :func:`register_solver` (docs/extending.m
 from sparseprior.solvers.amp import AMPResult, bayes_amp
 from sparseprior.solvers.classic import (
     ClassicResult,
-    debias,
     fista,
     ista,
     lasso_objective,
-    least_squares_on_support,
     soft_threshold,
-    support_oracle_ls,
 )
 from sparseprior.solvers.fit import (
     LEARNED_SOLVERS,
@@ -38,6 +35,12 @@ from sparseprior.solvers.metrics import (
     support_recovery,
 )
 from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem
+from sparseprior.solvers.refit import (
+    bayes_refit,
+    debias,
+    least_squares_on_support,
+    support_oracle_ls,
+)
 from sparseprior.solvers.training import (
     BUDGETS,
     StagedTrainingConfig,
@@ -61,7 +64,8 @@ __all__ = [
     "BUDGETS", "LEARNED_SOLVERS", "LISTA", "LISTA_CP", "LISTA_CPSS", "LISTA_SS", "SOLVERS",
     "AMPResult", "ClassicResult", "FitConfig", "FitResult", "LearnedSolver", "ProblemConfig",
     "SparseRecoveryProblem", "StagedTrainingConfig", "TiLISTA", "TrainingResult",
-    "UnrolledSolver", "bayes_amp", "build_solver", "debias", "fista", "fit_solver", "ista",
+    "UnrolledSolver", "bayes_amp", "bayes_refit", "build_solver", "debias", "fista",
+    "fit_solver", "ista",
     "lasso_objective", "least_squares_on_support", "load_solver", "nmse_db", "nmse_db_per_step",
     "per_sample_nmse_db",
     "register_solver", "save_solver", "soft_threshold", "support_oracle_ls", "support_recovery",

@@ -1,7 +1,7 @@
 """Classic solvers for the LASSO ``min_x 0.5 ||A x - y||^2 + lam ||x||_1``, batched in torch.
 
 ISTA and FISTA use the step 1/L, L = ||A||_2^2. Both run on whatever device ``A``/``y`` live on.
-``support_oracle_ls`` is least squares on the true support: the accuracy floor for noisy problems.
+Refits of an estimate on a support (debias, the support oracle) live in :mod:`.refit`.
 """
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ class ClassicResult:
     objective: list[float] | None = None
 
 
-def _check_inputs(A: torch.Tensor, y: torch.Tensor, lam: float, max_iter: int
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def check_system(A: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (m, n) and y (batch, m) (a (m,) y becomes one row) as float tensors on A's device,
+    checked (finite, matching m)."""
     A = as_float_tensor(A, "A", ndim=2, dtype=A.dtype if A.dtype.is_floating_point
                         else torch.float32)
     y = as_float_tensor(y, "y", dtype=A.dtype)
@@ -59,9 +60,14 @@ def _check_inputs(A: torch.Tensor, y: torch.Tensor, lam: float, max_iter: int
         y = y.unsqueeze(0)
     if y.ndim != 2 or y.shape[1] != A.shape[0]:
         raise ValueError(f"y must have shape (batch, m={A.shape[0]}), got {tuple(y.shape)}")
+    return A, y.to(A.device)
+
+
+def _check_inputs(A: torch.Tensor, y: torch.Tensor, lam: float, max_iter: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     check_range(lam, "lam", 0.0)
     check_positive_int(max_iter, "max_iter")
-    return A, y.to(A.device)
+    return check_system(A, y)
 
 
 class _GradientStep:
@@ -252,65 +258,3 @@ CLASSIC_SOLVERS.register("ISTA", ista)
 CLASSIC_SOLVERS.register("FISTA", fista)
 CLASSIC_SOLVERS.register("FISTA-cont", fista_continuation)
 CLASSIC_SOLVERS.register("FISTA-restart", fista_restart)
-
-
-def least_squares_on_support(A: torch.Tensor, y: torch.Tensor, support: torch.Tensor,
-                             chunk: int = 128) -> torch.Tensor:
-    """min ||A_S x_S - y||^2 per sample over its ``support`` (bool, (batch, n)): (batch, n).
-
-    Solved in float64 through the k x k normal equations of the support's columns, k the
-    largest support in a chunk of at most ``chunk`` samples (smaller supports padded with
-    identity rows), so a chunk costs about k^2 m per sample, not n^3. A support with more
-    columns than measurements (k > m) has no unique solution: it is refused.
-    """
-    A, y = _check_inputs(A, y, 0.0, 1)
-    if not torch.is_tensor(support) or support.dtype != torch.bool:
-        raise ValueError("support must be a bool tensor (True where x may be non-zero)")
-    if support.shape != (y.shape[0], A.shape[1]):
-        raise ValueError(f"support must have shape (batch, n) = ({y.shape[0]}, {A.shape[1]}), "
-                         f"got {tuple(support.shape)}")
-    support = support.to(A.device)
-    k_max = int(support.sum(dim=1).max()) if len(support) else 0
-    if k_max > A.shape[0]:
-        raise ValueError(f"a support of {k_max} entries exceeds the m = {A.shape[0]} "
-                         "measurements: least squares on it is not unique")
-    columns = A.T.double()                                    # (n, m)
-    out = torch.zeros(y.shape[0], A.shape[1], dtype=torch.float64, device=A.device)
-    for start in range(0, y.shape[0], chunk):
-        rows = support[start:start + chunk]                   # (b, n)
-        k = int(rows.sum(dim=1).max())
-        if k == 0:
-            continue
-        # each row's support first (a permutation, so the k indices are distinct)
-        idx = torch.argsort(rows.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
-        kept = torch.gather(rows, 1, idx).double()            # (b, k): 0 marks padding
-        cols = columns[idx] * kept.unsqueeze(2)               # (b, k, m)
-        gram = cols @ cols.transpose(1, 2) + torch.diag_embed(1.0 - kept)
-        rhs = cols @ y[start:start + chunk].double().unsqueeze(2)
-        values = torch.linalg.solve(gram, rhs).squeeze(2) * kept
-        out[start:start + chunk].scatter_(1, idx, values)
-    return out.to(A.dtype)
-
-
-def _support_of(x: torch.Tensor, name: str) -> torch.Tensor:
-    return as_float_tensor(x, name, ndim=2, dtype=torch.float64) != 0
-
-
-def support_oracle_ls(A: torch.Tensor, y: torch.Tensor, x_true: torch.Tensor,
-                      chunk: int = 128) -> torch.Tensor:
-    """Least squares restricted to the true support of each sample: (batch, n), the accuracy
-    floor of any estimator on a noisy problem (:func:`least_squares_on_support`)."""
-    return least_squares_on_support(A, y, _support_of(x_true, "x_true"), chunk)
-
-
-def debias(A: torch.Tensor, y: torch.Tensor, x_hat: torch.Tensor,
-           chunk: int = 128) -> torch.Tensor:
-    """An estimate's shrinkage removed: least squares on the support ``x_hat`` found, (batch, n).
-
-    The debiasing step of GPSR (Figueiredo, Nowak & Wright 2007) and the relaxed LASSO: the
-    values the l1 penalty (or a learned threshold) pulled towards zero are refitted, the
-    support is kept. Costs about k^2 m per sample (k the support size), a few layers' worth
-    for k << m. Helps when the support is right and the noise moderate; it cannot add
-    entries the estimate missed.
-    """
-    return least_squares_on_support(A, y, _support_of(x_hat, "x_hat"), chunk)

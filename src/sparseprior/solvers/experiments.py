@@ -22,7 +22,7 @@ from sparseprior.common.config import Config
 from sparseprior.common.results import format_table
 from sparseprior.common.runs import RunDir
 from sparseprior.common.validation import check_positive_int
-from sparseprior.solvers.classic import fista, ista, support_oracle_ls
+from sparseprior.solvers.classic import fista, ista
 from sparseprior.solvers.fit import LEARNED_SOLVERS, FitConfig, fit_solver, make_problem
 from sparseprior.solvers.metrics import (
     nmse_db,
@@ -31,6 +31,7 @@ from sparseprior.solvers.metrics import (
     support_recovery,
 )
 from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem
+from sparseprior.solvers.refit import support_oracle_ls
 from sparseprior.solvers.tuning import TuningConfig
 
 log = logging.getLogger(__name__)

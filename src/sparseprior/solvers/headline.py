@@ -46,7 +46,7 @@ from sparseprior.common.results import format_table
 from sparseprior.common.runs import RunDir
 from sparseprior.common.validation import check_positive_int
 from sparseprior.solvers.amp import bayes_amp
-from sparseprior.solvers.classic import CLASSIC_SOLVERS, support_oracle_ls
+from sparseprior.solvers.classic import CLASSIC_SOLVERS
 from sparseprior.solvers.experiments import (
     ClassicSweep,
     iterations_to_reach,
@@ -66,6 +66,7 @@ from sparseprior.solvers.metrics import (
     per_sample_nmse_db,
 )
 from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem
+from sparseprior.solvers.refit import support_oracle_ls
 from sparseprior.solvers.unrolled import UnrolledSolver, load_solver, save_solver
 
 log = logging.getLogger(__name__)

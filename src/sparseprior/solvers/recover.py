@@ -22,7 +22,8 @@ from sparseprior.common.checkpoint import atomic_write_bytes
 from sparseprior.common.config import Config
 from sparseprior.common.device import resolve_device
 from sparseprior.common.validation import as_float_tensor, check_positive_int, check_range
-from sparseprior.solvers.classic import debias as debias_estimate
+from sparseprior.solvers.refit import bayes_refit
+from sparseprior.solvers.refit import debias as debias_estimate
 from sparseprior.solvers.unrolled import HyperLISTA, UnrolledSolver
 
 ARRAY_SUFFIXES = (".npy", ".npz", ".safetensors")
@@ -108,6 +109,9 @@ class RecoveryConfig(Config):
             minute on one thread) instead of the shipped setting.
         num_layers: HyperLISTA layers.
         debias: refit least squares on the support found (any solver).
+        bayes_refit: refit noisy estimates with :func:`~sparseprior.solvers.refit.bayes_refit`
+            instead (widened support, least squares, posterior-mean shrinkage); needs p and
+            snr_db, which then describe the prior for a given solver too.
         seed: seed of the calibration's prior samples.
     """
 
@@ -116,6 +120,7 @@ class RecoveryConfig(Config):
     calibrate: bool = False
     num_layers: int = 16
     debias: bool = False
+    bayes_refit: bool = False
     seed: int = 0
 
     def validate(self) -> None:
@@ -124,11 +129,21 @@ class RecoveryConfig(Config):
         if self.snr_db is not None and not math.isfinite(self.snr_db):
             raise ValueError(f"snr_db must be a finite number of dB or None, got {self.snr_db}")
         check_positive_int(self.num_layers, "num_layers")
+        if self.bayes_refit and (self.p is None or self.snr_db is None):
+            raise ValueError("bayes_refit needs the prior: give p (fraction of non-zeros) and "
+                             "snr_db (measurement SNR in dB)")
+        if self.bayes_refit and self.debias:
+            raise ValueError("choose one refit: debias (least squares) or bayes_refit (which "
+                             "includes least squares)")
 
     @property
     def builds_solver(self) -> bool:
-        """Whether a field other than debias is set (they describe a solver to build)."""
-        return self.replace(debias=False) != RecoveryConfig()
+        """Whether fields that describe a solver to build are set (not the refits, nor p and
+        snr_db when bayes_refit uses them as the prior)."""
+        refit_only = {"debias": False, "bayes_refit": False}
+        if self.bayes_refit:
+            refit_only.update(p=None, snr_db=None)
+        return self.replace(**refit_only) != RecoveryConfig()
 
 
 @dataclasses.dataclass
@@ -136,7 +151,8 @@ class Recovery:
     """What :func:`recover` found.
 
     x: (batch, n) estimates; residual: (batch,) ||A x - y|| / ||y||; support: (batch,) number
-    of non-zeros; seconds: wall time of the solver (and debias), calibration excluded.
+    of non-zeros; seconds: wall time of the solver (and refit), calibration excluded;
+    debiased / bayes_refit: which refit ran.
     """
 
     x: torch.Tensor
@@ -145,6 +161,7 @@ class Recovery:
     seconds: float
     solver: UnrolledSolver
     debiased: bool
+    bayes_refit: bool = False
 
 
 def _measurements(A: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -175,7 +192,8 @@ def recover(A: torch.Tensor, y: torch.Tensor, solver: UnrolledSolver | None = No
 
     A: (m, n); y: (m,) or (batch, m). ``solver``: a solver for this A (e.g. from
     :func:`~sparseprior.solvers.unrolled.load_solver`); default :func:`build_recovery_solver`
-    with ``config``. ``config.debias``: least squares on the found support afterwards.
+    with ``config``. ``config.debias``: least squares on the found support afterwards;
+    ``config.bayes_refit``: the empirical-Bayes refit for noisy problems.
     """
     config = config or RecoveryConfig()
     A = as_float_tensor(A, "A", ndim=2)
@@ -183,8 +201,9 @@ def recover(A: torch.Tensor, y: torch.Tensor, solver: UnrolledSolver | None = No
     if solver is None:
         solver = build_recovery_solver(A, config)
     elif config.builds_solver:
-        raise ValueError("a given solver is used as it is: set only debias in the config "
-                         "(p, snr_db, calibrate, num_layers and seed build a solver)")
+        raise ValueError("a given solver is used as it is: set only the refit in the config "
+                         "(p, snr_db, calibrate, num_layers and seed build a solver; p and "
+                         "snr_db may describe the prior of bayes_refit)")
     if (solver.m, solver.n) != tuple(A.shape):
         raise ValueError(f"the solver was built for (m, n) = ({solver.m}, {solver.n}) but A has "
                          f"shape {tuple(A.shape)}")
@@ -195,7 +214,10 @@ def recover(A: torch.Tensor, y: torch.Tensor, solver: UnrolledSolver | None = No
     x = solver(y)[-1]
     if config.debias:
         x = debias_estimate(A, y, x)
+    if config.bayes_refit:
+        x = bayes_refit(A, y, x, p=config.p, snr_db=config.snr_db)
     seconds = time.perf_counter() - start
     residual = (x @ A.T - y).norm(dim=1) / y.norm(dim=1).clamp_min(torch.finfo(y.dtype).tiny)
     return Recovery(x=x.cpu(), residual=residual.cpu(), support=(x != 0).sum(dim=1).cpu(),
-                    seconds=seconds, solver=solver, debiased=config.debias)
+                    seconds=seconds, solver=solver, debiased=config.debias,
+                    bayes_refit=config.bayes_refit)
