@@ -20,7 +20,9 @@ the data the shipped setting was chosen on), the shipped setting's layer-16 NMSE
 
     OMP_NUM_THREADS=1 python benchmarks/solvers_noise_floor.py --out runs/noise-floor
 
-``--split test --seed 0``: the transfer benchmark's test sets (its oracle-gap column).
+``--split test --seed 0``: the transfer benchmark's test sets (its oracle-gap column);
+``--grid full --sizes 200``: the noisy problems of the full transfer grid with n = 200, with
+a count per SNR of the estimates within 5 dB of the oracle floor.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def score(spec: dict[str, Any], samples: int, seed: int, split: str = "validatio
     A, c_theta = problem.A, HyperLISTA.DEFAULTS["c_theta"]
     aware = HyperLISTA.for_problem(problem)
     calibrated = HyperLISTA.calibrate(A, p=spec["p"], snr_db=spec["snr_db"], seed=seed + 17)
-    row: dict[str, Any] = {"problem": name, "blind_db": hyper_db(HyperLISTA(A), x, y)}
+    row: dict[str, Any] = {"problem": name, "snr_db": spec["snr_db"],
+                           "blind_db": hyper_db(HyperLISTA(A), x, y)}
     told = {"p": spec["p"], "snr_db": spec["snr_db"]}
     row["aware_db"], row["aware_refit_db"], row["aware_bayes_db"] = hyper_db_debiased(
         aware, x, y, **told)
@@ -70,19 +73,46 @@ def score(spec: dict[str, Any], samples: int, seed: int, split: str = "validatio
     return row
 
 
+ESTIMATES = ("aware_db", "aware_refit_db", "aware_bayes_db", "calibrated_db",
+             "calibrated_refit_db", "calibrated_bayes_db")
+
+
+def near_oracle_counts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per SNR: on how many problems each estimate lies within 5 dB of the oracle floor."""
+    out = []
+    for snr in sorted({r["snr_db"] for r in rows}):
+        some = [r for r in rows if r["snr_db"] == snr]
+        out.append({"snr_db": snr, "problems": len(some),
+                    **{k.removesuffix("_db"): sum(r[k] <= r["oracle_db"] + 5.0 for r in some)
+                       for k in ESTIMATES}})
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--split", choices=("validation", "test"), default="validation")
+    ap.add_argument("--grid", choices=("reduced", "full"), default="reduced",
+                    help="the transfer benchmark's grid whose noisy problems are scored")
+    ap.add_argument("--sizes", type=lambda s: {int(v) for v in s.split(",")}, default=None,
+                    help="only the problems with these n (comma-separated)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    rows = [score(spec, args.samples, args.seed, args.split) for spec in family("reduced")
-            if spec.get("snr_db") is not None]
+    torch.set_num_threads(1)
+    rows = []
+    for spec in family(args.grid):
+        if spec.get("snr_db") is not None and (args.sizes is None or spec["n"] in args.sizes):
+            rows.append(score(spec, args.samples, args.seed, args.split))
+            print(" ".join(f"{v:.2f}" if isinstance(v, float) else str(v)
+                           for v in rows[-1].values()), flush=True)
     print(format_table([{k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in r.items()}
                         for r in rows]))
+    near = near_oracle_counts(rows)
+    print(format_table(near))
     result = {"command": "python " + " ".join(sys.argv), "shipped": HyperLISTA.DEFAULTS,
-              "seed": args.seed, "split": args.split, "samples": args.samples, "rows": rows}
+              "seed": args.seed, "split": args.split, "samples": args.samples,
+              "grid": args.grid, "rows": rows, "within_5db_of_oracle": near}
     if args.out:
         RunDir(args.out).write_json("noise_floor.json", result)
     return result
