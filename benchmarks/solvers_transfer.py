@@ -9,11 +9,12 @@ For each problem of the grid (Gaussian A with unit-norm columns, Bernoulli(p)-Ga
   the prior with another seed; no x* of the validation or test set is used);
 * FISTA and FISTA with lambda-continuation (x0.95 per iteration), 1000 iterations each, lambda
   chosen on the validation set from ``--lams``, NMSE reported on the test set;
-* the support-oracle floor (noisy problems).
+* the support-oracle floor, and calibrated HyperLISTA refitted by ``debias`` and by
+  ``bayes_refit`` (noisy problems).
 
 Checks (issue 12): shipped beats the best of FISTA@1000 and FISTA-cont@1000; shipped within
 3 dB of calibrated (or both below -60 dB); calibrated within 5 dB of the oracle floor on noisy
-problems. Plus a robustness table: NMSE of HyperLISTA on a problem when one hyperparameter is
+problems (``near_oracle``; with a refit ``near_oracle_debiased`` / ``near_oracle_bayes``). Plus a robustness table: NMSE of HyperLISTA on a problem when one hyperparameter is
 moved by -20/-10/+10/+20 %.
 
     # reduced grid (this machine, ~10 min when it is idle)
