@@ -118,6 +118,8 @@ def test_bayes_refit_shrinks_noise_and_keeps_strong_entries():
 
 def test_bayes_refit_refuses_bad_input(noisy):
     A, x, y, lasso = noisy
+    zero = bayes_refit(A, torch.zeros_like(y), lasso, p=0.1, snr_db=20.0)
+    assert bool((zero == 0).all()) and zero.shape == lasso.shape
     with pytest.raises(ValueError, match="p"):
         bayes_refit(A, y, lasso, p=0.0, snr_db=20.0)
     with pytest.raises(ValueError, match="snr_db"):
