@@ -14,8 +14,9 @@ For each problem of the grid (Gaussian A with unit-norm columns, Bernoulli(p)-Ga
 
 Checks (issue 12): shipped beats the best of FISTA@1000 and FISTA-cont@1000; shipped within
 3 dB of calibrated (or both below -60 dB); calibrated within 5 dB of the oracle floor on noisy
-problems (``near_oracle``; with a refit ``near_oracle_debiased`` / ``near_oracle_bayes``). Plus a robustness table: NMSE of HyperLISTA on a problem when one hyperparameter is
-moved by -20/-10/+10/+20 %.
+problems (``near_oracle``; with a refit ``near_oracle_debiased`` / ``near_oracle_bayes``).
+Plus a robustness table: NMSE of HyperLISTA on a problem when one hyperparameter is moved
+by -20/-10/+10/+20 %.
 
     # reduced grid (this machine, ~10 min when it is idle)
     OMP_NUM_THREADS=1 python benchmarks/solvers_transfer.py --grid reduced --out runs/transfer
