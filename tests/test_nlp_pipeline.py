@@ -57,6 +57,12 @@ def _config(tiny_folder, tiny_csv, **kw):
     return EarlyBertConfig(**base)
 
 
+def _phase_config(tiny_folder, tiny_csv):
+    """A cheap run for phase tests: one epoch, 8 search steps, no optional baselines/ONNX."""
+    return _config(tiny_folder, tiny_csv, export_onnx=False, epochs=1, search_max_steps=8,
+                   same_time_baseline=False, random_ticket=False)
+
+
 def test_run_earlybert_end_to_end(tiny_folder, tiny_csv, tmp_path):
     from sparseprior.nlp.experiment import run_earlybert
     from sparseprior.nlp.model import heads_per_layer
@@ -174,8 +180,7 @@ def test_full_baseline_shared_with_a_run_that_differs_only_in_the_ticket(tiny_fo
     from sparseprior.nlp.experiment import run_earlybert, run_earlybert_phase, share_baselines
     from sparseprior.nlp.sections import claims
 
-    config = _config(tiny_folder, tiny_csv, export_onnx=False, epochs=1, search_max_steps=8,
-                     same_time_baseline=False, random_ticket=False)
+    config = _phase_config(tiny_folder, tiny_csv)
     source = run_earlybert_phase(config, tmp_path / "src", "full")
     other = config.replace(mask_every=1, head_ratio=0.5)
     shared = share_baselines(other, tmp_path / "src", tmp_path / "dst")
@@ -218,8 +223,7 @@ def test_even_control_shared_only_where_its_masks_are_the_same(tiny_folder, tiny
     )
     from sparseprior.nlp.sections import claims
 
-    config = _config(tiny_folder, tiny_csv, export_onnx=False, epochs=1, search_max_steps=8,
-                     same_time_baseline=False, random_ticket=False)
+    config = _phase_config(tiny_folder, tiny_csv)
     for phase in ("search", "full", "random_even"):
         done = run_earlybert_phase(config, tmp_path / "src", phase)
     cadence, ratio = config.replace(mask_every=1), config.replace(head_ratio=0.5)
@@ -256,8 +260,7 @@ def test_estimate_then_run_share_search_and_timing(tiny_folder, tiny_csv, tmp_pa
     )
     from sparseprior.nlp.sections import claims
 
-    config = _config(tiny_folder, tiny_csv, export_onnx=False, epochs=1, search_max_steps=8,
-                     same_time_baseline=False, random_ticket=False)
+    config = _phase_config(tiny_folder, tiny_csv)
     found = run_earlybert_phase(config, tmp_path / "r", "search")
     assert describe_phase("search", found).startswith("search: ")
     assert f"at step {found['steps']}" in describe_phase("search", found)

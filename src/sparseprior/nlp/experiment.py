@@ -483,16 +483,15 @@ def reuse_baselines(config: EarlyBertConfig, source: str | Path, run_dir: str | 
 def _even_control_of(src: Path, store: PhaseStore, seed: int) -> dict[str, Any] | None:
     """The source run's even random ticket, when it is the one this run would draw."""
     mine = store.get("search")
+    if mine is None:
+        return None
     try:
         theirs = json.loads((src / "phases" / "search.json").read_text())
         even = json.loads((src / "phases" / "random_even.json").read_text())
     except (OSError, ValueError):
         return None
-    if mine is None:
-        return None
     a, b = (sum(even_ticket_masks(found, seed), []) for found in (theirs, mine))
-    equal = len(a) == len(b) and all(x.shape == y.shape and torch.equal(x, y)
-                                     for x, y in zip(a, b, strict=False))
+    equal = len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     return even if equal else None
 
 
