@@ -9,7 +9,13 @@ import torch
 from sparseprior.solvers.analytic import analytic_weight
 from sparseprior.solvers.metrics import nmse_db
 from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem, l1_phase_transition
-from sparseprior.solvers.unrolled import HyperLISTA, build_solver, load_solver, save_solver
+from sparseprior.solvers.unrolled import (
+    HyperLISTA,
+    build_solver,
+    load_solver,
+    save_solver,
+    shrink_ss_rows,
+)
 
 
 @pytest.fixture(scope="module")
@@ -305,3 +311,29 @@ def test_knowing_the_sparsity_helps_far_inside_the_phase_transition():
         torch.testing.assert_close(delta(y)[-1], same(y)[-1])
         torch.testing.assert_close(HyperLISTA.for_problem(hard)(y)[-1], HyperLISTA(hard.A)(y)[-1])
 
+
+
+def _shrink_ss_rows_by_sorting(z, theta, k):
+    """The definition, row by row: among the k largest |z| and above its threshold -> kept."""
+    out = torch.empty_like(z)
+    theta = theta.expand_as(z)
+    for b in range(z.shape[0]):
+        mag, kb = z[b].abs(), int(k[b])
+        kth = mag.sort(descending=True).values[kb - 1] if kb > 0 else math.inf
+        keep = (mag >= kth) & (mag > theta[b])
+        soft = torch.sign(z[b]) * (mag - theta[b]).clamp_min(0.0)
+        out[b] = torch.where(keep, z[b], soft)
+    return out
+
+
+@pytest.mark.parametrize("per_entry", [False, True])
+def test_shrink_ss_rows_matches_its_definition(per_entry):
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(40, 30, generator=g)
+    theta = (torch.rand(40, 30 if per_entry else 1, generator=g) * 1.5)
+    k = torch.randint(0, 31, (40,), generator=g).float()
+    k[:4] = torch.tensor([0.0, 30.0, 1.0, 29.0])
+    got = shrink_ss_rows(z, theta, k)
+    torch.testing.assert_close(got, _shrink_ss_rows_by_sorting(z, theta, k), atol=0, rtol=0)
+    counts = (z.abs() > theta.amin(dim=1, keepdim=True)).sum(dim=1)
+    assert bool(((k > 0) & (k < counts)).any()) and bool((k >= counts).any())  # both branches

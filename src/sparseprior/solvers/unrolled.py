@@ -432,18 +432,28 @@ def shrink_ss_rows(z: torch.Tensor, theta: torch.Tensor, k: torch.Tensor) -> tor
     """
     with torch.no_grad():
         mag = z.detach().abs()
-        n = mag.shape[-1]
-        k = k.long().clamp(0, n).unsqueeze(-1)
-        # k = 0: nothing selected (cut +inf); k = n: everything above theta (cut 0).
-        kth = torch.where(k > 0, torch.zeros_like(mag[..., :1]),
-                          torch.full_like(mag[..., :1], math.inf))
-        rows = ((k > 0) & (k < n)).squeeze(-1).nonzero().squeeze(-1)
-        if rows.numel():   # the sort is the costly part: only the rows that need it
-            ordered = mag[rows].sort(dim=-1, descending=True).values
-            kth = kth.index_put((rows,), ordered.gather(-1, k[rows] - 1))
         above = torch.nextafter(theta.detach(), torch.full_like(theta, math.inf))
-        weights = (torch.maximum(kth, above) - mag).sign_().clamp_(min=0.0)
+        weights = (torch.maximum(_selection_cut(mag, theta.detach(), k), above) - mag)
+        weights = weights.sign_().clamp_(min=0.0)
     return soft_threshold(z, theta * weights)
+
+
+def _selection_cut(mag: torch.Tensor, theta: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Per row, the cut of :func:`shrink_ss_rows` (batch, 1): the ``k``-th largest of ``mag``
+    where that decides anything, else +inf (k = 0: nothing selected) or 0 (everything above
+    theta). A row with k at least its count of entries above its smallest threshold keeps
+    them all, so only the other rows need a ``topk``, and only of their largest such k."""
+    n = mag.shape[-1]
+    k = k.long().clamp(0, n).unsqueeze(-1)
+    cut = torch.where(k > 0, torch.zeros_like(mag[..., :1]), torch.full_like(mag[..., :1],
+                                                                           math.inf))
+    count = (mag > theta.amin(dim=-1, keepdim=True)).sum(dim=-1, keepdim=True)
+    rows = ((k > 0) & (k < count)).squeeze(-1).nonzero().squeeze(-1)
+    if rows.numel():
+        k_rows = k[rows]
+        top = mag[rows].topk(int(k_rows.max()), dim=-1, sorted=True).values
+        cut = cut.index_put((rows,), top.gather(-1, k_rows - 1))
+    return cut
 
 
 def _column_ratio(W: torch.Tensor, P: torch.Tensor, rtol: float = 1e-5) -> torch.Tensor:
@@ -759,22 +769,24 @@ class HyperLISTA(UnrolledSolver):
         step = self.gamma * self.w_per_pinv
         minus_at = -self.A.T.contiguous()
         x = x_prev = y.new_zeros(y.shape[0], n)
-        u0 = torch.linalg.vector_norm(y @ self.A_pinv_T, ord=1, dim=1).clamp_min(tiny)
+        work = torch.empty_like(x)    # scratch: large fresh tensors cost page faults per layer
+        u0 = torch.abs(y @ self.A_pinv_T).sum(dim=1).clamp_min(tiny)
         outputs = []
         for _ in range(T):
             q = torch.addmm(y, x, minus_at) @ pinv_w  # r = y - A x, then A^+ r (| gamma W^T r)
-            u = torch.linalg.vector_norm(q[:, :n], ord=1, dim=1).clamp_min(tiny)
+            u = torch.abs(q[:, :n], out=work).sum(dim=1).clamp_min(tiny)
             theta = c_theta * self._spread(u, floor)
             k = torch.floor((c_ss * torch.log(u0 / u)).clamp(0.0, 1.0) * n + 1e-6)
-            beta = beta_c * torch.linalg.vector_norm(x, ord=0, dim=1, keepdim=True)  # ||x||_0
-            z = torch.addcmul(x, q, step) if shared_mm else q[:, n:].add_(x)
-            if bool((k <= 0).all()):          # soft threshold: z - clip(z, -theta, theta)
-                shrunk = z - torch.clamp(z, -theta, theta)
+            beta = beta_c * torch.sign(x, out=work).abs_().sum(dim=1, keepdim=True)  # ||x||_0
+            z = q.mul_(step).add_(x) if shared_mm else q[:, n:].add_(x)   # in place, in q
+            if bool((k <= 0).all()):          # soft threshold: sign(z) max(|z| - theta, 0)
+                torch.abs(z, out=work).sub_(theta).clamp_min_(0.0)
+                shrunk, work = work.copysign_(z), z
             elif bool((k >= n).all()):        # every entry above theta passes unchanged
-                shrunk = z * (z.abs() > theta)
+                shrunk = z.mul_(torch.abs(z, out=work).gt_(theta))
             else:
                 shrunk = shrink_ss_rows(z, theta, k)
-            x, x_prev = shrunk.addcmul_(beta, x - x_prev), x
+            x, x_prev = shrunk.addcmul_(beta, x).addcmul_(beta, x_prev, value=-1.0), x
             outputs.append(x)
         return outputs
 
