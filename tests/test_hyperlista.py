@@ -13,6 +13,7 @@ from sparseprior.solvers.unrolled import (
     HyperLISTA,
     build_solver,
     load_solver,
+    marchenko_pastur_momentum,
     save_solver,
     shrink_ss_rows,
 )
@@ -99,10 +100,12 @@ def test_matches_the_per_sample_reference(problem, rule, noise_std):
 
 @pytest.mark.parametrize("c_ss", [0.0, 0.8, 50.0])  # no row selects / some do / all do
 @pytest.mark.parametrize("shared_matmul", [True, False])
-@pytest.mark.parametrize("snr_db", [None, 20.0])
-def test_inference_path_matches_the_autograd_path(problem, c_ss, shared_matmul, snr_db):
+@pytest.mark.parametrize(("snr_db", "momentum"), [(None, "linear"), (20.0, "linear"),
+                                                  (None, "marchenko-pastur")])
+def test_inference_path_matches_the_autograd_path(problem, c_ss, shared_matmul, snr_db,
+                                                  momentum):
     _, y = problem.sample(64, 2)
-    model = HyperLISTA(problem.A, num_layers=8, c_ss=c_ss, snr_db=snr_db)
+    model = HyperLISTA(problem.A, num_layers=8, c_ss=c_ss, snr_db=snr_db, momentum=momentum)
     assert model.w_per_pinv.numel() == problem.A.shape[1]  # closed-form W = A^+T diag(d)
     torch.testing.assert_close(model.A_pinv_T * model.w_per_pinv, model.W, atol=1e-6,
                                rtol=1e-4)
@@ -337,3 +340,44 @@ def test_shrink_ss_rows_matches_its_definition(per_entry):
     torch.testing.assert_close(got, _shrink_ss_rows_by_sorting(z, theta, k), atol=0, rtol=0)
     counts = (z.abs() > theta.amin(dim=1, keepdim=True)).sum(dim=1)
     assert bool(((k > 0) & (k < counts)).any()) and bool((k >= counts).any())  # both branches
+
+
+def test_marchenko_pastur_momentum_matches_the_spectrum_of_a_gaussian_support():
+    g = torch.Generator().manual_seed(0)
+    m, n, s = 300, 900, 80          # m / n = 1/3: the (1 - delta) / delta factor is 2
+    A = torch.randn(m, n, generator=g, dtype=torch.float64) / math.sqrt(m)
+    W = analytic_weight(A.float()).double()
+    support = torch.randperm(n, generator=g)[:s]
+    eig = torch.linalg.eigvals(W[:, support].T @ A[:, support]).real   # real: D^1/2 P D^1/2
+    rate = torch.maximum(1.0 - eig.min().sqrt(), eig.max().sqrt() - 1.0)  # heavy ball at step 1
+    beta = marchenko_pastur_momentum(torch.tensor([float(s)]), m, n)
+    assert float(beta.sqrt()) == pytest.approx(float(rate), rel=0.1)
+    grid = marchenko_pastur_momentum(torch.tensor([0.0, 40.0, 120.0, 300.0, 700.0]), m, n)
+    assert float(grid[0]) == 0.0 and bool((grid.diff() >= 0).all()) and float(grid[-1]) == 1.0
+
+
+def test_marchenko_pastur_momentum_option(problem, tmp_path):
+    import json
+
+    model = HyperLISTA(problem.A, num_layers=6, momentum="marchenko-pastur", p=0.1)
+    assert model.hyperparameters == pytest.approx(HyperLISTA.MOMENTUM_DEFAULTS[
+        "marchenko-pastur"])
+    save_solver(model, tmp_path / "mp")
+    loaded = load_solver(tmp_path / "mp.safetensors", A=problem.A)
+    assert loaded.momentum == "marchenko-pastur"
+    _, y = problem.sample(16, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(y)[-1], model(y)[-1])
+        assert not torch.allclose(HyperLISTA(problem.A, num_layers=6, p=0.1, c_beta=1.5)(y)[-1],
+                                  model(y)[-1])   # the rule changes the iteration
+    header = json.loads((tmp_path / "mp.json").read_text())
+    header["config"].pop("momentum")                # written before the option existed
+    (tmp_path / "mp.json").write_text(json.dumps(header))
+    assert load_solver(tmp_path / "mp.safetensors", A=problem.A).momentum == "linear"
+    with pytest.raises(ValueError, match="momentum must be one of"):
+        HyperLISTA(problem.A, momentum="nesterov")
+    cal = HyperLISTA.calibrate(problem.A, p=0.1, num_layers=4, samples=32, rounds=1,
+                               factors=(1.0,), momentum="marchenko-pastur")
+    assert cal.momentum == "marchenko-pastur"
+    assert cal.calibration["best"] == pytest.approx(HyperLISTA.MOMENTUM_DEFAULTS[
+        "marchenko-pastur"])      # factors (1.0,): the search stays at its centre

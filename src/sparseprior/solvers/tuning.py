@@ -318,14 +318,16 @@ def calibrate_hyperlista(A: torch.Tensor, *, p: float = 0.1, snr_db: float | Non
                          factors: tuple[float, ...] = (0.6, 1.0, 1.6),
                          center: dict[str, float] | None = None, seed: int = 0,
                          sparsity_rule: str | None = None, confirm: int = 0,
+                         momentum: str = "linear",
                          device: str | torch.device = "cpu") -> HyperLISTA:
     """Tune HyperLISTA's 3 hyperparameters for a user's A on samples drawn from the prior.
 
     x* is Bernoulli(``p``)-Gaussian and y = A x* (+ noise at ``snr_db``), ``samples`` of them
     (default :func:`calibration_samples`), seeded by ``seed``: no x* of the user's data is
-    used. The search is :func:`grid_search_hyperlista` around ``center`` (default the shipped
-    :attr:`HyperLISTA.DEFAULTS`): ``rounds`` rounds of len(factors)**3 settings, factors
-    shrinking as f**(1/round) so later rounds refine. Budget: 1 + rounds * len(factors)**3
+    used. The search is :func:`grid_search_hyperlista` around ``center`` (default: the
+    shipped setting of the ``momentum`` rule, :attr:`HyperLISTA.MOMENTUM_DEFAULTS`):
+    ``rounds`` rounds of len(factors)**3 settings, factors shrinking as f**(1/round) so later
+    rounds refine. Budget: 1 + rounds * len(factors)**3
     evaluations (82 by default; about 10-40 s on one CPU thread up to 1000 x 2000).
     ``sparsity_rule``: the HyperLISTA's (default :attr:`HyperLISTA.DEFAULT_SPARSITY_RULE`).
 
@@ -358,11 +360,11 @@ def calibrate_hyperlista(A: torch.Tensor, *, p: float = 0.1, snr_db: float | Non
                            n_test=samples if confirm else 1)
     prior = SparseRecoveryProblem(A, config)
     dev = resolve_device(device)
-    model = HyperLISTA.for_problem(prior, num_layers=num_layers,
-                                   sparsity_rule=sparsity_rule).to(dev)
+    model = HyperLISTA.for_problem(prior, num_layers=num_layers, sparsity_rule=sparsity_rule,
+                                   momentum=momentum).to(dev)
     x, y = _validation(prior, None, dev)
     start = time.perf_counter()
-    best = dict(center or HyperLISTA.DEFAULTS)
+    best = dict(center or HyperLISTA.MOMENTUM_DEFAULTS[momentum])
     shipped = best_value = evaluate_hyperparameters(model, best, x, y)
     tried = [(shipped, dict(best))]
     evaluations = 1

@@ -61,10 +61,12 @@ __all__ = [
     "SOLVERS",
     "ALISTA",
     "HYPERLISTA_RULES",
+    "MOMENTUM_RULES",
     "HyperLISTA",
     "TiLISTA",
     "UnrolledSolver",
     "build_solver",
+    "marchenko_pastur_momentum",
     "interference_rms",
     "load_solver",
     "save_solver",
@@ -508,6 +510,24 @@ HYPERLISTA_RULES: dict[str, Any] = {"scale-free": _scale_free_scales,
                                     "legacy": _legacy_scales}
 
 
+def marchenko_pastur_momentum(support: torch.Tensor, m: int, n: int) -> torch.Tensor:
+    """beta*(s): the heavy-ball momentum that, at step 1, contracts fastest on a support of
+    size s (any shape, float) when W_S^T A_S has the Marchenko-Pastur spectrum of a Gaussian
+    A (m, n) with ALISTA's W: eigenvalues in [lo, hi], lo/hi = (sqrt(1 - rho) -/+ sqrt(rho
+    (1 - delta) / delta))^2 with rho = s / n, delta = m / n. The contraction per layer is then
+    sqrt(beta*) = max(1 - sqrt(lo), sqrt(hi) - 1); beta* -> 1 as s approaches m."""
+    delta = m / n
+    rho = (support / n).clamp(0.0, 1.0)
+    a, b = torch.sqrt(1.0 - rho), torch.sqrt(rho * ((1.0 - delta) / delta))
+    lo, hi = (a - b).clamp_min(0.0), a + b      # square roots of the spectrum's edges
+    return torch.maximum(1.0 - lo, hi - 1.0).square_()
+
+
+#: HyperLISTA's momentum rules: beta_t = c_beta * (s_beta ||x_t||_0) ("linear", the paper's)
+#: or c_beta * beta*(||x_t||_0) (:func:`marchenko_pastur_momentum`).
+MOMENTUM_RULES = ("linear", "marchenko-pastur")
+
+
 #: Binomial standard deviations above p n at which the phase-transition rule counts k.
 SPARSITY_Z = 3.0
 #: Exponent of the phase-transition rule.
@@ -595,7 +615,10 @@ class HyperLISTA(UnrolledSolver):
       g >= 1 comes from the expected sparsity ``p`` when it is given (``sparsity_rule``,
       :data:`SPARSITY_RULES`: higher thresholds far inside the l1 phase transition, g = 1 at
       and beyond it), else g = 1;
-    * momentum beta_t = c_beta * s_beta(A) * ||x_t||_0;
+    * momentum beta_t = c_beta * s_beta(A) * ||x_t||_0 (``momentum="linear"``, the paper's), or
+      c_beta times the heavy-ball momentum that is optimal for a support of ||x_t||_0 entries
+      under the Marchenko-Pastur spectrum of a Gaussian A (``"marchenko-pastur"``,
+      :func:`marchenko_pastur_momentum`; its own defaults, :attr:`MOMENTUM_DEFAULTS`);
     * support-selection ratio p_t = clip(c_ss * log(u_0 / u_t), 0, 1): the top
       floor(p_t * n) entries by magnitude that exceed theta_t skip the shrinkage;
     * x_{t+1} = eta_ss(x_t + gamma W^T r_t, theta_t, p_t) + beta_t (x_t - x_{t-1}).
@@ -625,14 +648,22 @@ class HyperLISTA(UnrolledSolver):
     DEFAULTS: ClassVar[dict[str, float]] = {"c_beta": 1.25, "c_theta": 3.46, "c_ss": 3.0}
     #: The sparsity rule :attr:`DEFAULTS` were chosen with.
     DEFAULT_SPARSITY_RULE: ClassVar[str] = "phase-transition"
+    #: Defaults per momentum rule (``momentum="linear"``: :attr:`DEFAULTS`).
+    MOMENTUM_DEFAULTS: ClassVar[dict[str, dict[str, float]]] = {
+        "linear": DEFAULTS,
+        "marchenko-pastur": {"c_beta": 1.5, "c_theta": 3.46, "c_ss": 3.0},
+    }
 
     def __init__(self, A: torch.Tensor, num_layers: int = 16, lam: float = 0.4, *,
                  c_beta: float | None = None, c_theta: float | None = None,
                  c_ss: float | None = None, gamma: float = 1.0, rule: str = "scale-free",
                  snr_db: float | None = None, noise_std: float | None = None,
                  p: float | None = None, sparsity_rule: str | None = None,
-                 **kwargs: Any) -> None:
+                 momentum: str = "linear", **kwargs: Any) -> None:
         super().__init__(A, num_layers, lam, **kwargs)
+        if momentum not in MOMENTUM_RULES:
+            raise ValueError(f"momentum must be one of {list(MOMENTUM_RULES)}, got {momentum!r}")
+        self.momentum = momentum
         self.snr_db, self.noise_std = _noise_level(snr_db, noise_std)
         self.p = None if p is None else _check_sparsity(p, self.m, self.n)
         sparsity_rule = self.DEFAULT_SPARSITY_RULE if sparsity_rule is None else sparsity_rule
@@ -644,7 +675,7 @@ class HyperLISTA(UnrolledSolver):
             raise ValueError(f"rule must be one of {sorted(HYPERLISTA_RULES)}, got {rule!r}")
         given = {"c_beta": c_beta, "c_theta": c_theta, "c_ss": c_ss}
         for key, value in given.items():
-            value = self.DEFAULTS[key] if value is None else float(value)
+            value = self.MOMENTUM_DEFAULTS[momentum][key] if value is None else float(value)
             if not math.isfinite(value):
                 raise ValueError(f"{key} must be a finite number (>= 0 in practice), "
                                  f"got {value!r}")
@@ -664,7 +695,7 @@ class HyperLISTA(UnrolledSolver):
     def upgrade_config(cls, config: dict[str, Any]) -> dict[str, Any]:
         """Checkpoints written before ``rule`` existed used the legacy rule; those written
         before ``sparsity_rule`` existed, the "rho" sparsity rule."""
-        return {"rule": "legacy", "sparsity_rule": "rho", **config}
+        return {"rule": "legacy", "sparsity_rule": "rho", "momentum": "linear", **config}
 
     @classmethod
     def problem_options(cls, config: Any) -> dict[str, Any]:
@@ -710,7 +741,7 @@ class HyperLISTA(UnrolledSolver):
     def config(self) -> dict[str, Any]:
         return {**super().config, "gamma": self.gamma, "rule": self.rule,
                 "snr_db": self.snr_db, "noise_std": self.noise_std, "p": self.p,
-                "sparsity_rule": self.sparsity_rule,
+                "sparsity_rule": self.sparsity_rule, "momentum": self.momentum,
                 **self.hyperparameters}
 
     def layer_parameters(self, t: int) -> list[nn.Parameter]:
@@ -725,7 +756,6 @@ class HyperLISTA(UnrolledSolver):
         if not torch.is_grad_enabled():
             return self._forward_inference(y, T)
         c_beta, c_theta, c_ss = (self.shared[k] for k in self.HYPERPARAMETERS)
-        beta_c = c_beta * self.beta_scale
         tiny = torch.finfo(y.dtype).tiny
         floor = self.noise_floor(y)
         x = x_prev = y.new_zeros(y.shape[0], self.n)
@@ -739,11 +769,18 @@ class HyperLISTA(UnrolledSolver):
                 ratio = (c_ss.detach() * torch.log(u0 / u)).clamp(0.0, 1.0)
                 k = torch.floor(ratio * self.n + 1e-6)
                 count = (x.detach() != 0).sum(dim=1, keepdim=True).to(y.dtype)
-            beta = beta_c * count
+            beta = c_beta * self.momentum_base(count)
             z = x + self.gamma * (r @ self.W)
             x, x_prev = shrink_ss_rows(z, theta, k) + beta * (x - x_prev), x
             outputs.append(x)
         return outputs
+
+    def momentum_base(self, support: torch.Tensor) -> torch.Tensor:
+        """What beta_t is c_beta times, from the support sizes ||x_t||_0 (batch, 1):
+        s_beta ||x_t||_0 ("linear") or :func:`marchenko_pastur_momentum`."""
+        if self.momentum == "linear":
+            return self.beta_scale * support
+        return marchenko_pastur_momentum(support, self.m, self.n)
 
     def _spread(self, u: torch.Tensor, floor: torch.Tensor | None) -> torch.Tensor:
         """What theta_t is c_theta times: gamma s_theta u_t (batch, 1), or its maximum with the
@@ -760,7 +797,7 @@ class HyperLISTA(UnrolledSolver):
         n = self.n
         shared_mm = self.w_per_pinv.numel() == n  # W = A^+T diag(d): one matmul gives both
         c_theta = float(self.shared["c_theta"]) * self.sparsity_factor
-        beta_c = float(self.shared["c_beta"]) * self.beta_scale
+        c_beta = float(self.shared["c_beta"])
         c_ss = float(self.shared["c_ss"])
         tiny = torch.finfo(y.dtype).tiny
         floor = self.noise_floor(y)
@@ -777,7 +814,8 @@ class HyperLISTA(UnrolledSolver):
             u = torch.abs(q[:, :n], out=work).sum(dim=1).clamp_min(tiny)
             theta = c_theta * self._spread(u, floor)
             k = torch.floor((c_ss * torch.log(u0 / u)).clamp(0.0, 1.0) * n + 1e-6)
-            beta = beta_c * torch.sign(x, out=work).abs_().sum(dim=1, keepdim=True)  # ||x||_0
+            support = torch.sign(x, out=work).abs_().sum(dim=1, keepdim=True)  # ||x||_0
+            beta = c_beta * self.momentum_base(support)
             z = q.mul_(step).add_(x) if shared_mm else q[:, n:].add_(x)   # in place, in q
             if bool((k <= 0).all()):          # soft threshold: sign(z) max(|z| - theta, 0)
                 torch.abs(z, out=work).sub_(theta).clamp_min_(0.0)
