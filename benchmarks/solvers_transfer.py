@@ -47,7 +47,7 @@ from sparseprior.solvers.classic import fista
 from sparseprior.solvers.metrics import nmse_db
 from sparseprior.solvers.problems import ProblemConfig, SparseRecoveryProblem
 from sparseprior.solvers.refit import bayes_refit, debias, support_oracle_ls
-from sparseprior.solvers.unrolled import SPARSITY_RULES, HyperLISTA
+from sparseprior.solvers.unrolled import MOMENTUM_RULES, SPARSITY_RULES, HyperLISTA
 
 LAMS = (0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
 CONDITIONS: dict[str, dict[str, float]] = {"noiseless": {}, "kappa100": {"kappa": 100.0},
@@ -119,12 +119,12 @@ def run_problem(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
     val, test = problem.validation_set(), problem.test_set()
     A = problem.A
     start = time.perf_counter()
-    shipped = hyper_db(HyperLISTA.for_problem(problem, num_layers=16,
+    shipped = hyper_db(HyperLISTA.for_problem(problem, num_layers=16, momentum=args.momentum,
                                               sparsity_rule=args.sparsity_rule), *test)
-    blind = hyper_db(HyperLISTA(A, num_layers=16), *test)
+    blind = hyper_db(HyperLISTA(A, num_layers=16, momentum=args.momentum), *test)
     cal_model = HyperLISTA.calibrate(A, p=spec["p"], snr_db=spec.get("snr_db"),
                                      rounds=args.calib_rounds, seed=args.seed + 17,
-                                     sparsity_rule=args.sparsity_rule)
+                                     sparsity_rule=args.sparsity_rule, momentum=args.momentum)
     calibrated, refit, bayes = hyper_db_debiased(cal_model, *test, p=spec["p"],
                                                  snr_db=spec.get("snr_db"))
     noisy = spec.get("snr_db") is not None
@@ -182,12 +182,13 @@ def robustness(args: argparse.Namespace) -> list[dict[str, Any]]:
     for fields in ({"m": 250, "n": 500, "p": 0.1}, {"m": 150, "n": 500, "p": 0.1}):
         problem = SparseRecoveryProblem.generate(ProblemConfig(**fields, n_test=args.samples))
         x, y = problem.test_set()
-        model = HyperLISTA.for_problem(problem, sparsity_rule=args.sparsity_rule)
+        model = HyperLISTA.for_problem(problem, sparsity_rule=args.sparsity_rule,
+                                       momentum=args.momentum)
         for key in HyperLISTA.HYPERPARAMETERS:
             row: dict[str, Any] = {"problem": f"{problem.m}x{problem.n} p={fields['p']}",
                                    "hyperparameter": key}
             for f in (0.8, 0.9, 1.0, 1.1, 1.2):
-                hp = dict(HyperLISTA.DEFAULTS)
+                hp = dict(HyperLISTA.MOMENTUM_DEFAULTS[args.momentum])
                 hp[key] *= f
                 for k, v in hp.items():
                     model.shared[k].data.fill_(v)
@@ -200,8 +201,9 @@ def robustness(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def summary(args: argparse.Namespace, rows: list[dict[str, Any]], robust: list[dict[str, Any]],
             complete: bool) -> dict[str, Any]:
-    return {"command": "python " + " ".join(sys.argv), "shipped": HyperLISTA.DEFAULTS,
-            "sparsity_rule": args.sparsity_rule,
+    return {"command": "python " + " ".join(sys.argv),
+            "shipped": HyperLISTA.MOMENTUM_DEFAULTS[args.momentum],
+            "sparsity_rule": args.sparsity_rule, "momentum": args.momentum,
             "settings": {"seed": args.seed, "samples": args.samples, "iters": args.iters,
                          "lams": list(args.lams)},
             "complete": complete, "rows": rows, "robustness": robust,
@@ -243,6 +245,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--sparsity-rule", choices=sorted(SPARSITY_RULES),
                     default=HyperLISTA.DEFAULT_SPARSITY_RULE,
                     help="HyperLISTA's sparsity rule (shipped and calibrated alike)")
+    ap.add_argument("--momentum", choices=MOMENTUM_RULES, default="linear",
+                    help="HyperLISTA's momentum rule (shipped and calibrated alike)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
