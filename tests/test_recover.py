@@ -126,3 +126,19 @@ def test_calibrated_solver_is_tuned_for_the_users_A():
     assert solver.num_layers == 8 and solver.calibration["evaluations"] >= 2
     x, y = small.test_set()
     assert nmse_db(recover(small.A, y, solver).x, x) < -10
+
+
+def test_momentum_rule_reaches_the_solver(cli, tmp_path, problem):
+    x, y = problem.test_set()
+    result = recover(problem.A, y, config=RecoveryConfig(p=0.05, momentum="marchenko-pastur"))
+    assert result.solver.momentum == "marchenko-pastur" and nmse_db(result.x, x) < -40
+    with pytest.raises(ValueError, match="momentum must be one of"):
+        RecoveryConfig(momentum="adam")
+    np.save(tmp_path / "A.npy", problem.A.numpy())
+    np.save(tmp_path / "y.npy", y.numpy())
+    code, _, err = cli(["solvers", "recover", str(tmp_path / "A.npy"), str(tmp_path / "y.npy"),
+                        str(tmp_path / "x.npy"), "--p", "0.05", "--momentum",
+                        "marchenko-pastur", "--save-solver", str(tmp_path / "solver")])
+    assert code == 0, err
+    header = json.loads((tmp_path / "solver.json").read_text())
+    assert header["config"]["momentum"] == "marchenko-pastur"

@@ -24,7 +24,7 @@ from sparseprior.common.device import resolve_device
 from sparseprior.common.validation import as_float_tensor, check_positive_int, check_range
 from sparseprior.solvers.refit import bayes_refit
 from sparseprior.solvers.refit import debias as debias_estimate
-from sparseprior.solvers.unrolled import HyperLISTA, UnrolledSolver
+from sparseprior.solvers.unrolled import MOMENTUM_RULES, HyperLISTA, UnrolledSolver
 
 ARRAY_SUFFIXES = (".npy", ".npz", ".safetensors")
 
@@ -113,6 +113,9 @@ class RecoveryConfig(Config):
             instead (widened support, least squares, posterior-mean shrinkage); needs p and
             snr_db, which then describe the prior for a given solver too.
         seed: seed of the calibration's prior samples.
+        momentum: HyperLISTA's momentum rule (:data:`~sparseprior.solvers.unrolled.
+            MOMENTUM_RULES`): "linear" (the paper's) or "marchenko-pastur" (deeper on
+            well-posed Gaussian problems, see docs/solvers.md "Momentum rules").
     """
 
     p: float | None = None
@@ -122,6 +125,7 @@ class RecoveryConfig(Config):
     debias: bool = False
     bayes_refit: bool = False
     seed: int = 0
+    momentum: str = "linear"
 
     def validate(self) -> None:
         if self.p is not None:
@@ -129,6 +133,9 @@ class RecoveryConfig(Config):
         if self.snr_db is not None and not math.isfinite(self.snr_db):
             raise ValueError(f"snr_db must be a finite number of dB or None, got {self.snr_db}")
         check_positive_int(self.num_layers, "num_layers")
+        if self.momentum not in MOMENTUM_RULES:
+            raise ValueError(f"momentum must be one of {list(MOMENTUM_RULES)}, got "
+                             f"{self.momentum!r}")
         if self.bayes_refit and (self.p is None or self.snr_db is None):
             raise ValueError("bayes_refit needs the prior: give p (fraction of non-zeros) and "
                              "snr_db (measurement SNR in dB)")
@@ -180,8 +187,9 @@ def build_recovery_solver(A: torch.Tensor, config: RecoveryConfig) -> HyperLISTA
     if config.calibrate:
         return HyperLISTA.calibrate(A, p=0.1 if config.p is None else config.p,
                                     snr_db=config.snr_db, num_layers=config.num_layers,
-                                    seed=config.seed)
-    return HyperLISTA(A, num_layers=config.num_layers, p=config.p, snr_db=config.snr_db)
+                                    seed=config.seed, momentum=config.momentum)
+    return HyperLISTA(A, num_layers=config.num_layers, p=config.p, snr_db=config.snr_db,
+                      momentum=config.momentum)
 
 
 @torch.no_grad()
