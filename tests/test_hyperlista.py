@@ -13,7 +13,7 @@ from sparseprior.solvers.unrolled import (
     HyperLISTA,
     build_solver,
     load_solver,
-    marchenko_pastur_momentum,
+    marchenko_pastur_heavy_ball,
     save_solver,
     shrink_ss_rows,
 )
@@ -342,18 +342,24 @@ def test_shrink_ss_rows_matches_its_definition(per_entry):
     assert bool(((k > 0) & (k < counts)).any()) and bool((k >= counts).any())  # both branches
 
 
-def test_marchenko_pastur_momentum_matches_the_spectrum_of_a_gaussian_support():
+def test_marchenko_pastur_heavy_ball_matches_the_spectrum_of_a_gaussian_support():
     g = torch.Generator().manual_seed(0)
     m, n, s = 300, 900, 80          # m / n = 1/3: the (1 - delta) / delta factor is 2
     A = torch.randn(m, n, generator=g, dtype=torch.float64) / math.sqrt(m)
     W = analytic_weight(A.float()).double()
     support = torch.randperm(n, generator=g)[:s]
     eig = torch.linalg.eigvals(W[:, support].T @ A[:, support]).real   # real: D^1/2 P D^1/2
-    rate = torch.maximum(1.0 - eig.min().sqrt(), eig.max().sqrt() - 1.0)  # heavy ball at step 1
-    beta = marchenko_pastur_momentum(torch.tensor([float(s)]), m, n)
-    assert float(beta.sqrt()) == pytest.approx(float(rate), rel=0.1)
-    grid = marchenko_pastur_momentum(torch.tensor([0.0, 40.0, 120.0, 300.0, 700.0]), m, n)
-    assert float(grid[0]) == 0.0 and bool((grid.diff() >= 0).all()) and float(grid[-1]) == 1.0
+    lo, hi = float(eig.min()), float(eig.max())
+    step, beta = marchenko_pastur_heavy_ball(torch.tensor([float(s)]), m, n)
+    # Polyak's heavy ball on [lo, hi]: step 4 / (sqrt(lo) + sqrt(hi))^2, contraction
+    # (sqrt(hi) - sqrt(lo)) / (sqrt(hi) + sqrt(lo)) = sqrt(beta)
+    assert float(step) == pytest.approx(4.0 / (math.sqrt(lo) + math.sqrt(hi)) ** 2, rel=0.1)
+    rate = (math.sqrt(hi) - math.sqrt(lo)) / (math.sqrt(hi) + math.sqrt(lo))
+    assert float(beta.sqrt()) == pytest.approx(rate, rel=0.1)
+    step, beta = marchenko_pastur_heavy_ball(torch.tensor([0.0, 40.0, 120.0, 300.0, 700.0]),
+                                             m, n)
+    assert float(step[0]) == 1.0 and float(beta[0]) == 0.0 and float(beta[-1]) == 1.0
+    assert bool((beta.diff() >= 0).all())
 
 
 def test_marchenko_pastur_momentum_option(problem, tmp_path):

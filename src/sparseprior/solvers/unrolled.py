@@ -66,7 +66,7 @@ __all__ = [
     "TiLISTA",
     "UnrolledSolver",
     "build_solver",
-    "marchenko_pastur_momentum",
+    "marchenko_pastur_heavy_ball",
     "interference_rms",
     "load_solver",
     "save_solver",
@@ -510,21 +510,24 @@ HYPERLISTA_RULES: dict[str, Any] = {"scale-free": _scale_free_scales,
                                     "legacy": _legacy_scales}
 
 
-def marchenko_pastur_momentum(support: torch.Tensor, m: int, n: int) -> torch.Tensor:
-    """beta*(s): the heavy-ball momentum that, at step 1, contracts fastest on a support of
-    size s (any shape, float) when W_S^T A_S has the Marchenko-Pastur spectrum of a Gaussian
-    A (m, n) with ALISTA's W: eigenvalues in [lo, hi], lo/hi = (sqrt(1 - rho) -/+ sqrt(rho
-    (1 - delta) / delta))^2 with rho = s / n, delta = m / n. The contraction per layer is then
-    sqrt(beta*) = max(1 - sqrt(lo), sqrt(hi) - 1); beta* -> 1 as s approaches m."""
+def marchenko_pastur_heavy_ball(support: torch.Tensor, m: int, n: int
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(step, beta*) of the heavy-ball iteration that contracts fastest on a support of size s
+    (any shape, float), when W_S^T A_S has the Marchenko-Pastur spectrum of a Gaussian A
+    (m, n) with ALISTA's W: eigenvalues in [lo, hi], sqrt(lo), sqrt(hi) = sqrt(1 - rho) -/+
+    sqrt(rho (1 - delta) / delta) with rho = s / n, delta = m / n (Polyak: step
+    4 / (sqrt(lo) + sqrt(hi))^2, beta* = ((sqrt(hi) - sqrt(lo)) / (sqrt(hi) + sqrt(lo)))^2,
+    contraction sqrt(beta*) per layer). s = 0 gives (1, 0); beta* -> 1 as s approaches m."""
     delta = m / n
     rho = (support / n).clamp(0.0, 1.0)
     a, b = torch.sqrt(1.0 - rho), torch.sqrt(rho * ((1.0 - delta) / delta))
     lo, hi = (a - b).clamp_min(0.0), a + b      # square roots of the spectrum's edges
-    return torch.maximum(1.0 - lo, hi - 1.0).square_()
+    return 4.0 / (lo + hi).square(), ((hi - lo) / (hi + lo)).square()
 
 
-#: HyperLISTA's momentum rules: beta_t = c_beta * (s_beta ||x_t||_0) ("linear", the paper's)
-#: or c_beta * beta*(||x_t||_0) (:func:`marchenko_pastur_momentum`).
+#: HyperLISTA's momentum rules: "linear" (the paper's), beta_t = c_beta s_beta ||x_t||_0 at
+#: step 1; "marchenko-pastur", step and beta_t / c_beta from
+#: :func:`marchenko_pastur_heavy_ball` of ||x_t||_0.
 MOMENTUM_RULES = ("linear", "marchenko-pastur")
 
 
@@ -615,13 +618,14 @@ class HyperLISTA(UnrolledSolver):
       g >= 1 comes from the expected sparsity ``p`` when it is given (``sparsity_rule``,
       :data:`SPARSITY_RULES`: higher thresholds far inside the l1 phase transition, g = 1 at
       and beyond it), else g = 1;
-    * momentum beta_t = c_beta * s_beta(A) * ||x_t||_0 (``momentum="linear"``, the paper's), or
-      c_beta times the heavy-ball momentum that is optimal for a support of ||x_t||_0 entries
-      under the Marchenko-Pastur spectrum of a Gaussian A (``"marchenko-pastur"``,
-      :func:`marchenko_pastur_momentum`; its own defaults, :attr:`MOMENTUM_DEFAULTS`);
+    * momentum beta_t = c_beta * s_beta(A) * ||x_t||_0 at step a_t = 1 (``momentum="linear"``,
+      the paper's), or the step a_t and c_beta times the momentum of the heavy-ball iteration
+      that is optimal for a support of ||x_t||_0 entries under the Marchenko-Pastur spectrum
+      of a Gaussian A (``"marchenko-pastur"``, :func:`marchenko_pastur_heavy_ball`; its own
+      defaults, :attr:`MOMENTUM_DEFAULTS`); theta_t is scaled by a_t like the step;
     * support-selection ratio p_t = clip(c_ss * log(u_0 / u_t), 0, 1): the top
       floor(p_t * n) entries by magnitude that exceed theta_t skip the shrinkage;
-    * x_{t+1} = eta_ss(x_t + gamma W^T r_t, theta_t, p_t) + beta_t (x_t - x_{t-1}).
+    * x_{t+1} = eta_ss(x_t + a_t gamma W^T r_t, theta_t, p_t) + beta_t (x_t - x_{t-1}).
 
     The scales (s_theta, s_beta) come from ``rule`` (:data:`HYPERLISTA_RULES`). The default
     "scale-free" rule is the paper's mu(A)-style normalisation in an average-case form:
@@ -651,7 +655,7 @@ class HyperLISTA(UnrolledSolver):
     #: Defaults per momentum rule (``momentum="linear"``: :attr:`DEFAULTS`).
     MOMENTUM_DEFAULTS: ClassVar[dict[str, dict[str, float]]] = {
         "linear": DEFAULTS,
-        "marchenko-pastur": {"c_beta": 1.5, "c_theta": 3.46, "c_ss": 3.0},
+        "marchenko-pastur": {"c_beta": 1.25, "c_theta": 3.46, "c_ss": 3.0},
     }
 
     def __init__(self, A: torch.Tensor, num_layers: int = 16, lam: float = 0.4, *,
@@ -769,18 +773,22 @@ class HyperLISTA(UnrolledSolver):
                 ratio = (c_ss.detach() * torch.log(u0 / u)).clamp(0.0, 1.0)
                 k = torch.floor(ratio * self.n + 1e-6)
                 count = (x.detach() != 0).sum(dim=1, keepdim=True).to(y.dtype)
-            beta = c_beta * self.momentum_base(count)
-            z = x + self.gamma * (r @ self.W)
+            step, beta_base = self.heavy_ball(count)
+            beta = c_beta * beta_base
+            if step is None:
+                z = x + self.gamma * (r @ self.W)
+            else:
+                z, theta = x + (self.gamma * step) * (r @ self.W), theta * step
             x, x_prev = shrink_ss_rows(z, theta, k) + beta * (x - x_prev), x
             outputs.append(x)
         return outputs
 
-    def momentum_base(self, support: torch.Tensor) -> torch.Tensor:
-        """What beta_t is c_beta times, from the support sizes ||x_t||_0 (batch, 1):
-        s_beta ||x_t||_0 ("linear") or :func:`marchenko_pastur_momentum`."""
+    def heavy_ball(self, support: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(a_t, beta_t / c_beta) from the support sizes ||x_t||_0 (batch, 1): (None, i.e.
+        a_t = 1, s_beta ||x_t||_0) for "linear", :func:`marchenko_pastur_heavy_ball` else."""
         if self.momentum == "linear":
-            return self.beta_scale * support
-        return marchenko_pastur_momentum(support, self.m, self.n)
+            return None, self.beta_scale * support
+        return marchenko_pastur_heavy_ball(support, self.m, self.n)
 
     def _spread(self, u: torch.Tensor, floor: torch.Tensor | None) -> torch.Tensor:
         """What theta_t is c_theta times: gamma s_theta u_t (batch, 1), or its maximum with the
@@ -815,8 +823,13 @@ class HyperLISTA(UnrolledSolver):
             theta = c_theta * self._spread(u, floor)
             k = torch.floor((c_ss * torch.log(u0 / u)).clamp(0.0, 1.0) * n + 1e-6)
             support = torch.sign(x, out=work).abs_().sum(dim=1, keepdim=True)  # ||x||_0
-            beta = c_beta * self.momentum_base(support)
-            z = q.mul_(step).add_(x) if shared_mm else q[:, n:].add_(x)   # in place, in q
+            hb_step, beta = self.heavy_ball(support)
+            beta = c_beta * beta
+            z = q.mul_(step) if shared_mm else q[:, n:]                   # in place, in q
+            if hb_step is not None:
+                z.mul_(hb_step)
+                theta = theta * hb_step
+            z.add_(x)
             if bool((k <= 0).all()):          # soft threshold: sign(z) max(|z| - theta, 0)
                 torch.abs(z, out=work).sub_(theta).clamp_min_(0.0)
                 shrunk, work = work.copysign_(z), z
